@@ -1,0 +1,139 @@
+// Command pgveil is a PostgreSQL wire-protocol proxy that gives every caller
+// exactly the data its role may see.
+//
+// main is thin: it maps flags and PGVEIL_* environment variables onto each
+// package's Config, runs subcommands, and handles signals.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/pflag"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = ""
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitError = 1 // a runtime failure
+	exitUsage = 2 // a bad flag, a bad value, an unreadable file
+)
+
+// usageError is a command-line mistake: one line on stderr and exit code 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(format, args...)} }
+
+const topUsage = `pgveil — a PostgreSQL proxy that gives every caller exactly the data its role may see
+
+Usage:
+  pgveil serve   --upstream postgres://host:5432/db [flags]   run the proxy
+  pgveil demo    [flags]                                    a throwaway PostgreSQL with sample data behind the proxy
+  pgveil version                                            print the version
+
+Run "pgveil <command> --help" for the flags of a command. Every flag can also be
+set with an environment variable PGVEIL_<FLAG>, e.g. PGVEIL_UPSTREAM.
+`
+
+// run executes one pgveil command and returns the process exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, topUsage)
+		return exitUsage
+	}
+	var err error
+	switch args[0] {
+	case "serve":
+		err = runServe(ctx, args[1:], stdout, stderr)
+	case "demo":
+		err = runDemo(ctx, args[1:], stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintln(stdout, "pgveil", versionString())
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, topUsage)
+	default:
+		err = usagef("unknown command %q (try: pgveil help)", args[0])
+	}
+	var ue *usageError
+	switch {
+	case err == nil, errors.Is(err, pflag.ErrHelp):
+		return exitOK
+	case errors.As(err, &ue):
+		fmt.Fprintln(stderr, "pgveil:", ue.msg)
+		return exitUsage
+	default:
+		fmt.Fprintln(stderr, "pgveil:", err)
+		return exitError
+	}
+}
+
+func versionString() string {
+	v := version
+	bi, ok := debug.ReadBuildInfo()
+	if v == "" && ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		v = bi.Main.Version
+	}
+	if v == "" {
+		v = "dev"
+		if ok {
+			for _, s := range bi.Settings {
+				if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+					v += "+" + s.Value[:12]
+				}
+			}
+		}
+	}
+	goVersion := ""
+	if ok {
+		goVersion = " (" + bi.GoVersion + ")"
+	}
+	return v + goVersion
+}
+
+// parseFlags parses args into fs, then fills every flag not given on the
+// command line from PGVEIL_<FLAG> (upper case, dashes as underscores).
+func parseFlags(fs *pflag.FlagSet, args []string, stdout io.Writer) error {
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			fmt.Fprintf(stdout, "Usage of pgveil %s:\n%s", fs.Name(), fs.FlagUsages())
+			return err
+		}
+		return usagef("%v", err)
+	}
+	if fs.NArg() > 0 {
+		return usagef("unexpected argument %q", fs.Arg(0))
+	}
+	var envErr error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Changed || envErr != nil {
+			return
+		}
+		name := "PGVEIL_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(name); ok {
+			if err := fs.Set(f.Name, v); err != nil {
+				envErr = usagef("invalid value %q for %s: %v", v, name, err)
+			}
+		}
+	})
+	return envErr
+}

@@ -1,0 +1,254 @@
+package proxy
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+)
+
+// pumpBufferSize is the read buffer of each pump. 32 KiB holds a typical
+// result batch; larger messages stream through it.
+const pumpBufferSize = 32 << 10
+
+// msgClass says how a pump treats one message type.
+type msgClass uint8
+
+const (
+	// classStream messages pass through as their bytes arrive.
+	classStream msgClass = iota
+	// classPeek messages are buffered whole and shown to the handler, then
+	// pass through unchanged in the same write as their neighbours.
+	classPeek
+	// classIntercept messages are buffered whole and given to the handler,
+	// which writes whatever replaces them (possibly nothing).
+	classIntercept
+)
+
+// errStopAfter, returned by a handler, relays the current message and then
+// stops the pump with errStopped.
+var errStopAfter = errors.New("stop after this message")
+
+// errStopped is returned by pump.run after a handler asked to stop.
+var errStopped = errors.New("pump stopped")
+
+// protocolError is a malformed message: the session ends with SQLSTATE 08P01.
+type protocolError struct{ msg string }
+
+func (e *protocolError) Error() string { return e.msg }
+
+// handler decides how a pump treats the messages of one direction.
+type handler interface {
+	// class returns how messages of type typ are relayed.
+	class(typ byte) msgClass
+	// header is called for each classStream message with its length field.
+	header(typ byte, length int) error
+	// message is called with a whole classPeek or classIntercept message,
+	// header included. The slice is only valid during the call.
+	message(typ byte, msg []byte) error
+}
+
+// syncWriter serialises writes to one connection and remembers whether the
+// last write ended inside a message, so that another goroutine may inject a
+// whole message (an ErrorResponse, a Terminate) only between messages.
+type syncWriter struct {
+	mu     sync.Mutex
+	conn   net.Conn
+	mid    bool
+	broken error
+}
+
+// write writes b; mid says whether b ends inside a message.
+func (w *syncWriter) write(b []byte, mid bool) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.broken != nil {
+		return w.broken
+	}
+	if _, err := w.conn.Write(b); err != nil {
+		w.broken = err
+		return err
+	}
+	w.mid = mid
+	return nil
+}
+
+// inject writes the whole message b if the stream is between messages. It
+// reports whether b was written.
+func (w *syncWriter) inject(b []byte) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.broken != nil || w.mid {
+		return false
+	}
+	if _, err := w.conn.Write(b); err != nil {
+		w.broken = err
+		return false
+	}
+	return true
+}
+
+// pump relays one direction of a session: it reads from src, frames the
+// bytes into messages and writes them to dst.
+type pump struct {
+	src       net.Conn
+	dst       *syncWriter
+	h         handler
+	maxSize   int
+	buf       []byte
+	r, w      int // unread bytes are buf[r:w]
+	remaining int // body bytes of the current streaming message not yet relayed
+}
+
+func newPump(src net.Conn, dst *syncWriter, h handler, maxSize int) *pump {
+	return &pump{src: src, dst: dst, h: h, maxSize: maxSize, buf: make([]byte, pumpBufferSize)}
+}
+
+// run relays until src or dst fails, a message is malformed, or the handler
+// stops it. Read errors are returned as *readError so callers can tell
+// which side failed.
+func (p *pump) run() error {
+	for {
+		n, err := p.src.Read(p.buf[p.w:])
+		p.w += n
+		if n > 0 {
+			if perr := p.process(); perr != nil {
+				return perr
+			}
+		}
+		if err != nil {
+			return &readError{err}
+		}
+	}
+}
+
+// readError wraps a failure to read from the pump's source.
+type readError struct{ err error }
+
+func (e *readError) Error() string { return "read: " + e.err.Error() }
+func (e *readError) Unwrap() error { return e.err }
+
+// writeError wraps a failure to write to the pump's destination.
+type writeError struct{ err error }
+
+func (e *writeError) Error() string { return "write: " + e.err.Error() }
+func (e *writeError) Unwrap() error { return e.err }
+
+// flush writes buf[from:to] to the destination.
+func (p *pump) flush(from, to int) error {
+	if from == to {
+		return nil
+	}
+	if err := p.dst.write(p.buf[from:to], p.remaining > 0); err != nil {
+		return &writeError{err}
+	}
+	return nil
+}
+
+// process relays every complete message (and every available byte of a
+// streaming message) in buf[r:w], then keeps the incomplete rest.
+func (p *pump) process() error {
+	start := p.r // start of the bytes to pass through unchanged
+	need := 0    // bytes a buffered message needs in all
+	stop := false
+	for !stop {
+		if p.remaining > 0 {
+			k := min(p.remaining, p.w-p.r)
+			p.r += k
+			p.remaining -= k
+			if p.remaining > 0 {
+				break
+			}
+		}
+		if p.w-p.r < 5 {
+			break
+		}
+		typ := p.buf[p.r]
+		length := int(binary.BigEndian.Uint32(p.buf[p.r+1 : p.r+5]))
+		if length < 4 || length > p.maxSize {
+			_ = p.flush(start, p.r)
+			if length < 4 {
+				return &protocolError{fmt.Sprintf("invalid message length %d for message type %q", length, typ)}
+			}
+			return &protocolError{fmt.Sprintf("message of type %q is %d bytes, more than the limit of %d", typ, length, p.maxSize)}
+		}
+		switch p.h.class(typ) {
+		case classStream:
+			if err := p.h.header(typ, length); err != nil {
+				if err != errStopAfter {
+					if ferr := p.flush(start, p.r); ferr != nil {
+						return ferr
+					}
+					return err
+				}
+				stop = true
+			}
+			p.r += 5
+			p.remaining = length - 4
+		case classPeek:
+			if p.w-p.r < length+1 {
+				need = length + 1
+				stop = true
+				continue
+			}
+			err := p.h.message(typ, p.buf[p.r:p.r+1+length])
+			p.r += length + 1
+			if err == errStopAfter {
+				stop = true
+			} else if err != nil {
+				if ferr := p.flush(start, p.r-length-1); ferr != nil {
+					return ferr
+				}
+				return err
+			}
+		case classIntercept:
+			if p.w-p.r < length+1 {
+				need = length + 1
+				stop = true
+				continue
+			}
+			if err := p.flush(start, p.r); err != nil {
+				return err
+			}
+			msg := p.buf[p.r : p.r+1+length]
+			p.r += length + 1
+			start = p.r
+			if err := p.h.message(typ, msg); err == errStopAfter {
+				stop = true
+			} else if err != nil {
+				return err
+			}
+		}
+	}
+	if err := p.flush(start, p.r); err != nil {
+		return err
+	}
+	if stop && need == 0 {
+		return errStopped
+	}
+	p.compact(need)
+	return nil
+}
+
+// compact moves the unread bytes to the front of the buffer, growing it when
+// a whole message of need bytes must fit, and shrinking it back afterwards.
+func (p *pump) compact(need int) {
+	unread := p.w - p.r
+	switch {
+	case need > len(p.buf):
+		nb := make([]byte, need)
+		copy(nb, p.buf[p.r:p.w])
+		p.buf = nb
+	case need == 0 && len(p.buf) > pumpBufferSize && unread <= pumpBufferSize:
+		nb := make([]byte, pumpBufferSize)
+		copy(nb, p.buf[p.r:p.w])
+		p.buf = nb
+	default:
+		if p.r == 0 {
+			return
+		}
+		copy(p.buf, p.buf[p.r:p.w])
+	}
+	p.r, p.w = 0, unread
+}

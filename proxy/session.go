@@ -1,0 +1,633 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// Startup packet codes (PostgreSQL documentation §55.7, "Message Formats").
+const (
+	protocolVersion3  = 3 << 16 // major 3 in the high 16 bits
+	cancelRequestCode = 80877102
+	gssEncRequestCode = 80877104
+	// maxStartupPacket is MAX_STARTUP_PACKET_LENGTH in
+	// src/include/libpq/pqcomm.h.
+	maxStartupPacket = 10000
+)
+
+// SQLSTATE codes the proxy sends (PostgreSQL documentation, Appendix A).
+const (
+	codeProtocolViolation   = "08P01"
+	codeConnectionFailure   = "08006"
+	codeAdminShutdown       = "57P01"
+	codeInvalidAuthSpec     = "28000"
+	codeFeatureNotSupported = "0A000"
+)
+
+// Reasons a session ends, used to pick what the client is told.
+var (
+	errShutdown     = errors.New("server shutting down")
+	errClientGone   = errors.New("client disconnected")
+	errTerminated   = errors.New("client terminated the session")
+	errUpstreamGone = errors.New("upstream connection lost")
+)
+
+// clientError is an error the client must see as an ErrorResponse.
+type clientError struct {
+	code, msg string
+}
+
+func (e *clientError) Error() string { return e.msg + " (SQLSTATE " + e.code + ")" }
+
+// session is one client connection and its server connection.
+type session struct {
+	srv    *Server
+	id     uint64
+	start  time.Time
+	client net.Conn
+	server net.Conn
+	toCl   syncWriter
+	toSrv  syncWriter
+
+	user, database, appName string
+	clientTLS, serverTLS    bool
+
+	serverKey atomic.Pointer[[]byte] // the server's BackendKeyData body: pid and secret
+	cancelKey cancelKey
+
+	// pending counts sync points (Query, Sync, FunctionCall) sent to the
+	// server whose ReadyForQuery has not come back.
+	pending atomic.Int64
+	// ready is set at the first ReadyForQuery.
+	ready atomic.Bool
+	// txStatus is the status byte of the last ReadyForQuery.
+	txStatus atomic.Uint32
+	// saslStarted is set when the server asked for SASL, so the next
+	// client 'p' message is the SASLInitialResponse.
+	saslStarted atomic.Bool
+	// lastWasFatal is set when the last ErrorResponse from the server was FATAL.
+	lastWasFatal atomic.Bool
+
+	endOnce  sync.Once
+	endCause error
+	endMu    sync.Mutex
+	closeCl  sync.Once
+	closeSrv sync.Once
+}
+
+func newSession(srv *Server, conn net.Conn, id uint64) *session {
+	return &session{srv: srv, id: id, start: time.Now(), client: conn}
+}
+
+// serve runs the session to its end.
+func (s *session) serve() {
+	defer s.srv.removeSession(s)
+	defer s.closeClient()
+	log := s.srv.log.With("session", s.id, "client", s.client.RemoteAddr().String())
+
+	_ = s.client.SetDeadline(time.Now().Add(s.srv.cfg.StartupTimeout))
+	startup, err := s.readStartup()
+	if err != nil {
+		var ce *clientError
+		if errors.As(err, &ce) {
+			s.sendError(s.client, "FATAL", ce.code, ce.msg)
+			log.Info("session refused", "err", err)
+		} else if !errors.Is(err, io.EOF) && !errors.Is(err, errCancelHandled) {
+			log.Debug("startup failed", "err", err)
+		}
+		return
+	}
+	log = log.With("user", s.user, "database", s.database)
+	if s.srv.cfg.TLSRequired && !s.clientTLS {
+		s.sendError(s.client, "FATAL", codeInvalidAuthSpec, "pgveil: TLS is required; connect with sslmode=require or stronger")
+		log.Info("session refused", "err", "client did not use TLS")
+		return
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.ConnectTimeout)
+	server, serverTLS, err := s.srv.cfg.Upstream.dial(ctx, s.srv.cfg.ConnectTimeout)
+	cancel()
+	if err != nil {
+		s.sendError(s.client, "FATAL", codeConnectionFailure, "pgveil: cannot connect to the upstream server")
+		log.Warn("upstream connect failed", "err", err)
+		return
+	}
+	s.server, s.serverTLS = server, serverTLS
+	s.toCl.conn, s.toSrv.conn = s.client, server
+	defer s.closeServer()
+	_ = server.SetDeadline(time.Now().Add(s.srv.cfg.StartupTimeout))
+	if _, err := server.Write(startup); err != nil {
+		s.sendError(s.client, "FATAL", codeConnectionFailure, "pgveil: upstream server closed the connection")
+		log.Warn("upstream write failed", "err", err)
+		return
+	}
+	log.Info("session start", "application_name", s.appName, "client_tls", s.clientTLS, "server_tls", s.serverTLS)
+
+	cause := s.relay()
+	log.Info("session end", "elapsed", time.Since(s.start).Round(time.Millisecond), "outcome", outcome(cause))
+}
+
+// outcome names a session's end cause for the log.
+func outcome(err error) string {
+	var ce *clientError
+	var pe *protocolError
+	switch {
+	case err == nil, errors.Is(err, errTerminated):
+		return "ok"
+	case errors.Is(err, errClientGone):
+		return "client_gone"
+	case errors.Is(err, errUpstreamGone):
+		return "upstream_gone"
+	case errors.Is(err, errShutdown):
+		return "shutdown"
+	case errors.As(err, &pe):
+		return "protocol_violation"
+	case errors.As(err, &ce):
+		return "refused"
+	default:
+		return "error"
+	}
+}
+
+// relay runs both pumps until the session ends and returns the cause.
+func (s *session) relay() error {
+	max := s.srv.cfg.MaxMessageSize
+	up := newPump(s.client, &s.toSrv, &clientSide{s: s}, max)
+	down := newPump(s.server, &s.toCl, &serverSide{s: s}, max)
+	upDone := make(chan error, 1)
+	go func() { upDone <- s.fromPumpUp(up.run()) }()
+	downErr := s.fromPumpDown(down.run())
+	s.end(downErr)
+	upErr := <-upDone
+	s.end(upErr)
+	return s.endCause
+}
+
+// fromPumpUp classifies how the client-to-server pump ended.
+func (s *session) fromPumpUp(err error) error {
+	var re *readError
+	var we *writeError
+	var pe *protocolError
+	switch {
+	case errors.Is(err, errStopped):
+		err = errTerminated
+	case errors.As(err, &pe):
+	case errors.As(err, &re):
+		err = errClientGone
+	case errors.As(err, &we):
+		err = errUpstreamGone
+	}
+	s.end(err)
+	return err
+}
+
+// fromPumpDown classifies how the server-to-client pump ended.
+func (s *session) fromPumpDown(err error) error {
+	var re *readError
+	var we *writeError
+	switch {
+	case errors.Is(err, errStopped):
+		err = errShutdown
+	case errors.As(err, &re):
+		err = errUpstreamGone
+	case errors.As(err, &we):
+		err = errClientGone
+	}
+	s.end(err)
+	return err
+}
+
+// end ends the session once, telling each side what it must know, and
+// closes both connections so that both pumps return.
+func (s *session) end(cause error) {
+	s.endOnce.Do(func() {
+		s.endMu.Lock()
+		s.endCause = cause
+		s.endMu.Unlock()
+		var pe *protocolError
+		var ce *clientError
+		switch {
+		case errors.Is(cause, errTerminated):
+			// The server ends the backend after Terminate and closes its
+			// side; the server-side pump reads until then, so nothing it
+			// sent is reset. The deadline bounds a server that does not.
+			_ = s.server.SetReadDeadline(time.Now().Add(5 * time.Second))
+			s.closeClient()
+			return
+		case errors.Is(cause, errClientGone):
+			s.cancelQueryIfBusy()
+			s.terminateServer()
+		case errors.Is(cause, errUpstreamGone):
+			if !s.lastWasFatal.Load() {
+				s.inject(&s.toCl, "FATAL", codeConnectionFailure, "pgveil: connection to the upstream server was lost")
+			}
+		case errors.Is(cause, errShutdown):
+			s.cancelQueryIfBusy()
+			s.terminateServer()
+			s.inject(&s.toCl, "FATAL", codeAdminShutdown, "terminating connection because pgveil is shutting down")
+		case errors.As(cause, &pe):
+			s.terminateServer()
+			s.inject(&s.toCl, "FATAL", codeProtocolViolation, "pgveil: "+pe.msg)
+		case errors.As(cause, &ce):
+			s.terminateServer()
+			s.inject(&s.toCl, "FATAL", ce.code, ce.msg)
+		default:
+			s.cancelQueryIfBusy()
+			s.terminateServer()
+		}
+		s.closeServer()
+		s.closeClient()
+	})
+}
+
+// kill ends the session from outside its pumps (forced shutdown).
+func (s *session) kill(cause error) { s.end(cause) }
+
+// endIfIdle ends the session with 57P01 if it is idle outside a
+// transaction; otherwise the server-side pump ends it at its next idle
+// ReadyForQuery (see serverSide.message).
+func (s *session) endIfIdle() {
+	if s.ready.Load() && s.pending.Load() == 0 && byte(s.txStatus.Load()) == 'I' {
+		s.end(errShutdown)
+	}
+}
+
+func (s *session) closeClient() { s.closeCl.Do(func() { s.client.Close() }) }
+
+func (s *session) closeServer() {
+	if s.server == nil {
+		return
+	}
+	s.closeSrv.Do(func() { s.server.Close() })
+}
+
+// terminateServer sends Terminate to the server if it is between messages.
+func (s *session) terminateServer() {
+	if s.server == nil {
+		return
+	}
+	_ = s.server.SetWriteDeadline(time.Now().Add(time.Second))
+	s.toSrv.inject([]byte{'X', 0, 0, 0, 4})
+}
+
+// cancelQueryIfBusy asks the server to cancel the running query when the
+// client left (or the proxy stops) while one may be running.
+func (s *session) cancelQueryIfBusy() {
+	if s.pending.Load() == 0 || s.serverKey.Load() == nil {
+		return
+	}
+	s.sendCancel()
+}
+
+// sendCancel sends a CancelRequest for this session's backend on a new
+// upstream connection.
+func (s *session) sendCancel() {
+	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.ConnectTimeout)
+	defer cancel()
+	conn, _, err := s.srv.cfg.Upstream.dial(ctx, s.srv.cfg.ConnectTimeout)
+	if err != nil {
+		s.srv.log.Warn("cancel: upstream connect failed", "session", s.id, "err", err)
+		return
+	}
+	defer conn.Close()
+	key := *s.serverKey.Load()
+	msg := make([]byte, 8, 8+len(key))
+	binary.BigEndian.PutUint32(msg[0:4], uint32(8+len(key)))
+	binary.BigEndian.PutUint32(msg[4:8], cancelRequestCode)
+	msg = append(msg, key...)
+	_ = conn.SetDeadline(time.Now().Add(s.srv.cfg.ConnectTimeout))
+	if _, err := conn.Write(msg); err != nil {
+		s.srv.log.Warn("cancel: upstream write failed", "session", s.id, "err", err)
+		return
+	}
+	// The server closes the connection once it has read the request;
+	// waiting for that keeps the cancel ahead of whatever follows.
+	_, _ = conn.Read(make([]byte, 1))
+}
+
+// inject writes an ErrorResponse to w if it is between messages.
+func (s *session) inject(w *syncWriter, severity, code, msg string) {
+	if w.conn == nil {
+		return
+	}
+	_ = w.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	w.inject(errorMessage(severity, code, msg))
+}
+
+// sendError writes an ErrorResponse straight to conn (before relaying).
+func (s *session) sendError(conn net.Conn, severity, code, msg string) {
+	_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = conn.Write(errorMessage(severity, code, msg))
+}
+
+func errorMessage(severity, code, msg string) []byte {
+	b, _ := (&pgproto3.ErrorResponse{Severity: severity, SeverityUnlocalized: severity, Code: code, Message: msg}).Encode(nil)
+	return b
+}
+
+// errCancelHandled ends a connection that carried a CancelRequest.
+var errCancelHandled = errors.New("cancel request handled")
+
+// readStartup negotiates SSL/GSS encryption, handles a CancelRequest, and
+// returns the raw StartupMessage to forward.
+func (s *session) readStartup() ([]byte, error) {
+	for {
+		var hdr [4]byte
+		if _, err := io.ReadFull(s.client, hdr[:]); err != nil {
+			return nil, err
+		}
+		n := int(binary.BigEndian.Uint32(hdr[:]))
+		if n < 8 || n > maxStartupPacket {
+			return nil, &clientError{codeProtocolViolation, fmt.Sprintf("pgveil: invalid startup packet length %d", n)}
+		}
+		pkt := make([]byte, n)
+		copy(pkt, hdr[:])
+		if _, err := io.ReadFull(s.client, pkt[4:]); err != nil {
+			return nil, err
+		}
+		code := binary.BigEndian.Uint32(pkt[4:8])
+		switch {
+		case code == sslRequestCode:
+			if s.clientTLS {
+				return nil, &clientError{codeProtocolViolation, "pgveil: SSLRequest after TLS was established"}
+			}
+			if s.srv.cfg.TLS == nil {
+				if _, err := s.client.Write([]byte{'N'}); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			if _, err := s.client.Write([]byte{'S'}); err != nil {
+				return nil, err
+			}
+			tc := tls.Server(s.client, s.srv.cfg.TLS)
+			if err := tc.Handshake(); err != nil {
+				return nil, fmt.Errorf("client TLS handshake: %w", err)
+			}
+			s.client = tc
+			s.clientTLS = true
+		case code == gssEncRequestCode:
+			if _, err := s.client.Write([]byte{'N'}); err != nil {
+				return nil, err
+			}
+		case code == cancelRequestCode:
+			s.handleCancel(pkt[8:])
+			return nil, errCancelHandled
+		case code>>16 == 3:
+			if err := s.parseStartup(pkt[8:]); err != nil {
+				return nil, err
+			}
+			return pkt, nil
+		default:
+			return nil, &clientError{codeFeatureNotSupported, fmt.Sprintf("pgveil: unsupported frontend protocol %d.%d: server supports 3.0 to 3.x", code>>16, code&0xffff)}
+		}
+	}
+}
+
+// parseStartup reads the StartupMessage parameters the proxy needs.
+func (s *session) parseStartup(b []byte) error {
+	for len(b) > 1 {
+		k, rest, ok := cutNul(b)
+		if !ok {
+			return &clientError{codeProtocolViolation, "pgveil: malformed startup packet"}
+		}
+		v, rest, ok := cutNul(rest)
+		if !ok {
+			return &clientError{codeProtocolViolation, "pgveil: malformed startup packet"}
+		}
+		b = rest
+		switch k {
+		case "user":
+			s.user = v
+		case "database":
+			s.database = v
+		case "application_name":
+			s.appName = v
+		}
+	}
+	if len(b) != 1 || b[0] != 0 {
+		return &clientError{codeProtocolViolation, "pgveil: malformed startup packet"}
+	}
+	if s.user == "" {
+		return &clientError{codeInvalidAuthSpec, "no PostgreSQL user name specified in startup packet"}
+	}
+	if s.database == "" {
+		s.database = s.user
+	}
+	return nil
+}
+
+func cutNul(b []byte) (string, []byte, bool) {
+	for i, c := range b {
+		if c == 0 {
+			return string(b[:i]), b[i+1:], true
+		}
+	}
+	return "", nil, false
+}
+
+// handleCancel forwards a CancelRequest to the server of the session the
+// key belongs to. Unknown keys are ignored, as the server does.
+func (s *session) handleCancel(key []byte) {
+	if len(key) < 8 {
+		return
+	}
+	k := cancelKey{pid: binary.BigEndian.Uint32(key[0:4]), secret: string(key[4:])}
+	target := s.srv.lookupCancel(k)
+	if target == nil || subtle.ConstantTimeCompare([]byte(target.cancelKey.secret), key[4:]) != 1 {
+		s.srv.log.Info("cancel request for an unknown session", "client", s.client.RemoteAddr().String())
+		return
+	}
+	target.sendCancel()
+	s.srv.log.Info("cancel request relayed", "session", target.id)
+}
+
+// clientSide handles messages from the client to the server.
+type clientSide struct {
+	s *session
+}
+
+func (h *clientSide) class(typ byte) msgClass {
+	if typ == 'p' && h.s.saslStarted.Load() {
+		return classIntercept
+	}
+	return classStream
+}
+
+func (h *clientSide) header(typ byte, length int) error {
+	switch typ {
+	case 'Q', 'S', 'F':
+		h.s.pending.Add(1)
+	case 'X':
+		return errStopAfter
+	}
+	return nil
+}
+
+// message checks the SASLInitialResponse: channel binding cannot cross the
+// proxy, so a client that insists on it is told why here rather than by a
+// confusing server error.
+func (h *clientSide) message(typ byte, msg []byte) error {
+	s := h.s
+	s.saslStarted.Store(false)
+	body := msg[5:]
+	mech, rest, ok := cutNul(body)
+	if ok && strings.HasPrefix(mech, "SCRAM-") && len(rest) > 4 {
+		data := rest[4:]
+		switch {
+		case len(data) > 0 && data[0] == 'p':
+			return &clientError{codeInvalidAuthSpec, "pgveil: SCRAM channel binding cannot pass through a proxy; connect with channel_binding=disable"}
+		case len(data) > 0 && data[0] == 'y' && s.serverTLS:
+			return &clientError{codeInvalidAuthSpec, "pgveil: the client offers SCRAM channel binding, which cannot pass through a proxy that uses TLS on both sides; connect with channel_binding=disable (libpq) or use a non-TLS upstream"}
+		}
+	}
+	if err := s.toSrv.write(msg, false); err != nil {
+		return &writeError{err}
+	}
+	return nil
+}
+
+// serverSide handles messages from the server to the client.
+type serverSide struct {
+	s     *session
+	ready bool
+}
+
+func (h *serverSide) class(typ byte) msgClass {
+	switch typ {
+	case 'Z', 'E':
+		return classPeek
+	case 'R', 'K':
+		if !h.ready {
+			return classIntercept
+		}
+	}
+	return classStream
+}
+
+func (h *serverSide) header(typ byte, length int) error { return nil }
+
+func (h *serverSide) message(typ byte, msg []byte) error {
+	s := h.s
+	switch typ {
+	case 'Z':
+		s.lastWasFatal.Store(false)
+		if len(msg) != 6 {
+			return &protocolError{"malformed ReadyForQuery from server"}
+		}
+		s.txStatus.Store(uint32(msg[5]))
+		if !h.ready {
+			// The first ReadyForQuery ends the startup; no client sync
+			// point asked for it.
+			h.ready = true
+			s.ready.Store(true)
+			_ = s.client.SetDeadline(time.Time{})
+			_ = s.server.SetDeadline(time.Time{})
+		} else if s.pending.Add(-1) < 0 {
+			s.pending.Store(0)
+		}
+		if s.srv.draining.Load() && s.pending.Load() == 0 && msg[5] == 'I' {
+			return errStopAfter
+		}
+		return nil
+	case 'E':
+		s.lastWasFatal.Store(isFatal(msg[5:]))
+		return nil
+	case 'R':
+		return h.auth(msg)
+	case 'K':
+		return h.keyData(msg)
+	}
+	return fmt.Errorf("unexpected intercepted message %q", typ)
+}
+
+// isFatal reports whether an ErrorResponse body has severity FATAL or PANIC.
+func isFatal(body []byte) bool {
+	for len(body) > 1 {
+		field := body[0]
+		v, rest, ok := cutNul(body[1:])
+		if !ok {
+			return false
+		}
+		if field == 'V' || field == 'S' {
+			return v == "FATAL" || v == "PANIC"
+		}
+		body = rest
+	}
+	return false
+}
+
+// auth relays an authentication request, removing SASL mechanisms that
+// need channel binding: the client's TLS session ends at the proxy, so a
+// binding to it can never match the server's.
+func (h *serverSide) auth(msg []byte) error {
+	s := h.s
+	if len(msg) >= 9 && binary.BigEndian.Uint32(msg[5:9]) == 10 { // AuthenticationSASL
+		var sasl pgproto3.AuthenticationSASL
+		if err := sasl.Decode(msg[5:]); err != nil {
+			return &protocolError{"malformed AuthenticationSASL from server"}
+		}
+		mechs := sasl.AuthMechanisms[:0]
+		for _, m := range sasl.AuthMechanisms {
+			if !strings.HasSuffix(m, "-PLUS") {
+				mechs = append(mechs, m)
+			}
+		}
+		if len(mechs) == 0 {
+			return &clientError{codeInvalidAuthSpec, "pgveil: the server offers only SASL mechanisms with channel binding, which cannot pass through a proxy"}
+		}
+		sasl.AuthMechanisms = mechs
+		out, err := sasl.Encode(nil)
+		if err != nil {
+			return err
+		}
+		s.saslStarted.Store(true)
+		if err := s.toCl.write(out, false); err != nil {
+			return &writeError{err}
+		}
+		return nil
+	}
+	if err := s.toCl.write(msg, false); err != nil {
+		return &writeError{err}
+	}
+	return nil
+}
+
+// keyData replaces the server's cancel secret with one of the proxy's own,
+// so that a client can only cancel its own session's queries. The process
+// id is kept: clients compare it with NotificationResponse senders.
+func (h *serverSide) keyData(msg []byte) error {
+	s := h.s
+	body := msg[5:]
+	if len(body) < 8 || len(body) > 4+256 {
+		return &protocolError{"malformed BackendKeyData from server"}
+	}
+	key := append([]byte(nil), body...)
+	s.serverKey.Store(&key)
+	secret := make([]byte, len(body)-4)
+	if _, err := rand.Read(secret); err != nil {
+		return err
+	}
+	s.cancelKey = cancelKey{pid: binary.BigEndian.Uint32(body[0:4]), secret: string(secret)}
+	s.srv.registerCancel(s, s.cancelKey)
+	out := make([]byte, 0, len(msg))
+	out = append(out, msg[:9]...)
+	out = append(out, secret...)
+	if err := s.toCl.write(out, false); err != nil {
+		return &writeError{err}
+	}
+	return nil
+}

@@ -1,0 +1,167 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/pgveil/pgveil/proxy"
+)
+
+// serveFlags are the settings of pgveil serve.
+type serveFlags struct {
+	listen          string
+	upstream        string
+	tlsCert, tlsKey string
+	tlsRequired     bool
+	maxMessageSize  int
+	shutdownTimeout time.Duration
+	connectTimeout  time.Duration
+	startupTimeout  time.Duration
+	logFormat       string
+	logLevel        string
+}
+
+func (f *serveFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.listen, "listen", "127.0.0.1:6432", "address to accept PostgreSQL clients on")
+	fs.StringVar(&f.upstream, "upstream", "", "PostgreSQL server URL: postgres://[user:password@]host:port/db?sslmode=prefer&sslrootcert=ca.pem (required)")
+	fs.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate offered to clients that ask for TLS")
+	fs.StringVar(&f.tlsKey, "tls-key", "", "PEM private key for --tls-cert")
+	fs.BoolVar(&f.tlsRequired, "tls-required", false, "refuse clients that do not use TLS (needs --tls-cert)")
+	fs.IntVar(&f.maxMessageSize, "max-message-size", proxy.DefaultMaxMessageSize, "largest protocol message accepted, in bytes")
+	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM/SIGINT, how long running sessions may finish before they are ended with 57P01")
+	fs.DurationVar(&f.connectTimeout, "connect-timeout", 10*time.Second, "timeout for connecting to the upstream server")
+	fs.DurationVar(&f.startupTimeout, "startup-timeout", 60*time.Second, "timeout for a client's handshake and authentication")
+	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+}
+
+// newLogger builds the process logger from --log-format and --log-level.
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, usagef("invalid --log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	default:
+		return nil, usagef("invalid --log-format %q: want text or json", format)
+	}
+}
+
+// proxyConfig maps the flags onto proxy.Config.
+func (f *serveFlags) proxyConfig(log *slog.Logger) (proxy.Config, error) {
+	var cfg proxy.Config
+	if f.upstream == "" {
+		return cfg, usagef("missing --upstream")
+	}
+	up, err := proxy.ParseUpstream(f.upstream)
+	if err != nil {
+		return cfg, usagef("invalid --upstream: %v", err)
+	}
+	cfg.Upstream = up
+	if (f.tlsCert == "") != (f.tlsKey == "") {
+		return cfg, usagef("--tls-cert and --tls-key go together")
+	}
+	if f.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(f.tlsCert, f.tlsKey)
+		if err != nil {
+			return cfg, usagef("cannot load --tls-cert/--tls-key: %v", err)
+		}
+		cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	if f.tlsRequired && cfg.TLS == nil {
+		return cfg, usagef("--tls-required needs --tls-cert and --tls-key")
+	}
+	cfg.TLSRequired = f.tlsRequired
+	if f.maxMessageSize < 1<<16 {
+		return cfg, usagef("--max-message-size must be at least 65536")
+	}
+	cfg.MaxMessageSize = f.maxMessageSize
+	if f.shutdownTimeout < 0 || f.connectTimeout <= 0 || f.startupTimeout <= 0 {
+		return cfg, usagef("timeouts must be positive")
+	}
+	cfg.ConnectTimeout = f.connectTimeout
+	cfg.StartupTimeout = f.startupTimeout
+	cfg.Logger = log
+	return cfg, nil
+}
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var f serveFlags
+	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
+	f.register(fs)
+	if err := parseFlags(fs, args, stdout); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, f.logFormat, f.logLevel)
+	if err != nil {
+		return err
+	}
+	cfg, err := f.proxyConfig(log)
+	if err != nil {
+		return err
+	}
+	srv, err := proxy.New(cfg)
+	if err != nil {
+		return usagef("%v", err)
+	}
+	ln, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return usagef("cannot listen on --listen %s: %v", f.listen, err)
+	}
+	return serveUntilSignal(ctx, srv, ln, f.shutdownTimeout, log)
+}
+
+// serveUntilSignal serves until ctx ends (SIGTERM/SIGINT), then shuts down
+// gracefully; a second signal ends the remaining sessions at once.
+func serveUntilSignal(ctx context.Context, srv *proxy.Server, ln net.Listener, timeout time.Duration, log *slog.Logger) error {
+	log.Info("pgveil listening", "addr", ln.Addr().String(), "version", versionString())
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down", "sessions", srv.Sessions(), "timeout", timeout)
+	sctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	again := make(chan os.Signal, 1)
+	signal.Notify(again, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(again)
+	go func() {
+		select {
+		case <-again:
+			log.Info("second signal: ending all sessions now")
+			cancel()
+		case <-sctx.Done():
+		}
+	}()
+	err := srv.Shutdown(sctx)
+	if serr := <-errc; serr != nil && !errors.Is(serr, proxy.ErrServerClosed) {
+		log.Warn("listener", "err", serr)
+	}
+	if err != nil {
+		log.Info("shutdown timeout reached; remaining sessions ended")
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// errorf is fmt.Errorf, named for symmetry with usagef.
+var errorf = fmt.Errorf
