@@ -149,6 +149,17 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 }
 
+// ServeConn runs one client connection to its end, as Serve does for each
+// accepted connection.
+func (s *Server) ServeConn(conn net.Conn) {
+	sess := s.newSession(conn)
+	if sess == nil {
+		conn.Close()
+		return
+	}
+	sess.serve()
+}
+
 // ListenAndServe listens on addr (TCP) and calls Serve.
 func (s *Server) ListenAndServe(addr string) error {
 	ln, err := net.Listen("tcp", addr)

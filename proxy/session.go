@@ -235,15 +235,15 @@ func (s *session) end(cause error) {
 				s.inject(&s.toCl, "FATAL", codeConnectionFailure, "pgveil: connection to the upstream server was lost")
 			}
 		case errors.Is(cause, errShutdown):
+			s.inject(&s.toCl, "FATAL", codeAdminShutdown, "terminating connection because pgveil is shutting down")
 			s.cancelQueryIfBusy()
 			s.terminateServer()
-			s.inject(&s.toCl, "FATAL", codeAdminShutdown, "terminating connection because pgveil is shutting down")
 		case errors.As(cause, &pe):
-			s.terminateServer()
 			s.inject(&s.toCl, "FATAL", codeProtocolViolation, "pgveil: "+pe.msg)
-		case errors.As(cause, &ce):
 			s.terminateServer()
+		case errors.As(cause, &ce):
 			s.inject(&s.toCl, "FATAL", ce.code, ce.msg)
+			s.terminateServer()
 		default:
 			s.cancelQueryIfBusy()
 			s.terminateServer()

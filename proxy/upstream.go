@@ -48,6 +48,8 @@ type Upstream struct {
 	// User, Password and Database are the proxy's own account (used later
 	// for catalog reads); client sessions always authenticate as themselves.
 	User, Password, Database string
+	// Dial, when set, replaces net.Dialer (tests, custom transports).
+	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 }
 
 // ParseUpstream parses a postgres:// URL: host (or a unix socket directory
@@ -167,8 +169,12 @@ func (u *Upstream) wantsTLS() bool {
 // dial connects to the server and negotiates TLS per the SSL mode. It
 // reports whether the connection is encrypted.
 func (u *Upstream) dial(ctx context.Context, timeout time.Duration) (net.Conn, bool, error) {
-	d := net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
-	conn, err := d.DialContext(ctx, u.Network, u.Address)
+	dial := u.Dial
+	if dial == nil {
+		d := net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
+		dial = d.DialContext
+	}
+	conn, err := dial(ctx, u.Network, u.Address)
 	if err != nil {
 		return nil, false, err
 	}
