@@ -3,7 +3,6 @@ package integration
 import (
 	"bufio"
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"regexp"
@@ -87,5 +86,4 @@ func TestDemo(t *testing.T) {
 	if _, err := os.Stat(dataDir); !os.IsNotExist(err) {
 		t.Fatalf("demo left %s behind (%v)", dataDir, err)
 	}
-	fmt.Fprintln(os.Stderr) // keep go test -v output tidy after the demo's own lines
 }

@@ -1,0 +1,20 @@
+# syntax=docker/dockerfile:1
+# Build stage: cgo stays enabled because the SQL parser (pg_query_go, used
+# by the masking rewrite) is C code.
+FROM golang:1.26-bookworm AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+ARG VERSION=dev
+RUN CGO_ENABLED=1 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/pgveil .
+
+# Runtime stage: a small glibc image with CA certificates, no shell, and a
+# non-root user (uid 65532).
+FROM gcr.io/distroless/base-debian12:nonroot
+COPY --from=build /out/pgveil /usr/local/bin/pgveil
+USER 65532:65532
+EXPOSE 6432
+ENV PGVEIL_LISTEN=0.0.0.0:6432
+ENTRYPOINT ["/usr/local/bin/pgveil"]
+CMD ["serve"]

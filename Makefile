@@ -1,0 +1,39 @@
+# pgveil — make test runs every test; make demo runs the demo.
+GO ?= go
+BIN := bin/pgveil
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
+.PHONY: build test demo deps lint unit integration bench fuzz clean
+
+build:
+	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) .
+
+# test installs whatever is missing, then runs the linters, the unit tests
+# under the race detector, and the integration tests against real
+# PostgreSQL and real clients (a missing client fails, never skips).
+test: deps lint unit integration
+
+deps:
+	bash scripts/install-deps.sh
+
+lint:
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -race -count=1 ./proxy/... ./internal/... .
+
+integration:
+	PGVEIL_REQUIRE_ALL=1 $(GO) test -race -count=1 -timeout 30m ./integration/...
+
+demo: build
+	./$(BIN) demo
+
+bench: build
+	PGVEIL_BIN=$(abspath $(BIN)) bash bench/run.sh
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzClientBytes -fuzztime 60s ./proxy
+
+clean:
+	rm -rf bin
