@@ -13,7 +13,8 @@ packages=()
 command -v pgbouncer >/dev/null || [[ -x /usr/sbin/pgbouncer ]] || packages+=(pgbouncer)
 /usr/bin/python3 -c 'import psycopg' 2>/dev/null || packages+=(python3-psycopg)
 [[ -f /usr/share/java/postgresql.jar ]] || packages+=(libpostgresql-jdbc-java)
-command -v java >/dev/null || packages+=(default-jre-headless)
+# Single-file Java programs need the compiler module, so a JDK, not a JRE.
+command -v javac >/dev/null || packages+=(default-jdk-headless)
 command -v node >/dev/null || packages+=(nodejs)
 command -v npm >/dev/null || packages+=(npm)
 

@@ -15,9 +15,10 @@
 //
 //     java -cp /usr/share/java/postgresql.jar integration/clients/jdbc/Scenario.java
 
+import java.io.BufferedOutputStream;
+import java.io.ByteArrayOutputStream;
 import java.io.FileDescriptor;
 import java.io.FileOutputStream;
-import java.io.BufferedOutputStream;
 import java.io.PrintStream;
 import java.math.BigDecimal;
 import java.nio.charset.StandardCharsets;
@@ -260,7 +261,7 @@ public class Scenario {
         return object;
     }
 
-    /** Binds the values of one row; a null array binds NULL in every column. */
+    /** Binds the values of row id (1 or 2), or NULL in every column when nulls is true. */
     static void bindRow(Connection conn, PreparedStatement ps, int id, boolean nulls) throws SQLException {
         ps.setInt(1, id);
         if (nulls) {
@@ -578,7 +579,7 @@ public class Scenario {
 
     static CopyResult copyOut(CopyManager cm, String sql) throws SQLException {
         CopyOut copy = cm.copyOut(sql);
-        java.io.ByteArrayOutputStream buffer = new java.io.ByteArrayOutputStream();
+        ByteArrayOutputStream buffer = new ByteArrayOutputStream();
         byte[] chunk;
         while ((chunk = copy.readFromCopy()) != null) {
             buffer.write(chunk, 0, chunk.length);
