@@ -159,7 +159,7 @@ func FuzzClientBytes(f *testing.F) {
 		client.Close()
 		select {
 		case <-done:
-		case <-time.After(5 * time.Second):
+		case <-time.After(10 * time.Second):
 			t.Fatal("session did not end after the client closed")
 		}
 		server.Close()

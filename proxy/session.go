@@ -37,6 +37,10 @@ const (
 	codeFeatureNotSupported = "0A000"
 )
 
+// terminateGrace is how long the proxy waits for the server to close its
+// side after a client's Terminate.
+const terminateGrace = 2 * time.Second
+
 // Reasons a session ends, used to pick what the client is told.
 var (
 	errShutdown     = errors.New("server shutting down")
@@ -224,7 +228,7 @@ func (s *session) end(cause error) {
 			// The server ends the backend after Terminate and closes its
 			// side; the server-side pump reads until then, so nothing it
 			// sent is reset. The deadline bounds a server that does not.
-			_ = s.server.SetReadDeadline(time.Now().Add(5 * time.Second))
+			_ = s.server.SetReadDeadline(time.Now().Add(terminateGrace))
 			s.closeClient()
 			return
 		case errors.Is(cause, errClientGone):
