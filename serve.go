@@ -30,6 +30,8 @@ type serveFlags struct {
 	startupTimeout  time.Duration
 	logFormat       string
 	logLevel        string
+	policy          string
+	catalogRefresh  time.Duration
 }
 
 func (f *serveFlags) register(fs *pflag.FlagSet) {
@@ -44,6 +46,8 @@ func (f *serveFlags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.startupTimeout, "startup-timeout", 60*time.Second, "timeout for a client's handshake and authentication")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&f.policy, "policy", "", "policy file (YAML): which roles see which classified columns masked or raw; without it every session is relayed unchanged")
+	fs.DurationVar(&f.catalogRefresh, "catalog-refresh", time.Minute, "how often the schema catalog is re-read (DDL seen through the proxy also triggers a refresh)")
 }
 
 // newLogger builds the process logger from --log-format and --log-level.
@@ -115,6 +119,15 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	cfg, err := f.proxyConfig(log)
 	if err != nil {
 		return err
+	}
+	ctx, cancelMasking := context.WithCancel(ctx)
+	defer cancelMasking()
+	if f.policy != "" {
+		src, err := startMasking(ctx, f.policy, f.upstream, f.catalogRefresh, log)
+		if err != nil {
+			return err
+		}
+		cfg.Masking = src
 	}
 	srv, err := proxy.New(cfg)
 	if err != nil {

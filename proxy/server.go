@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/pgveil/pgveil/rewrite"
 )
 
 // ErrServerClosed is returned by Serve after Shutdown.
@@ -39,6 +41,11 @@ type Config struct {
 	StartupTimeout time.Duration
 	// Logger receives one line per session start and end; nil discards.
 	Logger *slog.Logger
+	// Masking, when set, rewrites the statements of sessions whose roles
+	// may not see every class raw. nil relays every session unchanged.
+	Masking Masking
+	// PlanCacheSize bounds the plan cache; zero means 10,000 plans.
+	PlanCacheSize int
 }
 
 // Server accepts client connections and relays each to its own upstream
@@ -56,6 +63,7 @@ type Server struct {
 	draining atomic.Bool
 	nextID   atomic.Uint64
 	wg       sync.WaitGroup
+	cache    *rewrite.Cache
 }
 
 // cancelKey identifies a session to CancelRequest: the process id of its
@@ -104,6 +112,7 @@ func New(cfg Config) (*Server, error) {
 		listeners: make(map[net.Listener]struct{}),
 		sessions:  make(map[*session]struct{}),
 		cancels:   make(map[cancelKey]*session),
+		cache:     rewrite.NewCache(cfg.PlanCacheSize),
 	}, nil
 }
 

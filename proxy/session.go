@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/subtle"
 	"crypto/tls"
 	"encoding/binary"
@@ -10,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -82,6 +80,14 @@ type session struct {
 	// saslStarted is set when the server asked for SASL, so the next
 	// client 'p' message is the SASLInitialResponse.
 	saslStarted atomic.Bool
+	// params holds the server's ParameterStatus values (server side only).
+	params map[string]string
+	// masked is set at the first ReadyForQuery for sessions whose
+	// statements are rewritten; modeDecided is closed once that decision
+	// is made, and the client side waits for it before relaying queries.
+	masked      atomic.Pointer[maskedSession]
+	modeDecided chan struct{}
+	decideOnce  sync.Once
 	// lastWasFatal is set when the last ErrorResponse from the server was FATAL.
 	lastWasFatal atomic.Bool
 
@@ -93,7 +99,7 @@ type session struct {
 }
 
 func newSession(srv *Server, conn net.Conn, id uint64) *session {
-	return &session{srv: srv, id: id, start: time.Now(), client: conn}
+	return &session{srv: srv, id: id, start: time.Now(), client: conn, params: map[string]string{}, modeDecided: make(chan struct{})}
 }
 
 // serve runs the session to its end.
@@ -218,6 +224,7 @@ func (s *session) fromPumpDown(err error) error {
 // closes both connections so that both pumps return.
 func (s *session) end(cause error) {
 	s.endOnce.Do(func() {
+		defer s.markDecided()
 		s.endMu.Lock()
 		s.endCause = cause
 		s.endMu.Unlock()
@@ -256,6 +263,10 @@ func (s *session) end(cause error) {
 		s.closeClient()
 	})
 }
+
+// markDecided releases the client side once the session's mode is known
+// (or the session ends).
+func (s *session) markDecided() { s.decideOnce.Do(func() { close(s.modeDecided) }) }
 
 // kill ends the session from outside its pumps (forced shutdown).
 func (s *session) kill(cause error) { s.end(cause) }
@@ -459,179 +470,3 @@ func (s *session) handleCancel(key []byte) {
 	s.srv.log.Info("cancel request relayed", "session", target.id)
 }
 
-// clientSide handles messages from the client to the server.
-type clientSide struct {
-	s *session
-}
-
-func (h *clientSide) class(typ byte) msgClass {
-	if typ == 'p' && h.s.saslStarted.Load() {
-		return classIntercept
-	}
-	return classStream
-}
-
-func (h *clientSide) header(typ byte, length int) error {
-	switch typ {
-	case 'Q', 'S', 'F':
-		h.s.pending.Add(1)
-	case 'X':
-		return errStopAfter
-	}
-	return nil
-}
-
-// message checks the SASLInitialResponse: channel binding cannot cross the
-// proxy, so a client that insists on it is told why here rather than by a
-// confusing server error.
-func (h *clientSide) message(typ byte, msg []byte) error {
-	s := h.s
-	s.saslStarted.Store(false)
-	body := msg[5:]
-	mech, rest, ok := cutNul(body)
-	if ok && strings.HasPrefix(mech, "SCRAM-") && len(rest) > 4 {
-		data := rest[4:]
-		switch {
-		case len(data) > 0 && data[0] == 'p':
-			return &clientError{codeInvalidAuthSpec, "pgveil: SCRAM channel binding cannot pass through a proxy; connect with channel_binding=disable"}
-		case len(data) > 0 && data[0] == 'y' && s.serverTLS:
-			return &clientError{codeInvalidAuthSpec, "pgveil: the client offers SCRAM channel binding, which cannot pass through a proxy that uses TLS on both sides; connect with channel_binding=disable (libpq) or use a non-TLS upstream"}
-		}
-	}
-	if err := s.toSrv.write(msg, false); err != nil {
-		return &writeError{err}
-	}
-	return nil
-}
-
-// serverSide handles messages from the server to the client.
-type serverSide struct {
-	s     *session
-	ready bool
-}
-
-func (h *serverSide) class(typ byte) msgClass {
-	switch typ {
-	case 'Z', 'E':
-		return classPeek
-	case 'R', 'K':
-		if !h.ready {
-			return classIntercept
-		}
-	}
-	return classStream
-}
-
-func (h *serverSide) header(typ byte, length int) error { return nil }
-
-func (h *serverSide) message(typ byte, msg []byte) error {
-	s := h.s
-	switch typ {
-	case 'Z':
-		s.lastWasFatal.Store(false)
-		if len(msg) != 6 {
-			return &protocolError{"malformed ReadyForQuery from server"}
-		}
-		s.txStatus.Store(uint32(msg[5]))
-		if !h.ready {
-			// The first ReadyForQuery ends the startup; no client sync
-			// point asked for it.
-			h.ready = true
-			s.ready.Store(true)
-			_ = s.client.SetDeadline(time.Time{})
-			_ = s.server.SetDeadline(time.Time{})
-		} else if s.pending.Add(-1) < 0 {
-			s.pending.Store(0)
-		}
-		if s.srv.draining.Load() && s.pending.Load() == 0 && msg[5] == 'I' {
-			return errStopAfter
-		}
-		return nil
-	case 'E':
-		s.lastWasFatal.Store(isFatal(msg[5:]))
-		return nil
-	case 'R':
-		return h.auth(msg)
-	case 'K':
-		return h.keyData(msg)
-	}
-	return fmt.Errorf("unexpected intercepted message %q", typ)
-}
-
-// isFatal reports whether an ErrorResponse body has severity FATAL or PANIC.
-func isFatal(body []byte) bool {
-	for len(body) > 1 {
-		field := body[0]
-		v, rest, ok := cutNul(body[1:])
-		if !ok {
-			return false
-		}
-		if field == 'V' || field == 'S' {
-			return v == "FATAL" || v == "PANIC"
-		}
-		body = rest
-	}
-	return false
-}
-
-// auth relays an authentication request, removing SASL mechanisms that
-// need channel binding: the client's TLS session ends at the proxy, so a
-// binding to it can never match the server's.
-func (h *serverSide) auth(msg []byte) error {
-	s := h.s
-	if len(msg) >= 9 && binary.BigEndian.Uint32(msg[5:9]) == 10 { // AuthenticationSASL
-		var sasl pgproto3.AuthenticationSASL
-		if err := sasl.Decode(msg[5:]); err != nil {
-			return &protocolError{"malformed AuthenticationSASL from server"}
-		}
-		mechs := sasl.AuthMechanisms[:0]
-		for _, m := range sasl.AuthMechanisms {
-			if !strings.HasSuffix(m, "-PLUS") {
-				mechs = append(mechs, m)
-			}
-		}
-		if len(mechs) == 0 {
-			return &clientError{codeInvalidAuthSpec, "pgveil: the server offers only SASL mechanisms with channel binding, which cannot pass through a proxy"}
-		}
-		sasl.AuthMechanisms = mechs
-		out, err := sasl.Encode(nil)
-		if err != nil {
-			return err
-		}
-		s.saslStarted.Store(true)
-		if err := s.toCl.write(out, false); err != nil {
-			return &writeError{err}
-		}
-		return nil
-	}
-	if err := s.toCl.write(msg, false); err != nil {
-		return &writeError{err}
-	}
-	return nil
-}
-
-// keyData replaces the server's cancel secret with one of the proxy's own,
-// so that a client can only cancel its own session's queries. The process
-// id is kept: clients compare it with NotificationResponse senders.
-func (h *serverSide) keyData(msg []byte) error {
-	s := h.s
-	body := msg[5:]
-	if len(body) < 8 || len(body) > 4+256 {
-		return &protocolError{"malformed BackendKeyData from server"}
-	}
-	key := append([]byte(nil), body...)
-	s.serverKey.Store(&key)
-	secret := make([]byte, len(body)-4)
-	if _, err := rand.Read(secret); err != nil {
-		return err
-	}
-	s.cancelKey = cancelKey{pid: binary.BigEndian.Uint32(body[0:4]), secret: string(secret)}
-	s.srv.registerCancel(s, s.cancelKey)
-	out := make([]byte, 0, len(msg))
-	out = append(out, msg[:9]...)
-	out = append(out, secret...)
-	if err := s.toCl.write(out, false); err != nil {
-		return &writeError{err}
-	}
-	return nil
-}

@@ -1,0 +1,403 @@
+package proxy
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgveil/pgveil/catalog"
+	"github.com/pgveil/pgveil/rewrite"
+)
+
+// clientSide handles messages from the client to the server.
+type clientSide struct {
+	s       *session
+	decided bool
+	masked  *maskedSession
+}
+
+func (h *clientSide) class(typ byte) msgClass {
+	if typ == 'p' {
+		if h.s.saslStarted.Load() {
+			return classIntercept
+		}
+		return classStream
+	}
+	if !h.decided {
+		// Authentication is over; nothing else may pass before the
+		// server side has decided whether this session is masked.
+		<-h.s.modeDecided
+		h.decided = true
+		h.masked = h.s.masked.Load()
+	}
+	if h.masked != nil {
+		switch typ {
+		case 'Q', 'P', 'F':
+			return classIntercept
+		}
+	}
+	return classStream
+}
+
+func (h *clientSide) header(typ byte, length int) error {
+	switch typ {
+	case 'Q', 'S', 'F':
+		h.s.pending.Add(1)
+	case 'X':
+		return errStopAfter
+	}
+	return nil
+}
+
+// message rewrites the statements of masked sessions, and checks the
+// SASLInitialResponse.
+func (h *clientSide) message(typ byte, msg []byte) error {
+	var out []byte
+	var err error
+	switch typ {
+	case 'p':
+		return h.saslInitial(msg)
+	case 'Q':
+		h.s.pending.Add(1)
+		out, err = h.masked.query(msg)
+	case 'P':
+		out, err = h.masked.parse(msg)
+	case 'F':
+		// A function call by OID could run any function, including
+		// those denied by name.
+		h.s.pending.Add(1)
+		out, err = (&pgproto3.Query{String: h.masked.refuse(&rewriteRefusalFunctionCall)}).Encode(nil)
+	default:
+		return fmt.Errorf("unexpected intercepted message %q", typ)
+	}
+	if err != nil {
+		return err
+	}
+	if err := h.s.toSrv.write(out, false); err != nil {
+		return &writeError{err}
+	}
+	return nil
+}
+
+// saslInitial checks the SASLInitialResponse: channel binding cannot cross
+// the proxy, so a client that insists on it is told why here rather than
+// by a confusing server error.
+func (h *clientSide) saslInitial(msg []byte) error {
+	s := h.s
+	s.saslStarted.Store(false)
+	body := msg[5:]
+	mech, rest, ok := cutNul(body)
+	if ok && strings.HasPrefix(mech, "SCRAM-") && len(rest) > 4 {
+		data := rest[4:]
+		switch {
+		case len(data) > 0 && data[0] == 'p':
+			return &clientError{codeInvalidAuthSpec, "pgveil: SCRAM channel binding cannot pass through a proxy; connect with channel_binding=disable"}
+		case len(data) > 0 && data[0] == 'y' && s.serverTLS:
+			return &clientError{codeInvalidAuthSpec, "pgveil: the client offers SCRAM channel binding, which cannot pass through a proxy that uses TLS on both sides; connect with channel_binding=disable (libpq) or use a non-TLS upstream"}
+		}
+	}
+	if err := s.toSrv.write(msg, false); err != nil {
+		return &writeError{err}
+	}
+	return nil
+}
+
+// serverSide handles messages from the server to the client.
+type serverSide struct {
+	s     *session
+	ready bool
+	// masked is the session's masking state once decided.
+	masked *maskedSession
+	// internal is set while the proxy's own startup query runs; held is
+	// the ReadyForQuery that will end it.
+	internal bool
+	held     []byte
+	// failed records an ErrorResponse since the last ReadyForQuery.
+	failed bool
+}
+
+func (h *serverSide) class(typ byte) msgClass {
+	if h.internal {
+		return classIntercept
+	}
+	switch typ {
+	case 'Z':
+		if !h.ready && h.s.srv.cfg.Masking != nil {
+			return classIntercept
+		}
+		return classPeek
+	case 'E', 'N':
+		if h.masked != nil {
+			return classIntercept
+		}
+		if typ == 'E' {
+			return classPeek
+		}
+	case 'S':
+		return classPeek
+	case 'C':
+		if h.s.srv.cfg.Masking != nil {
+			return classPeek
+		}
+	case 'R', 'K':
+		if !h.ready {
+			return classIntercept
+		}
+	}
+	return classStream
+}
+
+func (h *serverSide) header(typ byte, length int) error { return nil }
+
+func (h *serverSide) message(typ byte, msg []byte) error {
+	s := h.s
+	if h.internal {
+		return h.internalReply(typ, msg)
+	}
+	switch typ {
+	case 'S':
+		return h.parameterStatus(msg)
+	case 'C':
+		if ddlTag(msg[5:]) {
+			s.srv.cfg.Masking.Invalidate()
+		}
+		return nil
+	case 'N':
+		out, _, err := h.masked.serverError(typ, msg)
+		if err != nil {
+			return err
+		}
+		return h.write(out)
+	case 'Z':
+		if !h.ready && s.srv.cfg.Masking != nil {
+			return h.decide(msg)
+		}
+		if h.masked != nil {
+			h.masked.readyForQuery(h.failed)
+		}
+		h.failed = false
+		s.lastWasFatal.Store(false)
+		if len(msg) != 6 {
+			return &protocolError{"malformed ReadyForQuery from server"}
+		}
+		s.txStatus.Store(uint32(msg[5]))
+		if !h.ready {
+			// The first ReadyForQuery ends the startup; no client sync
+			// point asked for it.
+			h.ready = true
+			s.ready.Store(true)
+			_ = s.client.SetDeadline(time.Time{})
+			_ = s.server.SetDeadline(time.Time{})
+			s.markDecided()
+		} else if s.pending.Add(-1) < 0 {
+			s.pending.Store(0)
+		}
+		if s.srv.draining.Load() && s.pending.Load() == 0 && msg[5] == 'I' {
+			return errStopAfter
+		}
+		return nil
+	case 'E':
+		s.lastWasFatal.Store(isFatal(msg[5:]))
+		h.failed = true
+		if h.masked != nil {
+			out, _, err := h.masked.serverError(typ, msg)
+			if err != nil {
+				return err
+			}
+			return h.write(out)
+		}
+		return nil
+	case 'R':
+		return h.auth(msg)
+	case 'K':
+		return h.keyData(msg)
+	}
+	return fmt.Errorf("unexpected intercepted message %q", typ)
+}
+
+// isFatal reports whether an ErrorResponse body has severity FATAL or PANIC.
+func isFatal(body []byte) bool {
+	for len(body) > 1 {
+		field := body[0]
+		v, rest, ok := cutNul(body[1:])
+		if !ok {
+			return false
+		}
+		if field == 'V' || field == 'S' {
+			return v == "FATAL" || v == "PANIC"
+		}
+		body = rest
+	}
+	return false
+}
+
+// auth relays an authentication request, removing SASL mechanisms that
+// need channel binding: the client's TLS session ends at the proxy, so a
+// binding to it can never match the server's.
+func (h *serverSide) auth(msg []byte) error {
+	s := h.s
+	if len(msg) >= 9 && binary.BigEndian.Uint32(msg[5:9]) == 10 { // AuthenticationSASL
+		var sasl pgproto3.AuthenticationSASL
+		if err := sasl.Decode(msg[5:]); err != nil {
+			return &protocolError{"malformed AuthenticationSASL from server"}
+		}
+		mechs := sasl.AuthMechanisms[:0]
+		for _, m := range sasl.AuthMechanisms {
+			if !strings.HasSuffix(m, "-PLUS") {
+				mechs = append(mechs, m)
+			}
+		}
+		if len(mechs) == 0 {
+			return &clientError{codeInvalidAuthSpec, "pgveil: the server offers only SASL mechanisms with channel binding, which cannot pass through a proxy"}
+		}
+		sasl.AuthMechanisms = mechs
+		out, err := sasl.Encode(nil)
+		if err != nil {
+			return err
+		}
+		s.saslStarted.Store(true)
+		if err := s.toCl.write(out, false); err != nil {
+			return &writeError{err}
+		}
+		return nil
+	}
+	if err := s.toCl.write(msg, false); err != nil {
+		return &writeError{err}
+	}
+	return nil
+}
+
+// keyData replaces the server's cancel secret with one of the proxy's own,
+// so that a client can only cancel its own session's queries. The process
+// id is kept: clients compare it with NotificationResponse senders.
+func (h *serverSide) keyData(msg []byte) error {
+	s := h.s
+	body := msg[5:]
+	if len(body) < 8 || len(body) > 4+256 {
+		return &protocolError{"malformed BackendKeyData from server"}
+	}
+	key := append([]byte(nil), body...)
+	s.serverKey.Store(&key)
+	secret := make([]byte, len(body)-4)
+	if _, err := rand.Read(secret); err != nil {
+		return err
+	}
+	s.cancelKey = cancelKey{pid: binary.BigEndian.Uint32(body[0:4]), secret: string(secret)}
+	s.srv.registerCancel(s, s.cancelKey)
+	out := make([]byte, 0, len(msg))
+	out = append(out, msg[:9]...)
+	out = append(out, secret...)
+	if err := s.toCl.write(out, false); err != nil {
+		return &writeError{err}
+	}
+	return nil
+}
+
+func (h *serverSide) write(b []byte) error {
+	if err := h.s.toCl.write(b, false); err != nil {
+		return &writeError{err}
+	}
+	return nil
+}
+
+// decide handles the first ReadyForQuery of a proxy with a policy: it
+// settles whether the session is masked and, if so, reads the session's
+// search_path before letting the client in.
+func (h *serverSide) decide(msg []byte) error {
+	s := h.s
+	h.ready = true
+	s.ready.Store(true)
+	s.txStatus.Store(uint32(msg[5]))
+	m, err := s.decideMode()
+	if err != nil {
+		return err
+	}
+	if m == nil {
+		_ = s.client.SetDeadline(time.Time{})
+		_ = s.server.SetDeadline(time.Time{})
+		s.markDecided()
+		return h.write(msg)
+	}
+	h.masked = m
+	s.masked.Store(m)
+	h.internal = true
+	h.held = append([]byte(nil), msg...)
+	q, _ := (&pgproto3.Query{String: "SHOW search_path"}).Encode(nil)
+	if err := s.toSrv.write(q, false); err != nil {
+		return &writeError{err}
+	}
+	return nil
+}
+
+// internalReply consumes the answer to the proxy's own startup query.
+func (h *serverSide) internalReply(typ byte, msg []byte) error {
+	s := h.s
+	switch typ {
+	case 'T', 'C', 'S', 'N':
+		if typ == 'S' {
+			return h.parameterStatus(msg)
+		}
+		return nil
+	case 'D':
+		var row pgproto3.DataRow
+		if err := row.Decode(msg[5:]); err != nil || len(row.Values) != 1 {
+			return &protocolError{"malformed answer to SHOW search_path"}
+		}
+		path, err := catalog.ParseSearchPath(string(row.Values[0]))
+		if err != nil {
+			return &clientError{codeInvalidAuthSpec, "pgveil: cannot read the session's search_path: " + err.Error()}
+		}
+		h.masked.mu.Lock()
+		h.masked.searchPath, h.masked.defaultPath = path, path
+		h.masked.mu.Unlock()
+		return nil
+	case 'E':
+		return &clientError{codeConnectionFailure, "pgveil: the session's search_path could not be read"}
+	case 'Z':
+		h.internal = false
+		_ = s.client.SetDeadline(time.Time{})
+		_ = s.server.SetDeadline(time.Time{})
+		s.markDecided()
+		s.srv.log.Info("session masked", "session", s.id, "user", s.user, "grants", h.masked.grants.Key())
+		return h.write(h.held)
+	}
+	return &protocolError{fmt.Sprintf("unexpected message %q during startup query", typ)}
+}
+
+// parameterStatus records a server setting; in a masked session the
+// pinned settings may never change.
+func (h *serverSide) parameterStatus(msg []byte) error {
+	var ps pgproto3.ParameterStatus
+	if err := ps.Decode(msg[5:]); err != nil {
+		return &protocolError{"malformed ParameterStatus from server"}
+	}
+	h.s.params[ps.Name] = ps.Value
+	if h.masked != nil {
+		switch {
+		case ps.Name == "client_encoding" && !utf8Encoding(ps.Value),
+			ps.Name == "standard_conforming_strings" && ps.Value != "on":
+			return &clientError{codeProtocolViolation, "pgveil: " + ps.Name + " changed in a masked session"}
+		}
+	}
+	// The message itself passes through as a peeked message (or is
+	// dropped during the proxy's own startup query).
+	return nil
+}
+
+// ddlTag reports whether a CommandComplete tag says the schema or the
+// privileges may have changed.
+func ddlTag(body []byte) bool {
+	for _, p := range []string{"CREATE", "ALTER", "DROP", "GRANT", "REVOKE", "COMMENT", "SECURITY LABEL", "IMPORT FOREIGN SCHEMA", "REFRESH"} {
+		if len(body) >= len(p) && string(body[:len(p)]) == p {
+			return true
+		}
+	}
+	return false
+}
+
+// rewriteRefusalFunctionCall refuses the FunctionCall message for masked sessions.
+var rewriteRefusalFunctionCall = rewrite.Refusal{Rule: "function-call", Message: "the fast-path function call protocol is not allowed for masked sessions"}

@@ -1,0 +1,302 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgveil/pgveil/catalog"
+	"github.com/pgveil/pgveil/rewrite"
+	"github.com/pgveil/pgveil/rules"
+)
+
+// Masking supplies the policy and the catalog snapshot that decide, per
+// session, whether statements are rewritten.
+type Masking interface {
+	// Current returns the policy and snapshot to use now. A nil policy
+	// relays every session unchanged; a nil snapshot (still loading)
+	// refuses new sessions with 57P03.
+	Current() (*rules.Policy, *catalog.Snapshot)
+	// Invalidate asks for a catalog refresh soon (after DDL).
+	Invalidate()
+}
+
+// SQLSTATE codes of the masking layer.
+const (
+	codeInsufficientPrivilege = "42501"
+	codeSyntaxError           = "42601"
+	codeCannotConnectNow      = "57P03"
+)
+
+// refusedMarker is the statement sent to the server in place of a refused
+// one: it fails at parse analysis with "column does not exist", so that the
+// server aborts a transaction block exactly as for any other error and
+// answers in order; the proxy then replaces that error with the refusal.
+const refusedMarker = "pgveil_refused_"
+
+// maskedSession is the rewrite state of a session that may not see every
+// class raw.
+type maskedSession struct {
+	s     *session
+	cache *rewrite.Cache
+
+	mu          sync.Mutex
+	policy      *rules.Policy
+	grants      *rules.Grants
+	roles       []string
+	searchPath  []string // current search_path, as the server holds it
+	defaultPath []string // at session start: what RESET restores
+	pendingPath []string // set by a statement in flight, applied at ReadyForQuery
+	hasPending  bool
+	refusals    map[uint64]error
+	nextID      uint64
+}
+
+// decideMode runs at the first ReadyForQuery: it resolves the session's
+// roles against the policy and reports whether statements must be
+// rewritten. An error ends the session.
+func (s *session) decideMode() (*maskedSession, error) {
+	mk := s.srv.cfg.Masking
+	if mk == nil {
+		return nil, nil
+	}
+	policy, snap := mk.Current()
+	if policy == nil {
+		return nil, nil
+	}
+	if snap == nil {
+		return nil, &clientError{codeCannotConnectNow, "pgveil: the catalog is not loaded yet; retry in a moment"}
+	}
+	if snap.Database != s.database {
+		return nil, &clientError{codeInvalidAuthSpec, fmt.Sprintf("pgveil: this proxy enforces its policy on database %q only", snap.Database)}
+	}
+	roles := snap.RolesOf(s.user)
+	grants, err := policy.Grants(roles)
+	if err != nil {
+		if errors.Is(err, rules.ErrUnknownRole) {
+			return nil, &clientError{codeInvalidAuthSpec, "pgveil: " + err.Error()}
+		}
+		return nil, err
+	}
+	if grants.AllRaw() {
+		return nil, nil
+	}
+	if v := s.params["client_encoding"]; !utf8Encoding(v) {
+		return nil, &clientError{codeInvalidAuthSpec, fmt.Sprintf("pgveil: masked sessions must use client_encoding UTF8 (this session uses %s)", v)}
+	}
+	if v := s.params["standard_conforming_strings"]; v != "on" {
+		return nil, &clientError{codeInvalidAuthSpec, "pgveil: masked sessions need standard_conforming_strings=on"}
+	}
+	return &maskedSession{s: s, cache: s.srv.cache, policy: policy, grants: grants, roles: roles, refusals: map[uint64]error{}}, nil
+}
+
+func utf8Encoding(v string) bool {
+	v = strings.ToLower(strings.ReplaceAll(v, "-", ""))
+	return v == "utf8" || v == "unicode"
+}
+
+// session returns the rewrite inputs for the next statement, picking up a
+// reloaded policy or refreshed catalog.
+func (m *maskedSession) session() (*rewrite.Session, error) {
+	policy, snap := m.s.srv.cfg.Masking.Current()
+	if policy == nil || snap == nil {
+		return nil, errors.New("policy or catalog unavailable")
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if policy != m.policy {
+		g, err := policy.Grants(m.roles)
+		if err != nil {
+			return nil, err
+		}
+		m.policy, m.grants = policy, g
+	}
+	return &rewrite.Session{Policy: m.policy, Grants: m.grants, Catalog: snap, SearchPath: m.searchPath, User: m.s.user}, nil
+}
+
+// analyse rewrites sql, or returns the refusal the client must see.
+func (m *maskedSession) analyse(sql string, simple bool) (*rewrite.Plan, error) {
+	rs, err := m.session()
+	if err != nil {
+		return nil, &rewrite.Refusal{Rule: "unavailable", Message: "the policy or catalog is unavailable"}
+	}
+	plan, err := m.cache.Rewrite(sql, rs)
+	if err != nil {
+		return nil, err
+	}
+	// A search_path change is tracked only when it cannot be undone by the
+	// server behind the proxy's back: alone in its message, outside a
+	// transaction block.
+	for _, st := range plan.Statements {
+		if st.SearchPath == nil && !st.ResetSearchPath {
+			continue
+		}
+		if len(plan.Statements) > 1 || byte(m.s.txStatus.Load()) != 'I' {
+			return nil, &rewrite.Refusal{Rule: "search-path", Message: "for masked sessions, change search_path in a statement of its own, outside a transaction block"}
+		}
+		m.mu.Lock()
+		if st.ResetSearchPath {
+			m.pendingPath = m.defaultPath
+		} else {
+			m.pendingPath = st.SearchPath
+		}
+		m.hasPending = true
+		m.mu.Unlock()
+	}
+	return plan, nil
+}
+
+// refuse registers a refusal and returns the marker statement that stands
+// in for the refused one.
+func (m *maskedSession) refuse(err error) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.nextID++
+	id := m.nextID
+	m.refusals[id] = err
+	// Refusals the server never reaches (it skipped them after an earlier
+	// error in the same batch) are forgotten after a while.
+	if len(m.refusals) > 1024 {
+		for k := range m.refusals {
+			if k+1024 < id {
+				delete(m.refusals, k)
+			}
+		}
+	}
+	var rule string
+	var re *rewrite.Refusal
+	if errors.As(err, &re) {
+		rule = re.Rule
+	} else {
+		rule = "syntax"
+	}
+	m.s.srv.log.Info("statement refused", "session", m.s.id, "user", m.s.user, "rule", rule)
+	return "SELECT " + refusedMarker + strconv.FormatUint(id, 10)
+}
+
+// takeRefusal returns the refusal a marker error stands for.
+func (m *maskedSession) takeRefusal(e *pgproto3.ErrorResponse) error {
+	if e.Code != "42703" {
+		return nil
+	}
+	const prefix = `column "` + refusedMarker
+	if !strings.HasPrefix(e.Message, prefix) {
+		return nil
+	}
+	idText, _, ok := strings.Cut(e.Message[len(prefix):], `"`)
+	if !ok {
+		return nil
+	}
+	id, err := strconv.ParseUint(idText, 10, 64)
+	if err != nil {
+		return nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := m.refusals[id]
+	delete(m.refusals, id)
+	return r
+}
+
+// readyForQuery applies a search_path change once its statement is done.
+func (m *maskedSession) readyForQuery(failed bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.hasPending && !failed {
+		m.searchPath = m.pendingPath
+	}
+	m.hasPending = false
+}
+
+// query rewrites a simple-protocol Query message.
+func (m *maskedSession) query(msg []byte) ([]byte, error) {
+	sql, _, ok := cutNul(msg[5:])
+	if !ok {
+		return nil, &protocolError{"malformed Query message"}
+	}
+	plan, err := m.analyse(sql, true)
+	switch {
+	case err != nil:
+		sql = m.refuse(err)
+	case plan.Rewritten:
+		sql = plan.SQL
+	default:
+		return msg, nil
+	}
+	return (&pgproto3.Query{String: sql}).Encode(nil)
+}
+
+// parse rewrites an extended-protocol Parse message.
+func (m *maskedSession) parse(msg []byte) ([]byte, error) {
+	name, rest, ok := cutNul(msg[5:])
+	if !ok {
+		return nil, &protocolError{"malformed Parse message"}
+	}
+	sql, types, ok := cutNul(rest)
+	if !ok {
+		return nil, &protocolError{"malformed Parse message"}
+	}
+	plan, err := m.analyse(sql, false)
+	switch {
+	case err != nil:
+		sql = m.refuse(err)
+	case plan.Rewritten:
+		sql = plan.SQL
+	default:
+		return msg, nil
+	}
+	out := make([]byte, 5, 5+len(name)+len(sql)+2+len(types))
+	out[0] = 'P'
+	out = append(out, name...)
+	out = append(out, 0)
+	out = append(out, sql...)
+	out = append(out, 0)
+	out = append(out, types...)
+	putLength(out)
+	return out, nil
+}
+
+// putLength writes a message's length field from its size.
+func putLength(msg []byte) {
+	n := len(msg) - 1
+	msg[1], msg[2], msg[3], msg[4] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
+}
+
+// serverError rewrites an ErrorResponse or NoticeResponse for a masked
+// session: a refusal marker becomes the refusal, and every field that can
+// quote data or SQL (detail, hint, context, internal query) is dropped
+// (DESIGN.md §2 rule 5).
+func (m *maskedSession) serverError(typ byte, msg []byte) ([]byte, bool, error) {
+	var e pgproto3.ErrorResponse
+	if err := e.Decode(msg[5:]); err != nil {
+		return nil, false, &protocolError{"malformed error message from server"}
+	}
+	failed := typ == 'E'
+	if typ == 'E' {
+		if r := m.takeRefusal(&e); r != nil {
+			code := codeInsufficientPrivilege
+			var se *rewrite.SyntaxError
+			if errors.As(r, &se) {
+				code = codeSyntaxError
+			}
+			out := errorMessage("ERROR", code, r.Error())
+			if se != nil {
+				out = errorMessage("ERROR", code, se.Message)
+			}
+			return out, failed, nil
+		}
+	}
+	e.Detail, e.Hint, e.Where, e.InternalQuery, e.InternalPosition = "", "", "", "", 0
+	var out []byte
+	var err error
+	if typ == 'N' {
+		out, err = (*pgproto3.NoticeResponse)(&e).Encode(nil)
+	} else {
+		out, err = e.Encode(nil)
+	}
+	return out, failed, err
+}

@@ -1,0 +1,101 @@
+package rewrite
+
+import (
+	"container/list"
+	"strings"
+	"sync"
+)
+
+// CacheKey identifies the inputs of a plan: two rewrites with equal keys
+// produce equal plans.
+type CacheKey struct {
+	// Policy is rules.Policy.Hash; Grants is rules.Grants.Key.
+	Policy, Grants string
+	// Catalog is catalog.Snapshot.Version.
+	Catalog uint64
+	// Path is the session's search path with "$user" expanded, joined.
+	Path string
+	// SQL is the client's text.
+	SQL string
+}
+
+// KeyFor returns the cache key for sql in session s.
+func KeyFor(s *Session, sql string) CacheKey {
+	w := walker{s: s}
+	return CacheKey{
+		Policy:  s.Policy.Hash,
+		Grants:  s.Grants.Key(),
+		Catalog: s.Catalog.Version,
+		Path:    strings.Join(w.searchPath(), "\x00"),
+		SQL:     sql,
+	}
+}
+
+// Cache is a bounded LRU of plans and refusals, safe for concurrent use.
+// Each distinct text is analysed once per (policy, grants, catalog, search
+// path).
+type Cache struct {
+	mu    sync.Mutex
+	max   int
+	ll    *list.List
+	items map[CacheKey]*list.Element
+	hits  uint64
+	miss  uint64
+}
+
+type cacheEntry struct {
+	key  CacheKey
+	plan *Plan
+	err  error
+}
+
+// NewCache returns a cache holding up to max plans (zero means 10,000).
+func NewCache(max int) *Cache {
+	if max <= 0 {
+		max = 10000
+	}
+	return &Cache{max: max, ll: list.New(), items: make(map[CacheKey]*list.Element)}
+}
+
+// Rewrite returns the cached outcome for sql in s, analysing it on a miss.
+// Refusals are cached too; other errors are not.
+func (c *Cache) Rewrite(sql string, s *Session) (*Plan, error) {
+	if s == nil || s.Policy == nil || s.Grants == nil || s.Catalog == nil {
+		return nil, ErrNoSession
+	}
+	key := KeyFor(s, sql)
+	c.mu.Lock()
+	if el, ok := c.items[key]; ok {
+		c.ll.MoveToFront(el)
+		c.hits++
+		e := el.Value.(*cacheEntry)
+		c.mu.Unlock()
+		return e.plan, e.err
+	}
+	c.miss++
+	c.mu.Unlock()
+	plan, err := Rewrite(sql, s)
+	switch err.(type) {
+	case nil, *Refusal, *SyntaxError:
+	default:
+		return plan, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.items[key]; !ok {
+		c.items[key] = c.ll.PushFront(&cacheEntry{key: key, plan: plan, err: err})
+		for c.ll.Len() > c.max {
+			last := c.ll.Back()
+			c.ll.Remove(last)
+			delete(c.items, last.Value.(*cacheEntry).key)
+		}
+	}
+	return plan, err
+}
+
+// Stats returns the number of hits and misses so far.
+func (c *Cache) Stats() (hits, misses uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.hits, c.miss
+}

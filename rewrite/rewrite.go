@@ -1,0 +1,123 @@
+// Package rewrite owns the analysis of SQL for masked sessions: it parses a
+// statement with the PostgreSQL parser (pg_query_go), checks it against the
+// statement and function allow-lists, replaces every reference to a
+// relation the session may not read raw with a sub-query that projects the
+// masked columns under their own names and types, and deparses the result.
+//
+// Rewrite is a pure function of (SQL text, Session): no I/O, no logging, no
+// globals beyond read-only tables. A Plan, once returned, is immutable and
+// may be cached and shared between sessions with equal inputs.
+package rewrite
+
+import (
+	"errors"
+	"fmt"
+
+	pg_query "github.com/pganalyze/pg_query_go/v6"
+
+	"github.com/pgveil/pgveil/catalog"
+	"github.com/pgveil/pgveil/rules"
+)
+
+// Session is everything a rewrite depends on.
+type Session struct {
+	// Policy is the loaded policy; Grants are the session's resolved
+	// treatments (rules.Policy.Grants over the session's role set).
+	Policy *rules.Policy
+	Grants *rules.Grants
+	// Catalog is the schema snapshot names are resolved against.
+	Catalog *catalog.Snapshot
+	// SearchPath is the session's search_path as the server holds it, e.g.
+	// ["$user", "public"]; User expands "$user".
+	SearchPath []string
+	User       string
+}
+
+// Plan is the outcome of analysing one client SQL text.
+type Plan struct {
+	// SQL is the text to send to the server. When Rewritten is false it is
+	// the client's own text.
+	SQL       string
+	Rewritten bool
+	// Statements describes each statement of the text, in order.
+	Statements []Statement
+}
+
+// Statement describes one analysed statement.
+type Statement struct {
+	// Kind is the statement's node type, e.g. "SelectStmt".
+	Kind string
+	// Masked lists the protected relations that were replaced by masking
+	// sub-queries.
+	Masked []catalog.Name
+	// SearchPath is set when the statement sets search_path (SET, SET
+	// LOCAL); ResetSearchPath when it restores the session default (RESET,
+	// SET ... TO DEFAULT, RESET ALL, DISCARD ALL).
+	SearchPath      []string
+	ResetSearchPath bool
+}
+
+// Refusal is a statement a masked session may not run. The proxy sends it
+// as an ErrorResponse with SQLSTATE 42501.
+type Refusal struct {
+	// Rule is a stable label of the rule that refused, for logs and metrics.
+	Rule string
+	// Message explains the refusal to the client.
+	Message string
+}
+
+func (r *Refusal) Error() string { return "pgveil: " + r.Message }
+
+func refuse(rule, format string, args ...any) error {
+	return &Refusal{Rule: rule, Message: fmt.Sprintf(format, args...)}
+}
+
+// SyntaxError is text the PostgreSQL parser rejects. The proxy sends it with
+// SQLSTATE 42601, as the server would.
+type SyntaxError struct {
+	Message string
+}
+
+func (e *SyntaxError) Error() string { return e.Message }
+
+// ErrNoSession is returned when Session lacks a policy, grants or catalog.
+var ErrNoSession = errors.New("rewrite: incomplete session")
+
+// Rewrite analyses sql for s. Sessions whose grants see everything raw get
+// the text back unchanged. Otherwise the statements are checked and
+// rewritten, or refused with a *Refusal (or *SyntaxError).
+func Rewrite(sql string, s *Session) (*Plan, error) {
+	if s == nil || s.Policy == nil || s.Grants == nil || s.Catalog == nil {
+		return nil, ErrNoSession
+	}
+	if s.Grants.AllRaw() {
+		return &Plan{SQL: sql}, nil
+	}
+	tree, err := pg_query.Parse(sql)
+	if err != nil {
+		return nil, &SyntaxError{Message: err.Error()}
+	}
+	plan := &Plan{Rewritten: true}
+	for _, raw := range tree.Stmts {
+		w := newWalker(s)
+		st, err := w.statement(raw.Stmt)
+		if err != nil {
+			return nil, err
+		}
+		st.Masked = w.masked
+		plan.Statements = append(plan.Statements, st)
+	}
+	if len(tree.Stmts) == 0 {
+		// An empty query (only comments or semicolons) is forwarded as
+		// sent: the server answers EmptyQueryResponse.
+		plan.SQL = sql
+		plan.Rewritten = false
+		return plan, nil
+	}
+	out, err := pg_query.Deparse(tree)
+	if err != nil {
+		return nil, refuse("deparse", "the statement cannot be re-serialised safely: %v", err)
+	}
+	plan.SQL = out
+	return plan, nil
+}

@@ -1,0 +1,376 @@
+package rewrite
+
+import (
+	"strings"
+
+	pg_query "github.com/pganalyze/pg_query_go/v6"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/pgveil/pgveil/catalog"
+	"github.com/pgveil/pgveil/rules"
+)
+
+// statement checks one top-level statement against the allow-list of
+// DESIGN.md §2 rule 2 and rewrites it.
+func (w *walker) statement(n *pg_query.Node) (Statement, error) {
+	st := Statement{}
+	if n == nil || n.Node == nil {
+		return st, refuse("unsupported-syntax", "empty statement")
+	}
+	m := innerMessage(n)
+	st.Kind = string(m.Descriptor().Name())
+	var err error
+	switch x := n.Node.(type) {
+	case *pg_query.Node_SelectStmt:
+		err = w.selectStmt(x.SelectStmt)
+	case *pg_query.Node_InsertStmt, *pg_query.Node_UpdateStmt, *pg_query.Node_DeleteStmt:
+		err = w.node(n)
+	case *pg_query.Node_TransactionStmt, *pg_query.Node_VariableShowStmt,
+		*pg_query.Node_FetchStmt, *pg_query.Node_ClosePortalStmt, *pg_query.Node_DeallocateStmt,
+		*pg_query.Node_ExecuteStmt:
+		// Transaction control, SHOW, cursor movement and EXECUTE carry
+		// only options, names and parameter expressions.
+		err = w.fields(m, nil)
+	case *pg_query.Node_NotifyStmt:
+		// NOTIFY sends only what the session itself can see.
+	case *pg_query.Node_DeclareCursorStmt:
+		err = w.node(x.DeclareCursorStmt.Query)
+	case *pg_query.Node_PrepareStmt:
+		for _, a := range x.PrepareStmt.Argtypes {
+			if err = w.node(a); err != nil {
+				break
+			}
+		}
+		if err == nil {
+			err = w.node(x.PrepareStmt.Query)
+		}
+	case *pg_query.Node_CopyStmt:
+		err = w.copyStmt(x.CopyStmt)
+	case *pg_query.Node_ExplainStmt:
+		w.explain = true
+		err = w.node(x.ExplainStmt.Query)
+		if err == nil {
+			err = w.fields(x.ExplainStmt.ProtoReflect(), map[protoreflect.Name]bool{"query": true})
+		}
+	case *pg_query.Node_VariableSetStmt:
+		err = w.setStmt(x.VariableSetStmt, &st)
+	case *pg_query.Node_DiscardStmt:
+		if x.DiscardStmt.Target == pg_query.DiscardMode_DISCARD_ALL {
+			st.ResetSearchPath = true
+		}
+	case *pg_query.Node_ListenStmt:
+		err = refuse("listen", "LISTEN is not allowed for masked sessions: notification payloads are not masked")
+	case *pg_query.Node_DoStmt, *pg_query.Node_CallStmt:
+		err = refuse("procedural", "DO and CALL run code pgveil cannot analyse and are not allowed for masked sessions")
+	case *pg_query.Node_CreateTableAsStmt:
+		err = refuse("ddl", "CREATE TABLE AS is not allowed for masked sessions")
+	default:
+		if ddlKinds[st.Kind] || strings.HasPrefix(st.Kind, "Create") || strings.HasPrefix(st.Kind, "Alter") || strings.HasPrefix(st.Kind, "Drop") {
+			err = refuse("ddl", "DDL is not allowed for masked sessions")
+		} else {
+			err = refuse("statement", "this kind of statement (%s) is not allowed for masked sessions", st.Kind)
+		}
+	}
+	if err == nil {
+		err = w.finish()
+	}
+	return st, err
+}
+
+// ddlKinds are statements that change the schema or privileges without a
+// Create/Alter/Drop name.
+var ddlKinds = map[string]bool{
+	"ViewStmt": true, "GrantStmt": true, "GrantRoleStmt": true, "TruncateStmt": true,
+	"IndexStmt": true, "RuleStmt": true, "CommentStmt": true, "SecLabelStmt": true,
+	"RenameStmt": true, "DefineStmt": true, "CompositeTypeStmt": true, "ReindexStmt": true,
+	"ClusterStmt": true, "RefreshMatViewStmt": true, "ImportForeignSchemaStmt": true,
+	"ReassignOwnedStmt": true, "CreatedbStmt": true, "DropdbStmt": true, "DropOwnedStmt": true,
+}
+
+// pinnedSettings may not be changed by masked sessions: the proxy must parse
+// exactly what the server parses (DESIGN.md §2 rule 3).
+var pinnedSettings = map[string]func(v string) bool{
+	"standard_conforming_strings": func(v string) bool { return v == "on" || v == "true" || v == "1" || v == "yes" },
+	"client_encoding": func(v string) bool {
+		v = strings.ToLower(strings.ReplaceAll(v, "-", ""))
+		return v == "utf8" || v == "unicode"
+	},
+	"session_authorization": nil,
+}
+
+// setStmt allows SET except for pinned settings, and records search_path
+// changes. SET ROLE is allowed: a session's policy already comes from its
+// login user and every role it is a member of, so switching to one of
+// those roles cannot widen what it sees.
+func (w *walker) setStmt(s *pg_query.VariableSetStmt, st *Statement) error {
+	name := strings.ToLower(s.Name)
+	switch s.Kind {
+	case pg_query.VariableSetKind_VAR_RESET_ALL:
+		st.ResetSearchPath = true
+		return nil
+	case pg_query.VariableSetKind_VAR_SET_MULTI:
+		// SET TRANSACTION / SESSION CHARACTERISTICS.
+		return w.fields(s.ProtoReflect(), nil)
+	}
+	if ok, pinned := pinnedSettings[name]; pinned {
+		if s.Kind == pg_query.VariableSetKind_VAR_SET_VALUE && ok != nil && len(s.Args) == 1 {
+			if v, isStr := constString(s.Args[0]); isStr && ok(strings.ToLower(v)) {
+				return nil
+			}
+		}
+		return refuse("pinned-setting", "%s is pinned by pgveil for masked sessions and cannot be changed", name)
+	}
+	if name == "search_path" {
+		switch s.Kind {
+		case pg_query.VariableSetKind_VAR_SET_VALUE:
+			for _, a := range s.Args {
+				v, ok := constString(a)
+				if !ok {
+					return refuse("unsupported-syntax", "unexpected search_path value")
+				}
+				st.SearchPath = append(st.SearchPath, v)
+			}
+		default:
+			st.ResetSearchPath = true
+		}
+		return nil
+	}
+	return w.fields(s.ProtoReflect(), nil)
+}
+
+// constString returns the text of a string or identifier constant.
+func constString(n *pg_query.Node) (string, bool) {
+	c := n.GetAConst()
+	if c == nil {
+		return "", false
+	}
+	switch v := c.Val.(type) {
+	case *pg_query.A_Const_Sval:
+		return v.Sval.Sval, true
+	case *pg_query.A_Const_Ival:
+		return "", false
+	case *pg_query.A_Const_Boolval:
+		if v.Boolval.Boolval {
+			return "on", true
+		}
+		return "off", true
+	}
+	return "", false
+}
+
+// target resolves a DML target and reports whether it is protected.
+func (w *walker) target(rv *pg_query.RangeVar) (*catalog.Relation, bool, error) {
+	if rv == nil {
+		return nil, false, refuse("unsupported-syntax", "missing target relation")
+	}
+	rel := w.resolve(rv)
+	if rel == nil {
+		if w.policyNamesTable(rv.Schemaname, rv.Relname) {
+			return nil, false, refuse("catalog", "relation %q is not in pgveil's catalog snapshot yet; retry shortly", rv.Relname)
+		}
+		return nil, false, nil
+	}
+	rv.Schemaname = rel.Name.Schema
+	if rel.Kind == catalog.KindView || rel.Kind == catalog.KindMatView {
+		if _, _, err := w.projection(rel, true); err != nil {
+			return nil, false, err
+		}
+	}
+	return rel, w.protectedFor(rel), nil
+}
+
+// maskedColumns returns the names of rel's columns masked for the session.
+func (w *walker) maskedColumns(rel *catalog.Relation) map[string]bool {
+	out := map[string]bool{}
+	for _, c := range rel.Columns {
+		if r := w.columnRule(rel, c.Name); r != nil && w.s.Grants.Treatment(r.Class.Name) == rules.TreatMask {
+			out[c.Name] = true
+		}
+	}
+	return out
+}
+
+// protectedWrite checks a write to a protected relation: the statement may
+// not read a masked column of the target (in WHERE, SET sources, RETURNING
+// or anywhere else), because the target is the raw table and its result
+// (rows affected, values copied or returned) would reveal the value.
+func (w *walker) protectedWrite(rel *catalog.Relation, alias string, verb string, refs map[string]bool) error {
+	masked := w.maskedColumns(rel)
+	for name := range refs {
+		if masked[name] {
+			return refuse("protected-write", "%s on %s may not read masked column %q", verb, qualified(rel.Name), name)
+		}
+		if name == rel.Name.Name || name == alias {
+			return refuse("protected-write", "%s on %s may not use a whole-row reference to it", verb, qualified(rel.Name))
+		}
+	}
+	if len(w.rowFilters(rel)) > 0 {
+		return refuse("protected-write", "%s on %s is not allowed: a row filter applies to it", verb, qualified(rel.Name))
+	}
+	return nil
+}
+
+// collectRefs runs f and returns the column names it referenced; they also
+// stay recorded for the statement's deny check.
+func (w *walker) collectRefs(f func() error) (map[string]bool, error) {
+	outer := w.refs
+	w.refs = map[string]bool{}
+	err := f()
+	inner := w.refs
+	for k := range inner {
+		outer[k] = true
+	}
+	w.refs = outer
+	return inner, err
+}
+
+func aliasOf(rv *pg_query.RangeVar) string {
+	if rv.Alias != nil {
+		return rv.Alias.Aliasname
+	}
+	return ""
+}
+
+func (w *walker) insertStmt(s *pg_query.InsertStmt) error {
+	if s.WithClause != nil {
+		if err := w.pushCTEs(s.WithClause); err != nil {
+			return err
+		}
+		defer w.popCTEs()
+	}
+	rel, protected, err := w.target(s.Relation)
+	if err != nil {
+		return err
+	}
+	// Names used in the inserted rows come from other relations (masked
+	// there); only ON CONFLICT and RETURNING read the target itself.
+	if err := w.node(s.SelectStmt); err != nil {
+		return err
+	}
+	refs, err := w.collectRefs(func() error {
+		return w.fields(s.ProtoReflect(), map[protoreflect.Name]bool{"with_clause": true, "relation": true, "select_stmt": true})
+	})
+	if err != nil {
+		return err
+	}
+	if protected {
+		if s.OnConflictClause != nil {
+			return refuse("protected-write", "INSERT ... ON CONFLICT on %s would reveal whether a protected value exists", qualified(rel.Name))
+		}
+		return w.protectedWrite(rel, aliasOf(s.Relation), "INSERT", refs)
+	}
+	return nil
+}
+
+func (w *walker) updateStmt(s *pg_query.UpdateStmt) error {
+	if s.WithClause != nil {
+		if err := w.pushCTEs(s.WithClause); err != nil {
+			return err
+		}
+		defer w.popCTEs()
+	}
+	rel, protected, err := w.target(s.Relation)
+	if err != nil {
+		return err
+	}
+	refs, err := w.collectRefs(func() error {
+		for _, f := range s.FromClause {
+			if err := w.fromItem(f); err != nil {
+				return err
+			}
+		}
+		return w.fields(s.ProtoReflect(), map[protoreflect.Name]bool{"with_clause": true, "relation": true, "from_clause": true})
+	})
+	if err != nil {
+		return err
+	}
+	if protected {
+		return w.protectedWrite(rel, aliasOf(s.Relation), "UPDATE", refs)
+	}
+	return nil
+}
+
+func (w *walker) deleteStmt(s *pg_query.DeleteStmt) error {
+	if s.WithClause != nil {
+		if err := w.pushCTEs(s.WithClause); err != nil {
+			return err
+		}
+		defer w.popCTEs()
+	}
+	rel, protected, err := w.target(s.Relation)
+	if err != nil {
+		return err
+	}
+	refs, err := w.collectRefs(func() error {
+		for _, f := range s.UsingClause {
+			if err := w.fromItem(f); err != nil {
+				return err
+			}
+		}
+		return w.fields(s.ProtoReflect(), map[protoreflect.Name]bool{"with_clause": true, "relation": true, "using_clause": true})
+	})
+	if err != nil {
+		return err
+	}
+	if protected {
+		return w.protectedWrite(rel, aliasOf(s.Relation), "DELETE", refs)
+	}
+	return nil
+}
+
+// copyStmt allows COPY TO STDOUT (of a query, or of a table rewritten into
+// a masked query) and COPY FROM STDIN into unprotected tables.
+func (w *walker) copyStmt(s *pg_query.CopyStmt) error {
+	if s.IsProgram || s.Filename != "" {
+		return refuse("copy", "COPY to or from a server file or program is not allowed for masked sessions")
+	}
+	for _, o := range s.Options {
+		if err := w.node(o); err != nil {
+			return err
+		}
+	}
+	if s.Query != nil {
+		return w.node(s.Query)
+	}
+	if s.IsFrom {
+		rel, protected, err := w.target(s.Relation)
+		if err != nil {
+			return err
+		}
+		if protected {
+			return refuse("protected-write", "COPY FROM into %s is not allowed for masked sessions", qualified(rel.Name))
+		}
+		return w.node(s.WhereClause)
+	}
+	// COPY table TO STDOUT becomes COPY (SELECT cols FROM table) TO STDOUT,
+	// so that the table goes through substitution like any other read.
+	cols := "*"
+	if len(s.Attlist) > 0 {
+		var names []string
+		for _, a := range s.Attlist {
+			v := a.GetString_()
+			if v == nil {
+				return refuse("unsupported-syntax", "unexpected COPY column list")
+			}
+			names = append(names, quoteIdent(v.Sval))
+		}
+		cols = strings.Join(names, ", ")
+	}
+	rv := s.Relation
+	name := quoteIdent(rv.Relname)
+	if rv.Schemaname != "" {
+		name = quoteIdent(rv.Schemaname) + "." + name
+	}
+	tree, err := pg_query.Parse("SELECT " + cols + " FROM " + name)
+	if err != nil || len(tree.Stmts) != 1 {
+		return refuse("unsupported-syntax", "cannot rewrite COPY of %s", name)
+	}
+	q := tree.Stmts[0].Stmt
+	if err := w.node(q); err != nil {
+		return err
+	}
+	s.Query = q
+	s.Relation = nil
+	s.Attlist = nil
+	return nil
+}

@@ -1,0 +1,335 @@
+package rewrite
+
+import (
+	"errors"
+	"strings"
+
+	pg_query "github.com/pganalyze/pg_query_go/v6"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/pgveil/pgveil/catalog"
+	"github.com/pgveil/pgveil/rules"
+)
+
+// statisticsRelations expose sampled column values (most common values,
+// histograms) to whoever may read them; masked sessions may not.
+var statisticsRelations = map[string]bool{
+	"pg_stats": true, "pg_stats_ext": true, "pg_stats_ext_exprs": true,
+	"pg_statistic": true, "pg_statistic_ext": true, "pg_statistic_ext_data": true,
+}
+
+// path is the session's name-resolution context.
+func (w *walker) path() catalog.SearchPath {
+	return catalog.SearchPath{Schemas: w.s.SearchPath, User: w.s.User}
+}
+
+// searchPath returns the schemas an unqualified name is looked up in, in
+// order, as current_schemas(true) would report them.
+func (w *walker) searchPath() []string { return w.s.Catalog.Path(w.path()) }
+
+// resolve finds the relation a RangeVar names, as the server would. The
+// rewrite then qualifies the name, so the server reads exactly the
+// relation that was analysed.
+func (w *walker) resolve(rv *pg_query.RangeVar) *catalog.Relation {
+	if rv.Schemaname != "" {
+		return w.s.Catalog.ResolveQualified(w.path(), rv.Schemaname, rv.Relname)
+	}
+	return w.s.Catalog.Resolve(w.path(), rv.Relname)
+}
+
+// policyNamesTable reports whether the policy classifies a table called
+// name (in schema, or in any schema when schema is empty).
+func (w *walker) policyNamesTable(schema, name string) bool {
+	for k := range w.s.Policy.Columns {
+		if k.Table == name && (schema == "" || k.Schema == schema) {
+			return true
+		}
+	}
+	for _, f := range w.s.Policy.RowFilters {
+		if f.Table == name && (schema == "" || f.Schema == schema) {
+			return true
+		}
+	}
+	return false
+}
+
+// substitute replaces a FROM-list relation reference the session may not
+// read raw with a masking sub-query under the same alias.
+func (w *walker) substitute(n *pg_query.Node, rv *pg_query.RangeVar) error {
+	if rv.Catalogname != "" {
+		return refuse("unsupported-syntax", "cross-database references are not supported")
+	}
+	if rv.Schemaname == "" && w.isCTE(rv.Relname) {
+		return nil
+	}
+	rel := w.resolve(rv)
+	if rel == nil {
+		if w.policyNamesTable(rv.Schemaname, rv.Relname) {
+			return refuse("catalog", "relation %q is not in pgveil's catalog snapshot yet; retry shortly", rv.Relname)
+		}
+		// The server will report that the relation does not exist.
+		return nil
+	}
+	if rel.Name.Schema == "pg_catalog" && statisticsRelations[rel.Name.Name] {
+		return refuse("statistics", "%s exposes sampled column values and is not available to masked sessions", rel.Name.Name)
+	}
+	proj, denied, err := w.projection(rel, rv.Inh)
+	if err != nil {
+		return err
+	}
+	// Qualify the name so the server reads exactly the relation analysed.
+	rv.Schemaname = rel.Name.Schema
+	if proj == nil {
+		return nil
+	}
+	if w.explain {
+		return refuse("explain", "EXPLAIN over a protected relation (%s) is not allowed: planner estimates come from raw statistics", qualified(rel.Name))
+	}
+	alias := rv.Alias
+	if alias == nil {
+		alias = &pg_query.Alias{Aliasname: rv.Relname}
+		w.unaliased[rel.Name] = rv.Relname
+	}
+	n.Node = &pg_query.Node_RangeSubselect{RangeSubselect: &pg_query.RangeSubselect{Subquery: proj, Alias: alias}}
+	w.masked = append(w.masked, rel.Name)
+	for _, d := range denied {
+		w.denied[d] = true
+	}
+	return nil
+}
+
+// columnRule returns the policy rule that governs column col of rel: the
+// rule on rel itself, else on its nearest ancestor (partitions inherit their
+// parent's classification), else a rule on any descendant (so reading a
+// parent never bypasses a classified partition).
+func (w *walker) columnRule(rel *catalog.Relation, col string) *rules.ColumnRule {
+	p := w.s.Policy
+	key := func(n catalog.Name) rules.ColumnKey { return rules.ColumnKey{Schema: n.Schema, Table: n.Name, Column: col} }
+	if r := p.Column(key(rel.Name)); r != nil {
+		return r
+	}
+	seen := map[catalog.Name]bool{rel.Name: true}
+	for parent := rel.Parent; parent != (catalog.Name{}) && !seen[parent]; {
+		seen[parent] = true
+		if r := p.Column(key(parent)); r != nil {
+			return r
+		}
+		pr := w.s.Catalog.Relation(parent)
+		if pr == nil {
+			break
+		}
+		parent = pr.Parent
+	}
+	var strictest *rules.ColumnRule
+	for _, d := range w.s.Catalog.Descendants(rel.Name) {
+		if r := p.Column(key(d)); r != nil && (strictest == nil || w.s.Grants.Treatment(r.Class.Name) < w.s.Grants.Treatment(strictest.Class.Name)) {
+			strictest = r
+		}
+	}
+	return strictest
+}
+
+// rowFilters returns the session's row filters on rel or its ancestors.
+func (w *walker) rowFilters(rel *catalog.Relation) []string {
+	var out []string
+	names := map[catalog.Name]bool{rel.Name: true}
+	for parent := rel.Parent; parent != (catalog.Name{}) && !names[parent]; {
+		names[parent] = true
+		pr := w.s.Catalog.Relation(parent)
+		if pr == nil {
+			break
+		}
+		parent = pr.Parent
+	}
+	for _, f := range w.s.Grants.RowFilters() {
+		if names[catalog.Name{Schema: f.Schema, Name: f.Table}] {
+			out = append(out, f.Where)
+		}
+	}
+	return out
+}
+
+// protectedFor reports whether rel, read directly, would need masking for
+// this session (classified columns it may not see raw, or row filters).
+func (w *walker) protectedFor(rel *catalog.Relation) bool {
+	if len(w.rowFilters(rel)) > 0 {
+		return true
+	}
+	for _, c := range rel.Columns {
+		if r := w.columnRule(rel, c.Name); r != nil && w.s.Grants.Treatment(r.Class.Name) == rules.TreatMask {
+			return true
+		}
+	}
+	return false
+}
+
+// projection returns the masking sub-query for rel, or nil when the
+// session may read rel as it is, and the names of denied columns.
+func (w *walker) projection(rel *catalog.Relation, inh bool) (*pg_query.Node, []string, error) {
+	switch rel.Kind {
+	case catalog.KindView, catalog.KindMatView:
+		classified := false
+		for _, c := range rel.Columns {
+			if w.s.Policy.Column(rules.ColumnKey{Schema: rel.Name.Schema, Table: rel.Name.Name, Column: c.Name}) != nil {
+				classified = true
+			}
+		}
+		if !classified {
+			for _, r := range rel.Reads {
+				if rr := w.s.Catalog.Relation(r); rr != nil && rr.Kind != catalog.KindView && rr.Kind != catalog.KindMatView && w.protectedFor(rr) {
+					return nil, nil, refuse("view", "view %s reads protected table %s and the policy does not classify its columns", qualified(rel.Name), qualified(r))
+				}
+			}
+		}
+	case catalog.KindTable, catalog.KindPartitioned, catalog.KindForeignTable:
+	default:
+		// Sequences and composite types hold no classified data.
+		return nil, nil, nil
+	}
+	if !w.protectedFor(rel) {
+		return nil, nil, nil
+	}
+	var items []string
+	var denied []string
+	for _, c := range rel.Columns {
+		id := quoteIdent(c.Name)
+		r := w.columnRule(rel, c.Name)
+		if r == nil || w.s.Grants.Treatment(r.Class.Name) != rules.TreatMask {
+			items = append(items, id)
+			continue
+		}
+		expr, err := r.Class.Mask.SQL(id, c.Type)
+		if errors.Is(err, rules.ErrDenied) {
+			expr, err = "NULL::"+c.Type, nil
+			denied = append(denied, c.Name)
+		}
+		if err != nil {
+			return nil, nil, refuse("policy", "cannot mask %s.%s: %v", qualified(rel.Name), c.Name, err)
+		}
+		items = append(items, expr+" AS "+id)
+	}
+	var b strings.Builder
+	b.WriteString("SELECT ")
+	b.WriteString(strings.Join(items, ", "))
+	b.WriteString(" FROM ")
+	if !inh {
+		b.WriteString("ONLY ")
+	}
+	b.WriteString(qualified(rel.Name))
+	if f := w.rowFilters(rel); len(f) > 0 {
+		b.WriteString(" WHERE (")
+		b.WriteString(strings.Join(f, ") AND ("))
+		b.WriteString(")")
+	}
+	tree, err := pg_query.Parse(b.String())
+	if err != nil || len(tree.Stmts) != 1 {
+		return nil, nil, refuse("policy", "the masking query for %s does not parse: %v", qualified(rel.Name), err)
+	}
+	proj := tree.Stmts[0].Stmt
+	qualifyBuiltins(proj.ProtoReflect())
+	return proj, denied, nil
+}
+
+// qualifyBuiltins pins every function, operator and type of a masking
+// sub-query to pg_catalog, so that no object created in a schema on the
+// session's search_path can take their place (the masks use built-ins
+// only).
+func qualifyBuiltins(m protoreflect.Message) {
+	switch x := m.Interface().(type) {
+	case *pg_query.FuncCall:
+		x.Funcname = pinned(x.Funcname)
+	case *pg_query.A_Expr:
+		if x.Kind == pg_query.A_Expr_Kind_AEXPR_OP {
+			x.Name = pinned(x.Name)
+		}
+	case *pg_query.TypeName:
+		x.Names = pinned(x.Names)
+	}
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Kind() != protoreflect.MessageKind {
+			return true
+		}
+		if fd.IsList() {
+			for i := 0; i < v.List().Len(); i++ {
+				qualifyBuiltins(v.List().Get(i).Message())
+			}
+		} else {
+			qualifyBuiltins(v.Message())
+		}
+		return true
+	})
+}
+
+// pinned prefixes an unqualified name list with pg_catalog.
+func pinned(names []*pg_query.Node) []*pg_query.Node {
+	if len(names) != 1 {
+		return names
+	}
+	return append([]*pg_query.Node{pg_query.MakeStrNode("pg_catalog")}, names...)
+}
+
+// quoteIdent quotes an identifier for SQL text.
+func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+
+func qualified(n catalog.Name) string { return quoteIdent(n.Schema) + "." + quoteIdent(n.Name) }
+
+// deniedFunctions run SQL given as text, read server files or large
+// objects, or change settings the proxy pins: masked sessions may not call
+// them (DESIGN.md §2 rule 2).
+var deniedFunctions = map[string]bool{}
+
+func init() {
+	for _, f := range strings.Fields(`
+		query_to_xml query_to_xmlschema query_to_xml_and_xmlschema
+		cursor_to_xml cursor_to_xmlschema
+		table_to_xml table_to_xmlschema table_to_xml_and_xmlschema
+		schema_to_xml schema_to_xmlschema schema_to_xml_and_xmlschema
+		database_to_xml database_to_xmlschema database_to_xml_and_xmlschema
+		ts_stat ts_rewrite
+		pg_read_file pg_read_binary_file pg_ls_dir pg_stat_file pg_ls_logdir pg_ls_waldir
+		pg_ls_tmpdir pg_ls_archive_statusdir pg_ls_logicalsnapdir pg_ls_logicalmapdir pg_ls_replslotdir
+		lo_import lo_export lo_get lo_put lo_open lo_close loread lowrite lo_create lo_creat
+		lo_unlink lo_from_bytea lo_lseek lo_lseek64 lo_tell lo_tell64 lo_truncate lo_truncate64
+		dblink dblink_exec dblink_open dblink_fetch dblink_send_query dblink_get_result dblink_connect
+		set_config pg_reload_conf pg_logical_emit_message
+	`) {
+		deniedFunctions[f] = true
+	}
+}
+
+// funcCall allows only built-in functions that are not on the deny list.
+func (w *walker) funcCall(f *pg_query.FuncCall) error {
+	var parts []string
+	for _, n := range f.Funcname {
+		s := n.GetString_()
+		if s == nil {
+			return refuse("unsupported-syntax", "unexpected function name")
+		}
+		parts = append(parts, s.Sval)
+	}
+	if len(parts) == 0 {
+		return refuse("unsupported-syntax", "unexpected function name")
+	}
+	name := parts[len(parts)-1]
+	if deniedFunctions[name] || strings.HasPrefix(name, "dblink") {
+		return refuse("function", "function %s is not allowed for masked sessions", name)
+	}
+	switch len(parts) {
+	case 1:
+		// An unqualified name must not resolve to a non-built-in function
+		// that could read tables with its owner's rights.
+		for _, fn := range w.s.Catalog.ResolveFunctions(w.path(), name) {
+			if !fn.Builtin {
+				return refuse("function", "function %s.%s is not built in; masked sessions may call built-in functions only", fn.Name.Schema, name)
+			}
+		}
+	case 2:
+		if parts[0] != "pg_catalog" {
+			return refuse("function", "function %s.%s is not built in; masked sessions may call built-in functions only", parts[0], name)
+		}
+	default:
+		return refuse("function", "function name %s is not allowed", strings.Join(parts, "."))
+	}
+	return nil
+}
+

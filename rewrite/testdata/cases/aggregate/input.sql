@@ -1,0 +1,1 @@
+SELECT min(salary), max(birth_date), string_agg(email, ',') FROM customers

@@ -1,0 +1,1 @@
+SELECT (ARRAY[ssn])[1] FROM customers

@@ -1,0 +1,1 @@
+BEGIN; SELECT email FROM customers; COMMIT

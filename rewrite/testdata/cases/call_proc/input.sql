@@ -1,0 +1,1 @@
+CALL some_proc()

@@ -1,0 +1,1 @@
+SELECT CASE WHEN ssn LIKE '1%' THEN 1 ELSE 0 END FROM customers

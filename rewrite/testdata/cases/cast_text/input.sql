@@ -1,0 +1,1 @@
+SELECT birth_date::text, salary::int FROM customers

@@ -1,0 +1,1 @@
+SELECT coalesce(email, ssn) FROM customers

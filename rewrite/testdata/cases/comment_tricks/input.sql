@@ -1,0 +1,2 @@
+SELECT /* customers */ email -- ssn
+FROM customers

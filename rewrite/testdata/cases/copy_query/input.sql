@@ -1,0 +1,1 @@
+COPY (SELECT email FROM customers) TO STDOUT

@@ -1,0 +1,1 @@
+COPY customers (id, ssn) TO STDOUT WITH (FORMAT csv)

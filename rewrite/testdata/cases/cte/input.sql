@@ -1,0 +1,1 @@
+WITH x AS (SELECT email FROM customers) SELECT * FROM x

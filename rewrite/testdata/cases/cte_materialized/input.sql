@@ -1,0 +1,1 @@
+WITH x AS MATERIALIZED (SELECT ssn FROM customers) SELECT * FROM x

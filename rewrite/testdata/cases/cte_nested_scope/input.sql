@@ -1,0 +1,1 @@
+WITH a AS (SELECT 1 AS x) SELECT (WITH b AS (SELECT email FROM customers) SELECT email FROM b LIMIT 1) FROM a

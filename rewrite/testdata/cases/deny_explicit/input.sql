@@ -1,0 +1,1 @@
+SELECT secret_note FROM customers

@@ -1,0 +1,1 @@
+SELECT c.secret_note FROM customers c

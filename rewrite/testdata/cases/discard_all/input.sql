@@ -1,0 +1,2 @@
+-- server: error
+DISCARD ALL

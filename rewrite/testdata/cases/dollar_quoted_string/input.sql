@@ -1,0 +1,1 @@
+SELECT $x$customers$x$ AS s, email FROM customers

@@ -1,0 +1,2 @@
+-- server: error
+EXECUTE p(1)

@@ -1,0 +1,1 @@
+EXPLAIN ANALYZE SELECT email FROM customers

@@ -1,0 +1,1 @@
+EXPLAIN SELECT * FROM customers WHERE ssn = '123-45-6789'

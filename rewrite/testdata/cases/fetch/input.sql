@@ -1,0 +1,2 @@
+-- server: error
+FETCH 10 FROM c

@@ -1,0 +1,1 @@
+SELECT email FROM customers WHERE id = 1 FOR UPDATE

@@ -1,0 +1,1 @@
+SELECT length(email), now() IS NOT NULL FROM customers

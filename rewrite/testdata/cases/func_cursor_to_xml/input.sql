@@ -1,0 +1,1 @@
+SELECT cursor_to_xml('c', 1, true, true, '')

@@ -1,0 +1,1 @@
+SELECT * FROM dblink('dbname=postgres', 'select ssn from customers') AS t(s text)

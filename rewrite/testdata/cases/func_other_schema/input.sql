@@ -1,0 +1,1 @@
+SELECT crm.helper(1)

@@ -1,0 +1,1 @@
+SELECT * FROM ts_stat('select to_tsvector(email) from customers')

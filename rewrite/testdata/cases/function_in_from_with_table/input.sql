@@ -1,0 +1,1 @@
+SELECT * FROM customers, unnest(ARRAY[1, 2]) u

@@ -1,0 +1,1 @@
+SELECT city FROM customers GROUP BY city HAVING max(salary) > 100000

@@ -1,0 +1,1 @@
+SELECT email FROM customers ORDER BY id LIMIT 1 OFFSET 1

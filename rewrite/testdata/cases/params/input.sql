@@ -1,0 +1,2 @@
+-- server: error
+SELECT email FROM customers WHERE id = $1

@@ -1,0 +1,1 @@
+SELECT customer_email FROM events_2024

@@ -1,0 +1,1 @@
+PREPARE p(int) AS SELECT ssn FROM customers WHERE id = $1

@@ -1,0 +1,2 @@
+-- server: error
+SELECT * FROM "Customers"

@@ -1,0 +1,2 @@
+-- roles: billing
+SELECT card_number FROM payments

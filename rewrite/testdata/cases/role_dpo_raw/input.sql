@@ -1,0 +1,2 @@
+-- roles: dpo
+SELECT email, ssn, secret_note FROM customers

@@ -1,0 +1,2 @@
+-- roles: marketing
+SELECT id, city FROM customers

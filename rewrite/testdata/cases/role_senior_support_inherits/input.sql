@@ -1,0 +1,2 @@
+-- roles: senior_support, support
+SELECT email, ssn FROM customers

@@ -1,0 +1,2 @@
+-- roles: support
+SELECT email, ssn FROM customers

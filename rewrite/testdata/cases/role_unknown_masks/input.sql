@@ -1,0 +1,2 @@
+-- roles: somebody
+SELECT email FROM customers

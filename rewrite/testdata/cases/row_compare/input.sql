@@ -1,0 +1,1 @@
+SELECT ROW(ssn, email) = ROW('1', '2') FROM customers

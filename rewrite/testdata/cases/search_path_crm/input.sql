@@ -1,0 +1,2 @@
+-- search_path: crm, public
+SELECT email FROM customers

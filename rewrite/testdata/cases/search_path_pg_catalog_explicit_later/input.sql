@@ -1,0 +1,2 @@
+-- search_path: public, pg_catalog
+SELECT email FROM customers

@@ -1,0 +1,3 @@
+-- roles: analyst
+-- search_path: $user, crm
+SELECT * FROM customers

@@ -1,0 +1,1 @@
+SELECT c.email FROM customers c

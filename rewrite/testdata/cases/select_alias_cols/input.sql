@@ -1,0 +1,1 @@
+SELECT x.a, x.c FROM customers AS x(a, b, c)

@@ -1,0 +1,1 @@
+SELECT id, email, ssn FROM customers

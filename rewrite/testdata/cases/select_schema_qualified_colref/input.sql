@@ -1,0 +1,1 @@
+SELECT public.customers.email FROM public.customers

@@ -1,0 +1,1 @@
+SELECT id FROM orders o WHERE o.amount > 10

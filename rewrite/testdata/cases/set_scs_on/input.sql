@@ -1,0 +1,1 @@
+SET standard_conforming_strings = on

@@ -1,0 +1,1 @@
+SELECT 1 WHERE '123-45-6789' = ANY (SELECT ssn FROM customers)

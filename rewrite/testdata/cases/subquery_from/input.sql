@@ -1,0 +1,1 @@
+SELECT e FROM (SELECT email AS e FROM customers) s

@@ -1,0 +1,1 @@
+SELECT (SELECT ssn FROM customers WHERE id = 1)

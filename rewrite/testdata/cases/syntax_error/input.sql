@@ -1,0 +1,1 @@
+SELEC email FROM customers

@@ -1,0 +1,2 @@
+-- server: error
+SELECT tableoid::regclass FROM customers

@@ -1,0 +1,1 @@
+SELECT * FROM U&"cust\006Fmers"

@@ -1,0 +1,2 @@
+-- server: error
+SELECT * FROM no_such_table

@@ -1,0 +1,1 @@
+UPDATE customers SET city = ssn WHERE id = 1

@@ -1,0 +1,1 @@
+UPDATE customers SET city = 'Paris' WHERE ssn LIKE '1%'

@@ -1,0 +1,1 @@
+UPDATE customers SET city = 'x' WHERE customers::text LIKE '%123%'

@@ -1,0 +1,1 @@
+UPDATE orders SET amount = 1 WHERE id = 1

@@ -1,0 +1,1 @@
+SELECT id FROM customers WHERE ssn LIKE '123%'

@@ -1,0 +1,1 @@
+SELECT id, rank() OVER (ORDER BY salary) FROM customers

@@ -1,0 +1,1 @@
+SELECT xmlelement(name x, ssn) FROM customers

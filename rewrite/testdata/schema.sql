@@ -1,0 +1,40 @@
+-- The schema every golden case is analysed against (loaded into a real
+-- PostgreSQL; the catalog snapshot is read from it).
+CREATE ROLE analyst;
+CREATE ROLE support;
+CREATE ROLE billing;
+CREATE ROLE dpo;
+CREATE ROLE marketing;
+CREATE ROLE senior_support IN ROLE support;
+CREATE SCHEMA crm;
+CREATE TABLE public.customers (
+	id int PRIMARY KEY,
+	name text NOT NULL,
+	email text,
+	ssn varchar(11),
+	birth_date date,
+	salary numeric(10,2),
+	city text,
+	opted_out bool NOT NULL DEFAULT false,
+	secret_note text
+);
+CREATE TABLE public.orders (id int PRIMARY KEY, customer_id int, amount numeric(10,2), created_at timestamptz);
+CREATE TABLE public.payments (id int PRIMARY KEY, customer_id int, card_number text);
+CREATE TABLE crm.customers (id int, email text);
+CREATE TABLE crm.notes (id int, body text);
+CREATE TABLE public.events (id int, customer_email text, at date) PARTITION BY RANGE (at);
+CREATE TABLE public.events_2024 PARTITION OF public.events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+CREATE TABLE public.events_2025 PARTITION OF public.events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE VIEW public.customer_emails AS SELECT id, email FROM public.customers;
+CREATE VIEW public.order_totals AS SELECT customer_id, sum(amount) AS total FROM public.orders GROUP BY customer_id;
+CREATE VIEW public.masked_ok AS SELECT id, email FROM public.customers;
+CREATE FUNCTION public.leak(text) RETURNS text LANGUAGE sql SECURITY DEFINER AS 'SELECT $1';
+CREATE FUNCTION crm.helper(int) RETURNS int LANGUAGE sql AS 'SELECT $1';
+INSERT INTO public.customers VALUES
+	(1, 'Ada Lovelace', 'ada@example.com', '123-45-6789', '1815-12-10', 91234.56, 'London', false, 'n1'),
+	(2, 'Alan Turing', 'alan@example.org', '987-65-4321', '1912-06-23', 123456.78, 'Wilmslow', true, 'n2'),
+	(3, 'Nobody', NULL, NULL, NULL, NULL, NULL, false, NULL);
+INSERT INTO public.orders VALUES (1, 1, 10.50, '2024-01-01 10:00:00+00'), (2, 2, 20.00, '2024-02-01 10:00:00+00');
+INSERT INTO public.payments VALUES (1, 1, '4111111111111111');
+INSERT INTO public.events VALUES (1, 'ada@example.com', '2024-05-01'), (2, 'alan@example.org', '2025-05-01');
+GRANT USAGE ON SCHEMA crm TO PUBLIC;

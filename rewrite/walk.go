@@ -1,0 +1,289 @@
+package rewrite
+
+import (
+	"strings"
+
+	pg_query "github.com/pganalyze/pg_query_go/v6"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/pgveil/pgveil/catalog"
+)
+
+// walker analyses and rewrites one statement.
+type walker struct {
+	s      *Session
+	ctes   []map[string]bool // CTE names in scope, innermost last
+	masked []catalog.Name
+	// denied holds the names of columns of substituted relations whose
+	// class is "deny": no explicit reference to them is allowed.
+	denied map[string]bool
+	// refs holds every name used in a column reference, checked against
+	// denied when the statement has been walked.
+	refs map[string]bool
+	// explain is set inside EXPLAIN: any protected relation is refused.
+	explain bool
+	// qualifiedRefs are column references of the form schema.table.column,
+	// fixed up in finish once substitutions are known.
+	qualifiedRefs []*pg_query.ColumnRef
+	// unaliased maps a substituted relation without a user alias to the
+	// alias its sub-query got (its bare name).
+	unaliased map[catalog.Name]string
+}
+
+func newWalker(s *Session) *walker {
+	return &walker{s: s, denied: map[string]bool{}, refs: map[string]bool{}, unaliased: map[catalog.Name]string{}}
+}
+
+// finish completes a statement: schema-qualified column references to a
+// substituted relation lose their schema (the sub-query's alias is the bare
+// relation name), and denied columns are checked.
+func (w *walker) finish() error {
+	for _, c := range w.qualifiedRefs {
+		if len(c.Fields) < 3 {
+			continue
+		}
+		schema, table := c.Fields[0].GetString_(), c.Fields[1].GetString_()
+		if schema == nil || table == nil {
+			continue
+		}
+		if alias, ok := w.unaliased[catalog.Name{Schema: schema.Sval, Name: table.Sval}]; ok && alias == table.Sval {
+			c.Fields = c.Fields[1:]
+		}
+	}
+	return w.checkDenied()
+}
+
+// checkDenied refuses the statement if it names a denied column anywhere.
+func (w *walker) checkDenied() error {
+	for name := range w.denied {
+		if w.refs[name] {
+			return refuse("deny", "column %q may not be referenced", name)
+		}
+	}
+	return nil
+}
+
+// allowedNodes are the node types a masked session's statements may
+// contain beyond those handled explicitly. Anything else is refused: an
+// unknown shape is never passed through.
+var allowedNodes = map[string]bool{}
+
+func init() {
+	for _, n := range []string{
+		"Alias", "TypeName", "ColumnRef", "ParamRef", "A_Expr", "TypeCast", "CollateClause",
+		"A_Star", "A_Indices", "A_Indirection", "A_ArrayExpr", "ResTarget", "MultiAssignRef",
+		"SortBy", "WindowDef", "GroupingSet", "GroupingFunc", "LockingClause", "BoolExpr",
+		"SubLink", "CaseExpr", "CaseWhen", "CoalesceExpr", "MinMaxExpr", "NullTest",
+		"BooleanTest", "RowExpr", "SQLValueFunction", "XmlExpr", "XmlSerialize", "NamedArgExpr",
+		"SetToDefault", "CurrentOfExpr", "A_Const", "Integer", "Float", "Boolean", "String",
+		"BitString", "List", "DefElem", "CTESearchClause", "CTECycleClause", "OnConflictClause",
+		"InferClause", "IndexElem", "RangeTableFuncCol",
+	} {
+		allowedNodes["pg_query."+n] = true
+	}
+}
+
+// node analyses a generic node.
+func (w *walker) node(n *pg_query.Node) error {
+	if n == nil || n.Node == nil {
+		return nil
+	}
+	switch x := n.Node.(type) {
+	case *pg_query.Node_SelectStmt:
+		return w.selectStmt(x.SelectStmt)
+	case *pg_query.Node_InsertStmt:
+		return w.insertStmt(x.InsertStmt)
+	case *pg_query.Node_UpdateStmt:
+		return w.updateStmt(x.UpdateStmt)
+	case *pg_query.Node_DeleteStmt:
+		return w.deleteStmt(x.DeleteStmt)
+	case *pg_query.Node_FuncCall:
+		if err := w.funcCall(x.FuncCall); err != nil {
+			return err
+		}
+		return w.fields(x.FuncCall.ProtoReflect(), nil)
+	case *pg_query.Node_ColumnRef:
+		return w.columnRef(x.ColumnRef)
+	case *pg_query.Node_RangeVar:
+		return refuse("unsupported-syntax", "a relation reference in an unsupported position")
+	}
+	return w.message(innerMessage(n))
+}
+
+// innerMessage returns the message a Node wraps.
+func innerMessage(n *pg_query.Node) protoreflect.Message {
+	m := n.ProtoReflect()
+	fd := m.WhichOneof(m.Descriptor().Oneofs().ByName("node"))
+	if fd == nil {
+		return nil
+	}
+	return m.Get(fd).Message()
+}
+
+// message analyses a message that is not wrapped in a Node.
+func (w *walker) message(m protoreflect.Message) error {
+	if m == nil {
+		return nil
+	}
+	switch x := m.Interface().(type) {
+	case *pg_query.Node:
+		return w.node(x)
+	case *pg_query.SelectStmt:
+		return w.selectStmt(x)
+	case *pg_query.FuncCall:
+		if err := w.funcCall(x); err != nil {
+			return err
+		}
+	}
+	name := string(m.Descriptor().FullName())
+	if !allowedNodes[name] {
+		return refuse("unsupported-syntax", "%s is not supported for masked sessions", strings.TrimPrefix(name, "pg_query."))
+	}
+	return w.fields(m, nil)
+}
+
+// fields analyses every message-valued field of m except those in skip.
+func (w *walker) fields(m protoreflect.Message, skip map[protoreflect.Name]bool) error {
+	var err error
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Kind() != protoreflect.MessageKind || skip[fd.Name()] {
+			return true
+		}
+		if fd.IsList() {
+			l := v.List()
+			for i := 0; i < l.Len() && err == nil; i++ {
+				err = w.message(l.Get(i).Message())
+			}
+		} else {
+			err = w.message(v.Message())
+		}
+		return err == nil
+	})
+	return err
+}
+
+// pushCTEs analyses a WITH clause and brings its names into scope; the
+// caller pops the scope when the statement ends.
+func (w *walker) pushCTEs(wc *pg_query.WithClause) error {
+	scope := map[string]bool{}
+	w.ctes = append(w.ctes, scope)
+	var names []string
+	for _, c := range wc.Ctes {
+		cte := c.GetCommonTableExpr()
+		if cte == nil {
+			return refuse("unsupported-syntax", "unexpected WITH item")
+		}
+		names = append(names, cte.Ctename)
+	}
+	if wc.Recursive {
+		// In WITH RECURSIVE every name is visible in every query.
+		for _, n := range names {
+			scope[n] = true
+		}
+	}
+	for i, c := range wc.Ctes {
+		cte := c.GetCommonTableExpr()
+		if err := w.node(cte.Ctequery); err != nil {
+			return err
+		}
+		if err := w.fields(cte.ProtoReflect(), map[protoreflect.Name]bool{"ctequery": true}); err != nil {
+			return err
+		}
+		// Without RECURSIVE a query sees only the CTEs before it, so a
+		// reference to its own name inside it means the real table.
+		scope[names[i]] = true
+	}
+	return nil
+}
+
+func (w *walker) popCTEs() { w.ctes = w.ctes[:len(w.ctes)-1] }
+
+func (w *walker) isCTE(name string) bool {
+	for i := len(w.ctes) - 1; i >= 0; i-- {
+		if w.ctes[i][name] {
+			return true
+		}
+	}
+	return false
+}
+
+func (w *walker) selectStmt(s *pg_query.SelectStmt) error {
+	if s == nil {
+		return nil
+	}
+	if s.IntoClause != nil {
+		return refuse("ddl", "SELECT INTO creates a table, which masked sessions may not do")
+	}
+	if s.WithClause != nil {
+		if err := w.pushCTEs(s.WithClause); err != nil {
+			return err
+		}
+		defer w.popCTEs()
+	}
+	for _, f := range s.FromClause {
+		if err := w.fromItem(f); err != nil {
+			return err
+		}
+	}
+	return w.fields(s.ProtoReflect(), map[protoreflect.Name]bool{"with_clause": true, "from_clause": true})
+}
+
+// fromItem analyses one FROM-list item, substituting protected relations.
+func (w *walker) fromItem(n *pg_query.Node) error {
+	switch x := n.Node.(type) {
+	case *pg_query.Node_RangeVar:
+		return w.substitute(n, x.RangeVar)
+	case *pg_query.Node_JoinExpr:
+		j := x.JoinExpr
+		if err := w.fromItem(j.Larg); err != nil {
+			return err
+		}
+		if err := w.fromItem(j.Rarg); err != nil {
+			return err
+		}
+		return w.fields(j.ProtoReflect(), map[protoreflect.Name]bool{"larg": true, "rarg": true})
+	case *pg_query.Node_RangeSubselect:
+		return w.fields(x.RangeSubselect.ProtoReflect(), nil)
+	case *pg_query.Node_RangeFunction:
+		return w.fields(x.RangeFunction.ProtoReflect(), nil)
+	case *pg_query.Node_RangeTableSample:
+		rel := x.RangeTableSample.Relation
+		if err := w.fromItem(rel); err != nil {
+			return err
+		}
+		if rel.GetRangeVar() == nil {
+			return refuse("tablesample", "TABLESAMPLE on a protected relation is not supported for masked sessions")
+		}
+		for _, a := range x.RangeTableSample.Args {
+			if err := w.node(a); err != nil {
+				return err
+			}
+		}
+		return w.node(x.RangeTableSample.Repeatable)
+	case *pg_query.Node_RangeTableFunc:
+		return w.fields(x.RangeTableFunc.ProtoReflect(), nil)
+	default:
+		return refuse("unsupported-syntax", "this kind of FROM item is not supported for masked sessions")
+	}
+}
+
+// columnRef records the names a column reference uses (see checkDenied).
+func (w *walker) columnRef(c *pg_query.ColumnRef) error {
+	if len(c.Fields) >= 3 {
+		w.qualifiedRefs = append(w.qualifiedRefs, c)
+	}
+	for _, f := range c.Fields {
+		switch x := f.Node.(type) {
+		case *pg_query.Node_String_:
+			w.refs[x.String_.Sval] = true
+		case *pg_query.Node_AStar:
+		default:
+			return refuse("unsupported-syntax", "unexpected column reference")
+		}
+	}
+	return nil
+}
+
+// clone returns a deep copy of a parsed node.
+func clone(n *pg_query.Node) *pg_query.Node { return proto.Clone(n).(*pg_query.Node) }
