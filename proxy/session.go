@@ -469,4 +469,3 @@ func (s *session) handleCancel(key []byte) {
 	target.sendCancel()
 	s.srv.log.Info("cancel request relayed", "session", target.id)
 }
-

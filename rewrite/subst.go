@@ -104,7 +104,9 @@ func (w *walker) substitute(n *pg_query.Node, rv *pg_query.RangeVar) error {
 // parent never bypasses a classified partition).
 func (w *walker) columnRule(rel *catalog.Relation, col string) *rules.ColumnRule {
 	p := w.s.Policy
-	key := func(n catalog.Name) rules.ColumnKey { return rules.ColumnKey{Schema: n.Schema, Table: n.Name, Column: col} }
+	key := func(n catalog.Name) rules.ColumnKey {
+		return rules.ColumnKey{Schema: n.Schema, Table: n.Name, Column: col}
+	}
 	if r := p.Column(key(rel.Name)); r != nil {
 		return r
 	}
@@ -332,4 +334,3 @@ func (w *walker) funcCall(f *pg_query.FuncCall) error {
 	}
 	return nil
 }
-
