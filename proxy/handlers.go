@@ -18,6 +18,9 @@ type clientSide struct {
 	s       *session
 	decided bool
 	masked  *maskedSession
+	// inBatch is set between an extended-protocol message and its Sync:
+	// the proxy may send statements of its own only between sync points.
+	inBatch bool
 }
 
 func (h *clientSide) class(typ byte) msgClass {
@@ -44,6 +47,7 @@ func (h *clientSide) class(typ byte) msgClass {
 }
 
 func (h *clientSide) header(typ byte, length int) error {
+	h.inBatch = typ != 'S'
 	switch typ {
 	case 'Q', 'S', 'F':
 		h.s.pending.Add(1)
@@ -62,10 +66,11 @@ func (h *clientSide) message(typ byte, msg []byte) error {
 	case 'p':
 		return h.saslInitial(msg)
 	case 'Q':
-		h.s.pending.Add(1)
 		out, err = h.masked.query(msg)
+		h.s.pending.Add(1)
 	case 'P':
-		out, err = h.masked.parse(msg)
+		out, err = h.masked.parse(msg, !h.inBatch)
+		h.inBatch = true
 	case 'F':
 		// A function call by OID could run any function, including
 		// those denied by name.
@@ -116,12 +121,14 @@ type serverSide struct {
 	// the ReadyForQuery that will end it.
 	internal bool
 	held     []byte
+	// refreshPath collects the answer to a search_path refresh.
+	refreshPath []string
 	// failed records an ErrorResponse since the last ReadyForQuery.
 	failed bool
 }
 
 func (h *serverSide) class(typ byte) msgClass {
-	if h.internal {
+	if h.internal || h.masked != nil && h.masked.refreshing.Load() {
 		return classIntercept
 	}
 	switch typ {
@@ -158,6 +165,9 @@ func (h *serverSide) message(typ byte, msg []byte) error {
 	if h.internal {
 		return h.internalReply(typ, msg)
 	}
+	if h.masked != nil && h.masked.refreshing.Load() {
+		return h.refreshReply(typ, msg)
+	}
 	switch typ {
 	case 'S':
 		return h.parameterStatus(msg)
@@ -177,7 +187,7 @@ func (h *serverSide) message(typ byte, msg []byte) error {
 			return h.decide(msg)
 		}
 		if h.masked != nil {
-			h.masked.readyForQuery(h.failed)
+			defer h.masked.readyForQuery()
 		}
 		h.failed = false
 		s.lastWasFatal.Store(false)
@@ -352,7 +362,7 @@ func (h *serverSide) internalReply(typ byte, msg []byte) error {
 			return &clientError{codeInvalidAuthSpec, "pgveil: cannot read the session's search_path: " + err.Error()}
 		}
 		h.masked.mu.Lock()
-		h.masked.searchPath, h.masked.defaultPath = path, path
+		h.masked.searchPath = path
 		h.masked.mu.Unlock()
 		return nil
 	case 'E':
@@ -401,3 +411,52 @@ func ddlTag(body []byte) bool {
 
 // rewriteRefusalFunctionCall refuses the FunctionCall message for masked sessions.
 var rewriteRefusalFunctionCall = rewrite.Refusal{Rule: "function-call", Message: "the fast-path function call protocol is not allowed for masked sessions"}
+
+// refreshReply consumes the answer to a search_path refresh (see
+// maskedSession.refreshPath). If SHOW fails (in an aborted transaction),
+// the previous value stays and the next statement tries again.
+func (h *serverSide) refreshReply(typ byte, msg []byte) error {
+	m := h.masked
+	switch typ {
+	case 'T', 'C', 'N':
+		return nil
+	case 'S':
+		return h.parameterStatus(msg)
+	case 'D':
+		var row pgproto3.DataRow
+		if err := row.Decode(msg[5:]); err != nil || len(row.Values) != 1 {
+			return &protocolError{"malformed answer to SHOW search_path"}
+		}
+		path, err := catalog.ParseSearchPath(string(row.Values[0]))
+		if err != nil {
+			return &clientError{codeProtocolViolation, "pgveil: cannot read the session's search_path: " + err.Error()}
+		}
+		if path == nil {
+			path = []string{}
+		}
+		h.refreshPath = path
+		return nil
+	case 'E':
+		h.refreshPath = nil
+		return nil
+	case 'Z':
+		if len(msg) != 6 {
+			return &protocolError{"malformed ReadyForQuery from server"}
+		}
+		h.s.txStatus.Store(uint32(msg[5]))
+		m.mu.Lock()
+		if h.refreshPath != nil {
+			m.searchPath = h.refreshPath
+		}
+		m.mu.Unlock()
+		m.refreshOK.Store(h.refreshPath != nil)
+		h.refreshPath = nil
+		m.refreshing.Store(false)
+		select {
+		case m.refreshed <- struct{}{}:
+		default:
+		}
+		return nil
+	}
+	return &protocolError{fmt.Sprintf("unexpected message %q during search_path refresh", typ)}
+}

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -44,16 +45,26 @@ type maskedSession struct {
 	s     *session
 	cache *rewrite.Cache
 
-	mu          sync.Mutex
-	policy      *rules.Policy
-	grants      *rules.Grants
-	roles       []string
-	searchPath  []string // current search_path, as the server holds it
-	defaultPath []string // at session start: what RESET restores
-	pendingPath []string // set by a statement in flight, applied at ReadyForQuery
-	hasPending  bool
-	refusals    map[uint64]error
-	nextID      uint64
+	mu         sync.Mutex
+	policy     *rules.Policy
+	grants     *rules.Grants
+	roles      []string
+	searchPath []string // the server's search_path, as last read
+	refusals   map[uint64]error
+	nextID     uint64
+
+	// dirty (client side only) says a statement sent since the last read
+	// of search_path may have changed it; changedInTx that a change
+	// happened since the session was last idle, so that ending the
+	// transaction (which may undo it) needs a new read too.
+	dirty, changedInTx bool
+	// refreshing is set while the proxy's own SHOW search_path runs; the
+	// server side consumes its answer and signals refreshed.
+	refreshing atomic.Bool
+	refreshOK  atomic.Bool
+	refreshed  chan struct{}
+	// idle receives a token at every ReadyForQuery.
+	idle chan struct{}
 }
 
 // decideMode runs at the first ReadyForQuery: it resolves the session's
@@ -91,7 +102,8 @@ func (s *session) decideMode() (*maskedSession, error) {
 	if v := s.params["standard_conforming_strings"]; v != "on" {
 		return nil, &clientError{codeInvalidAuthSpec, "pgveil: masked sessions need standard_conforming_strings=on"}
 	}
-	return &maskedSession{s: s, cache: s.srv.cache, policy: policy, grants: grants, roles: roles, refusals: map[uint64]error{}}, nil
+	return &maskedSession{s: s, cache: s.srv.cache, policy: policy, grants: grants, roles: roles, refusals: map[uint64]error{},
+		refreshed: make(chan struct{}, 1), idle: make(chan struct{}, 1)}, nil
 }
 
 func utf8Encoding(v string) bool {
@@ -128,24 +140,16 @@ func (m *maskedSession) analyse(sql string, simple bool) (*rewrite.Plan, error) 
 	if err != nil {
 		return nil, err
 	}
-	// A search_path change is tracked only when it cannot be undone by the
-	// server behind the proxy's back: alone in its message, outside a
-	// transaction block.
+	// The server is the authority on search_path: after a statement that
+	// may change it, or that ends a transaction in which it changed, the
+	// proxy reads it again before the next statement (see refreshPath).
 	for _, st := range plan.Statements {
-		if st.SearchPath == nil && !st.ResetSearchPath {
-			continue
+		switch {
+		case st.SearchPath != nil || st.ResetSearchPath:
+			m.dirty, m.changedInTx = true, true
+		case st.Kind == "TransactionStmt" && m.changedInTx:
+			m.dirty = true
 		}
-		if len(plan.Statements) > 1 || byte(m.s.txStatus.Load()) != 'I' {
-			return nil, &rewrite.Refusal{Rule: "search-path", Message: "for masked sessions, change search_path in a statement of its own, outside a transaction block"}
-		}
-		m.mu.Lock()
-		if st.ResetSearchPath {
-			m.pendingPath = m.defaultPath
-		} else {
-			m.pendingPath = st.SearchPath
-		}
-		m.hasPending = true
-		m.mu.Unlock()
 	}
 	return plan, nil
 }
@@ -202,14 +206,49 @@ func (m *maskedSession) takeRefusal(e *pgproto3.ErrorResponse) error {
 	return r
 }
 
-// readyForQuery applies a search_path change once its statement is done.
-func (m *maskedSession) readyForQuery(failed bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.hasPending && !failed {
-		m.searchPath = m.pendingPath
+// readyForQuery wakes a client side waiting for the session to be idle.
+func (m *maskedSession) readyForQuery() {
+	select {
+	case m.idle <- struct{}{}:
+	default:
 	}
-	m.hasPending = false
+}
+
+// refreshPath reads the server's search_path when a statement may have
+// changed it. It runs on the client side between sync points: it waits
+// until every earlier answer has arrived, then sends SHOW search_path,
+// whose answer the server side consumes.
+func (m *maskedSession) refreshPath() error {
+	if !m.dirty {
+		return nil
+	}
+	for m.s.pending.Load() > 0 {
+		select {
+		case <-m.idle:
+		case <-m.s.endedCh:
+			return errClientGone
+		}
+	}
+	m.refreshing.Store(true)
+	q, _ := (&pgproto3.Query{String: "SHOW search_path"}).Encode(nil)
+	if err := m.s.toSrv.write(q, false); err != nil {
+		return &writeError{err}
+	}
+	select {
+	case <-m.refreshed:
+	case <-m.s.endedCh:
+		return errClientGone
+	}
+	if !m.refreshOK.Load() {
+		// SHOW failed (the transaction is aborted): try again before the
+		// next statement; the old value stays meanwhile.
+		return nil
+	}
+	m.dirty = false
+	if byte(m.s.txStatus.Load()) == 'I' {
+		m.changedInTx = false
+	}
+	return nil
 }
 
 // query rewrites a simple-protocol Query message.
@@ -217,6 +256,9 @@ func (m *maskedSession) query(msg []byte) ([]byte, error) {
 	sql, _, ok := cutNul(msg[5:])
 	if !ok {
 		return nil, &protocolError{"malformed Query message"}
+	}
+	if err := m.refreshPath(); err != nil {
+		return nil, err
 	}
 	plan, err := m.analyse(sql, true)
 	switch {
@@ -231,7 +273,7 @@ func (m *maskedSession) query(msg []byte) ([]byte, error) {
 }
 
 // parse rewrites an extended-protocol Parse message.
-func (m *maskedSession) parse(msg []byte) ([]byte, error) {
+func (m *maskedSession) parse(msg []byte, atBoundary bool) ([]byte, error) {
 	name, rest, ok := cutNul(msg[5:])
 	if !ok {
 		return nil, &protocolError{"malformed Parse message"}
@@ -239,6 +281,11 @@ func (m *maskedSession) parse(msg []byte) ([]byte, error) {
 	sql, types, ok := cutNul(rest)
 	if !ok {
 		return nil, &protocolError{"malformed Parse message"}
+	}
+	if atBoundary {
+		if err := m.refreshPath(); err != nil {
+			return nil, err
+		}
 	}
 	plan, err := m.analyse(sql, false)
 	switch {

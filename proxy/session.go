@@ -88,6 +88,8 @@ type session struct {
 	masked      atomic.Pointer[maskedSession]
 	modeDecided chan struct{}
 	decideOnce  sync.Once
+	// endedCh is closed when the session ends.
+	endedCh chan struct{}
 	// lastWasFatal is set when the last ErrorResponse from the server was FATAL.
 	lastWasFatal atomic.Bool
 
@@ -99,7 +101,7 @@ type session struct {
 }
 
 func newSession(srv *Server, conn net.Conn, id uint64) *session {
-	return &session{srv: srv, id: id, start: time.Now(), client: conn, params: map[string]string{}, modeDecided: make(chan struct{})}
+	return &session{srv: srv, id: id, start: time.Now(), client: conn, params: map[string]string{}, modeDecided: make(chan struct{}), endedCh: make(chan struct{})}
 }
 
 // serve runs the session to its end.
@@ -225,6 +227,7 @@ func (s *session) fromPumpDown(err error) error {
 func (s *session) end(cause error) {
 	s.endOnce.Do(func() {
 		defer s.markDecided()
+		defer close(s.endedCh)
 		s.endMu.Lock()
 		s.endCause = cause
 		s.endMu.Unlock()

@@ -22,7 +22,30 @@ func (w *walker) statement(n *pg_query.Node) (Statement, error) {
 	var err error
 	switch x := n.Node.(type) {
 	case *pg_query.Node_SelectStmt:
+		if name, value, ok := setConfigCall(x.SelectStmt); ok {
+			// SELECT set_config('name', 'value', is_local) with constant
+			// arguments, as pg_dump sends it, is a SET.
+			err = w.setConfig(name, value, &st)
+			break
+		}
 		err = w.selectStmt(x.SelectStmt)
+	case *pg_query.Node_LockStmt:
+		// pg_dump takes ACCESS SHARE locks on what it dumps; that mode only
+		// conflicts with ACCESS EXCLUSIVE and reveals nothing.
+		if x.LockStmt.Mode != 1 { // AccessShareLock, src/include/storage/lockdefs.h
+			err = refuse("statement", "LOCK is allowed for masked sessions in ACCESS SHARE mode only")
+			break
+		}
+		for _, r := range x.LockStmt.Relations {
+			rv := r.GetRangeVar()
+			if rv == nil {
+				err = refuse("unsupported-syntax", "unexpected LOCK target")
+				break
+			}
+			if rel := w.resolve(rv); rel != nil {
+				rv.Schemaname = rel.Name.Schema
+			}
+		}
 	case *pg_query.Node_InsertStmt, *pg_query.Node_UpdateStmt, *pg_query.Node_DeleteStmt:
 		err = w.node(n)
 	case *pg_query.Node_TransactionStmt, *pg_query.Node_VariableShowStmt,
@@ -85,6 +108,91 @@ var ddlKinds = map[string]bool{
 	"RenameStmt": true, "DefineStmt": true, "CompositeTypeStmt": true, "ReindexStmt": true,
 	"ClusterStmt": true, "RefreshMatViewStmt": true, "ImportForeignSchemaStmt": true,
 	"ReassignOwnedStmt": true, "CreatedbStmt": true, "DropdbStmt": true, "DropOwnedStmt": true,
+}
+
+// setConfigCall recognises SELECT [pg_catalog.]set_config('name', 'value',
+// bool) with nothing else in the statement.
+//
+// pg_dump (15.8 and later) also sends SELECT set_config(name, 'value',
+// false) FROM pg_settings WHERE name = 'setting', which is the same thing.
+func setConfigCall(s *pg_query.SelectStmt) (name, value string, ok bool) {
+	if len(s.TargetList) != 1 || s.WithClause != nil || s.Op != pg_query.SetOperation_SETOP_NONE ||
+		len(s.GroupClause) != 0 || s.HavingClause != nil || len(s.SortClause) != 0 || s.LimitCount != nil {
+		return "", "", false
+	}
+	fromSettings := ""
+	switch {
+	case len(s.FromClause) == 0 && s.WhereClause == nil:
+	case len(s.FromClause) == 1:
+		rv := s.FromClause[0].GetRangeVar()
+		if rv == nil || rv.Relname != "pg_settings" || (rv.Schemaname != "" && rv.Schemaname != "pg_catalog") || rv.Alias != nil {
+			return "", "", false
+		}
+		e := s.WhereClause.GetAExpr()
+		if e == nil || e.Kind != pg_query.A_Expr_Kind_AEXPR_OP || len(e.Name) != 1 || e.Name[0].GetString_().GetSval() != "=" {
+			return "", "", false
+		}
+		c := e.Lexpr.GetColumnRef()
+		v, isConst := constString(e.Rexpr)
+		if c == nil || len(c.Fields) != 1 || c.Fields[0].GetString_().GetSval() != "name" || !isConst {
+			return "", "", false
+		}
+		fromSettings = v
+	default:
+		return "", "", false
+	}
+	rt := s.TargetList[0].GetResTarget()
+	if rt == nil {
+		return "", "", false
+	}
+	f := rt.Val.GetFuncCall()
+	if f == nil || len(f.Args) != 3 || f.AggStar || f.Over != nil || f.AggFilter != nil {
+		return "", "", false
+	}
+	switch len(f.Funcname) {
+	case 1:
+	case 2:
+		if f.Funcname[0].GetString_().GetSval() != "pg_catalog" {
+			return "", "", false
+		}
+	default:
+		return "", "", false
+	}
+	if f.Funcname[len(f.Funcname)-1].GetString_().GetSval() != "set_config" {
+		return "", "", false
+	}
+	name, ok1 := constString(f.Args[0])
+	if fromSettings != "" {
+		c := f.Args[0].GetColumnRef()
+		name, ok1 = fromSettings, c != nil && len(c.Fields) == 1 && c.Fields[0].GetString_().GetSval() == "name"
+	}
+	value, ok2 := constString(f.Args[1])
+	_, ok3 := constString(f.Args[2])
+	if !ok1 || !ok2 || !ok3 {
+		return "", "", false
+	}
+	return strings.ToLower(name), value, true
+}
+
+// setConfig applies SET's rules to a set_config call.
+func (w *walker) setConfig(name, value string, st *Statement) error {
+	if ok, pinned := pinnedSettings[name]; pinned {
+		if ok != nil && ok(strings.ToLower(value)) {
+			return nil
+		}
+		return refuse("pinned-setting", "%s is pinned by pgveil for masked sessions and cannot be changed", name)
+	}
+	if name == "search_path" {
+		path, err := catalog.ParseSearchPath(value)
+		if err != nil {
+			return refuse("unsupported-syntax", "unexpected search_path value")
+		}
+		if path == nil {
+			path = []string{}
+		}
+		st.SearchPath = path
+	}
+	return nil
 }
 
 // pinnedSettings may not be changed by masked sessions: the proxy must parse
@@ -166,7 +274,7 @@ func (w *walker) target(rv *pg_query.RangeVar) (*catalog.Relation, bool, error) 
 	rel := w.resolve(rv)
 	if rel == nil {
 		if w.policyNamesTable(rv.Schemaname, rv.Relname) {
-			return nil, false, refuse("catalog", "relation %q is not in pgveil's catalog snapshot yet; retry shortly", rv.Relname)
+			return nil, false, refuse("catalog", "relation %q is not on the search_path, or not in pgveil's catalog snapshot yet", rv.Relname)
 		}
 		return nil, false, nil
 	}

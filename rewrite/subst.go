@@ -15,7 +15,7 @@ import (
 // histograms) to whoever may read them; masked sessions may not.
 var statisticsRelations = map[string]bool{
 	"pg_stats": true, "pg_stats_ext": true, "pg_stats_ext_exprs": true,
-	"pg_statistic": true, "pg_statistic_ext": true, "pg_statistic_ext_data": true,
+	"pg_statistic": true, "pg_statistic_ext_data": true,
 }
 
 // path is the session's name-resolution context.
@@ -65,7 +65,7 @@ func (w *walker) substitute(n *pg_query.Node, rv *pg_query.RangeVar) error {
 	rel := w.resolve(rv)
 	if rel == nil {
 		if w.policyNamesTable(rv.Schemaname, rv.Relname) {
-			return refuse("catalog", "relation %q is not in pgveil's catalog snapshot yet; retry shortly", rv.Relname)
+			return refuse("catalog", "relation %q is not on the search_path, or not in pgveil's catalog snapshot yet", rv.Relname)
 		}
 		// The server will report that the relation does not exist.
 		return nil

@@ -186,6 +186,11 @@ multi_statement_one_refused|SELECT email FROM customers; DROP TABLE customers
 discard_all|-- server: error
 DISCARD ALL
 lock|LOCK TABLE customers
+lock_access_share|LOCK TABLE customers IN ACCESS SHARE MODE
+set_config_search_path|SELECT pg_catalog.set_config('search_path', '', false)
+set_config_pinned|SELECT set_config('client_encoding', 'LATIN1', false)
+set_config_in_query|SELECT set_config('search_path', email, false) FROM customers
+stats_ext_definitions|SELECT stxname FROM pg_statistic_ext
 vacuum|VACUUM customers
 syntax_error|SELEC email FROM customers
 empty|-- nothing here

@@ -1,0 +1,1 @@
+SELECT set_config('client_encoding', 'LATIN1', false)

@@ -1,0 +1,1 @@
+SELECT stxname FROM pg_statistic_ext
