@@ -107,6 +107,7 @@ func setup(m *testing.M) (int, error) {
 		Dir: filepath.Join(dir, "pg"),
 		HBA: []string{
 			"local all all trust",
+			"host shop all 127.0.0.1/32 trust",
 			"host all postgres 127.0.0.1/32 trust",
 			"host all trust_user 127.0.0.1/32 trust",
 			"host all password_user 127.0.0.1/32 password",

@@ -326,8 +326,19 @@ func (w *walker) funcCall(f *pg_query.FuncCall) error {
 			}
 		}
 	case 2:
+		// Built-in means created by initdb: pg_catalog and
+		// information_schema functions.
 		if parts[0] != "pg_catalog" {
-			return refuse("function", "function %s.%s is not built in; masked sessions may call built-in functions only", parts[0], name)
+			fns := w.s.Catalog.Functions(catalog.Name{Schema: parts[0], Name: name})
+			for _, fn := range fns {
+				if !fn.Builtin {
+					fns = nil
+					break
+				}
+			}
+			if len(fns) == 0 {
+				return refuse("function", "function %s.%s is not built in; masked sessions may call built-in functions only", parts[0], name)
+			}
 		}
 	default:
 		return refuse("function", "function name %s is not allowed", strings.Join(parts, "."))
