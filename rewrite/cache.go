@@ -35,6 +35,7 @@ func KeyFor(s *Session, sql string) CacheKey {
 // Each distinct text is analysed once per (policy, grants, catalog, search
 // path).
 type Cache struct {
+	proj  projectionCache
 	mu    sync.Mutex
 	max   int
 	ll    *list.List
@@ -54,7 +55,7 @@ func NewCache(max int) *Cache {
 	if max <= 0 {
 		max = 10000
 	}
-	return &Cache{max: max, ll: list.New(), items: make(map[CacheKey]*list.Element)}
+	return &Cache{max: max, ll: list.New(), items: make(map[CacheKey]*list.Element), proj: projectionCache{m: map[projKey]projection{}}}
 }
 
 // Rewrite returns the cached outcome for sql in s, analysing it on a miss.
@@ -74,7 +75,9 @@ func (c *Cache) Rewrite(sql string, s *Session) (*Plan, error) {
 	}
 	c.miss++
 	c.mu.Unlock()
-	plan, err := Rewrite(sql, s)
+	withProj := *s
+	withProj.projections = &c.proj
+	plan, err := Rewrite(sql, &withProj)
 	switch err.(type) {
 	case nil, *Refusal, *SyntaxError:
 	default:
@@ -98,4 +101,42 @@ func (c *Cache) Stats() (hits, misses uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.hits, c.miss
+}
+
+// projKey identifies a masking sub-query.
+type projKey struct {
+	policy, grants string
+	catalog        uint64
+	oid            uint32
+	inh            bool
+}
+
+type projection struct {
+	sql    string
+	denied []string
+	err    error
+}
+
+// projectionCache holds masking sub-query texts. It is small (one entry
+// per protected relation and grant set) and is cleared when it grows past
+// a bound, e.g. after many catalog versions.
+type projectionCache struct {
+	mu sync.Mutex
+	m  map[projKey]projection
+}
+
+func (p *projectionCache) get(k projKey) (projection, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	v, ok := p.m[k]
+	return v, ok
+}
+
+func (p *projectionCache) put(k projKey, v projection) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.m) > 4096 {
+		p.m = map[projKey]projection{}
+	}
+	p.m[k] = v
 }

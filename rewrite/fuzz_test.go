@@ -68,7 +68,7 @@ func TestNoUnmaskedReadInGolden(t *testing.T) {
 // relation that is read by a SELECT whose target list exposes one of its
 // masked columns as a bare column reference, or "" if there is none.
 func unmaskedRead(s *Session, tree *pg_query.ParseResult) string {
-	w := newWalker(s)
+	w := newWalker(s, nil)
 	var leak string
 	var visit func(m protoreflect.Message)
 	visit = func(m protoreflect.Message) {

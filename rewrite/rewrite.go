@@ -12,6 +12,7 @@ package rewrite
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 
@@ -31,6 +32,9 @@ type Session struct {
 	// ["$user", "public"]; User expands "$user".
 	SearchPath []string
 	User       string
+
+	// projections caches masking sub-queries; set by Cache.Rewrite.
+	projections *projectionCache
 }
 
 // Plan is the outcome of analysing one client SQL text.
@@ -98,8 +102,9 @@ func Rewrite(sql string, s *Session) (*Plan, error) {
 		return nil, &SyntaxError{Message: err.Error()}
 	}
 	plan := &Plan{Rewritten: true}
+	var placeholders []placeholder
 	for _, raw := range tree.Stmts {
-		w := newWalker(s)
+		w := newWalker(s, &placeholders)
 		st, err := w.statement(raw.Stmt)
 		if err != nil {
 			return nil, err
@@ -117,6 +122,15 @@ func Rewrite(sql string, s *Session) (*Plan, error) {
 	out, err := pg_query.Deparse(tree)
 	if err != nil {
 		return nil, refuse("deparse", "the statement cannot be re-serialised safely: %v", err)
+	}
+	if len(placeholders) > 0 && strings.Count(out, placeholderPrefix) != len(placeholders) {
+		return nil, refuse("unsupported-syntax", "the text may not contain %q", placeholderPrefix)
+	}
+	for _, p := range placeholders {
+		if strings.Count(out, p.name) != 1 {
+			return nil, refuse("unsupported-syntax", "the text may not contain %q", placeholderPrefix)
+		}
+		out = strings.Replace(out, p.name, "("+p.sql+")", 1)
 	}
 	plan.SQL = out
 	return plan, nil

@@ -280,7 +280,7 @@ func (w *walker) target(rv *pg_query.RangeVar) (*catalog.Relation, bool, error) 
 	}
 	rv.Schemaname = rel.Name.Schema
 	if rel.Kind == catalog.KindView || rel.Kind == catalog.KindMatView {
-		if _, _, err := w.projection(rel, true); err != nil {
+		if _, _, err := w.buildProjection(rel, true); err != nil {
 			return nil, false, err
 		}
 	}

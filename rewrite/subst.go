@@ -2,6 +2,7 @@ package rewrite
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
@@ -79,18 +80,23 @@ func (w *walker) substitute(n *pg_query.Node, rv *pg_query.RangeVar) error {
 	}
 	// Qualify the name so the server reads exactly the relation analysed.
 	rv.Schemaname = rel.Name.Schema
-	if proj == nil {
+	if proj == "" {
 		return nil
 	}
 	if w.explain {
 		return refuse("explain", "EXPLAIN over a protected relation (%s) is not allowed: planner estimates come from raw statistics", qualified(rel.Name))
 	}
-	alias := rv.Alias
-	if alias == nil {
-		alias = &pg_query.Alias{Aliasname: rv.Relname}
+	if rv.Alias == nil {
+		rv.Alias = &pg_query.Alias{Aliasname: rv.Relname}
 		w.unaliased[rel.Name] = rv.Relname
 	}
-	n.Node = &pg_query.Node_RangeSubselect{RangeSubselect: &pg_query.RangeSubselect{Subquery: proj, Alias: alias}}
+	// The relation becomes a placeholder name that Rewrite replaces with
+	// the parenthesised masking sub-query after deparsing, so the (large,
+	// cached) sub-query is parsed and deparsed once, not per statement.
+	name := placeholderPrefix + strconv.Itoa(len(*w.placeholders))
+	*w.placeholders = append(*w.placeholders, placeholder{name: name, sql: proj})
+	rv.Schemaname, rv.Relname, rv.Inh = "", name, true
+	w.substituted = true
 	w.masked = append(w.masked, rel.Name)
 	for _, d := range denied {
 		w.denied[d] = true
@@ -167,7 +173,26 @@ func (w *walker) protectedFor(rel *catalog.Relation) bool {
 
 // projection returns the masking sub-query for rel, or nil when the
 // session may read rel as it is, and the names of denied columns.
-func (w *walker) projection(rel *catalog.Relation, inh bool) (*pg_query.Node, []string, error) {
+func (w *walker) projection(rel *catalog.Relation, inh bool) (string, []string, error) {
+	key := projKey{policy: w.s.Policy.Hash, grants: w.s.Grants.Key(), catalog: w.s.Catalog.Version, oid: rel.OID, inh: inh}
+	if w.s.projections != nil {
+		if p, ok := w.s.projections.get(key); ok {
+			return p.sql, p.denied, p.err
+		}
+	}
+	sql, denied, err := w.buildProjection(rel, inh)
+	switch err.(type) {
+	case nil, *Refusal:
+		if w.s.projections != nil {
+			w.s.projections.put(key, projection{sql: sql, denied: denied, err: err})
+		}
+	}
+	return sql, denied, err
+}
+
+// buildProjection builds the masking sub-query text for rel ("" when the
+// session may read rel as it is) and the names of denied columns.
+func (w *walker) buildProjection(rel *catalog.Relation, inh bool) (string, []string, error) {
 	switch rel.Kind {
 	case catalog.KindView, catalog.KindMatView:
 		classified := false
@@ -179,17 +204,17 @@ func (w *walker) projection(rel *catalog.Relation, inh bool) (*pg_query.Node, []
 		if !classified {
 			for _, r := range rel.Reads {
 				if rr := w.s.Catalog.Relation(r); rr != nil && rr.Kind != catalog.KindView && rr.Kind != catalog.KindMatView && w.protectedFor(rr) {
-					return nil, nil, refuse("view", "view %s reads protected table %s and the policy does not classify its columns", qualified(rel.Name), qualified(r))
+					return "", nil, refuse("view", "view %s reads protected table %s and the policy does not classify its columns", qualified(rel.Name), qualified(r))
 				}
 			}
 		}
 	case catalog.KindTable, catalog.KindPartitioned, catalog.KindForeignTable:
 	default:
 		// Sequences and composite types hold no classified data.
-		return nil, nil, nil
+		return "", nil, nil
 	}
 	if !w.protectedFor(rel) {
-		return nil, nil, nil
+		return "", nil, nil
 	}
 	var items []string
 	var denied []string
@@ -206,7 +231,7 @@ func (w *walker) projection(rel *catalog.Relation, inh bool) (*pg_query.Node, []
 			denied = append(denied, c.Name)
 		}
 		if err != nil {
-			return nil, nil, refuse("policy", "cannot mask %s.%s: %v", qualified(rel.Name), c.Name, err)
+			return "", nil, refuse("policy", "cannot mask %s.%s: %v", qualified(rel.Name), c.Name, err)
 		}
 		items = append(items, expr+" AS "+id)
 	}
@@ -225,11 +250,14 @@ func (w *walker) projection(rel *catalog.Relation, inh bool) (*pg_query.Node, []
 	}
 	tree, err := pg_query.Parse(b.String())
 	if err != nil || len(tree.Stmts) != 1 {
-		return nil, nil, refuse("policy", "the masking query for %s does not parse: %v", qualified(rel.Name), err)
+		return "", nil, refuse("policy", "the masking query for %s does not parse: %v", qualified(rel.Name), err)
 	}
-	proj := tree.Stmts[0].Stmt
-	qualifyBuiltins(proj.ProtoReflect())
-	return proj, denied, nil
+	qualifyBuiltins(tree.ProtoReflect())
+	out, err := pg_query.Deparse(tree)
+	if err != nil {
+		return "", nil, refuse("policy", "the masking query for %s cannot be serialised: %v", qualified(rel.Name), err)
+	}
+	return out, denied, nil
 }
 
 // qualifyBuiltins pins every function, operator and type of a masking

@@ -29,10 +29,25 @@ type walker struct {
 	// unaliased maps a substituted relation without a user alias to the
 	// alias its sub-query got (its bare name).
 	unaliased map[catalog.Name]string
+	// placeholders are the masking sub-queries of the whole text, in
+	// order; substituted is set by each substitution.
+	placeholders *[]placeholder
+	substituted  bool
 }
 
-func newWalker(s *Session) *walker {
-	return &walker{s: s, denied: map[string]bool{}, refs: map[string]bool{}, unaliased: map[catalog.Name]string{}}
+// placeholder is a relation name standing in for a masking sub-query.
+type placeholder struct {
+	name, sql string
+}
+
+// placeholderPrefix starts every placeholder name. A client text that
+// contains it is refused (see Rewrite), so a placeholder can never be
+// confused with anything the client wrote.
+const placeholderPrefix = "pgveil_subst_"
+
+
+func newWalker(s *Session, ph *[]placeholder) *walker {
+	return &walker{s: s, denied: map[string]bool{}, refs: map[string]bool{}, unaliased: map[catalog.Name]string{}, placeholders: ph}
 }
 
 // finish completes a statement: schema-qualified column references to a
@@ -248,11 +263,11 @@ func (w *walker) fromItem(n *pg_query.Node) error {
 	case *pg_query.Node_RangeFunction:
 		return w.fields(x.RangeFunction.ProtoReflect(), nil)
 	case *pg_query.Node_RangeTableSample:
-		rel := x.RangeTableSample.Relation
-		if err := w.fromItem(rel); err != nil {
+		w.substituted = false
+		if err := w.fromItem(x.RangeTableSample.Relation); err != nil {
 			return err
 		}
-		if rel.GetRangeVar() == nil {
+		if w.substituted {
 			return refuse("tablesample", "TABLESAMPLE on a protected relation is not supported for masked sessions")
 		}
 		for _, a := range x.RangeTableSample.Args {
