@@ -45,7 +45,6 @@ type placeholder struct {
 // confused with anything the client wrote.
 const placeholderPrefix = "pgveil_subst_"
 
-
 func newWalker(s *Session, ph *[]placeholder) *walker {
 	return &walker{s: s, denied: map[string]bool{}, refs: map[string]bool{}, unaliased: map[catalog.Name]string{}, placeholders: ph}
 }
