@@ -271,3 +271,43 @@ func TestMaskedJDBCAndPsycopg(t *testing.T) {
 		}
 	})
 }
+
+// TestUnknownRoleRejected: with unknown_roles: reject, a login none of
+// whose roles is in the policy is refused at startup with a clear message;
+// a policy role still gets in.
+func TestUnknownRoleRejected(t *testing.T) {
+	shopProxy(t) // creates the database and roles
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	file := filepath.Join(t.TempDir(), "reject.yaml")
+	if err := os.WriteFile(file, []byte(shopPolicy+"unknown_roles: reject\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pol, err := rules.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := catalog.New(catalog.Config{ConnString: w.pg.URL("shop_pgveil", "", "shop")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cat.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p, err := startProxy(fmt.Sprintf("postgres://127.0.0.1:%d/shop?sslmode=disable", w.pg.Port), func(c *proxy.Config) {
+		c.Masking = &testMasking{policy: pol, cat: cat}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.close()
+	_, err = pgx.Connect(ctx, shopDSN(p, "shop_pgveil"))
+	if c := serverCode(err); c != "28000" || !strings.Contains(err.Error(), `role "shop_pgveil" is not in the policy`) {
+		t.Fatalf("unknown role: %v", err)
+	}
+	conn, err := pgx.Connect(ctx, shopDSN(p, "shop_analyst"))
+	if err != nil {
+		t.Fatalf("policy role refused: %v", err)
+	}
+	conn.Close(ctx)
+}
