@@ -105,28 +105,20 @@ func (w *walker) substitute(n *pg_query.Node, rv *pg_query.RangeVar) error {
 }
 
 // columnRule returns the policy rule that governs column col of rel: the
-// rule on rel itself, else on its nearest ancestor (partitions inherit their
-// parent's classification), else a rule on any descendant (so reading a
-// parent never bypasses a classified partition).
+// rule on rel itself, else on its nearest ancestor (partitions and
+// inheritance children inherit their parents' classification), else the
+// strictest rule on any descendant (so reading a parent never bypasses a
+// classified child).
 func (w *walker) columnRule(rel *catalog.Relation, col string) *rules.ColumnRule {
 	p := w.s.Policy
-	key := func(n catalog.Name) rules.ColumnKey {
-		return rules.ColumnKey{Schema: n.Schema, Table: n.Name, Column: col}
-	}
+	key := func(n catalog.Name) rules.ColumnKey { return rules.ColumnKey{Schema: n.Schema, Table: n.Name, Column: col} }
 	if r := p.Column(key(rel.Name)); r != nil {
 		return r
 	}
-	seen := map[catalog.Name]bool{rel.Name: true}
-	for parent := rel.Parent; parent != (catalog.Name{}) && !seen[parent]; {
-		seen[parent] = true
-		if r := p.Column(key(parent)); r != nil {
+	for _, a := range w.ancestors(rel) {
+		if r := p.Column(key(a)); r != nil {
 			return r
 		}
-		pr := w.s.Catalog.Relation(parent)
-		if pr == nil {
-			break
-		}
-		parent = pr.Parent
 	}
 	var strictest *rules.ColumnRule
 	for _, d := range w.s.Catalog.Descendants(rel.Name) {
@@ -137,17 +129,39 @@ func (w *walker) columnRule(rel *catalog.Relation, col string) *rules.ColumnRule
 	return strictest
 }
 
+// ancestors returns rel's partition parents and inheritance parents,
+// nearest first.
+func (w *walker) ancestors(rel *catalog.Relation) []catalog.Name {
+	var out []catalog.Name
+	seen := map[catalog.Name]bool{rel.Name: true}
+	queue := []*catalog.Relation{rel}
+	for len(queue) > 0 {
+		r := queue[0]
+		queue = queue[1:]
+		parents := append([]catalog.Name(nil), r.Inherits...)
+		if !r.Parent.IsZero() {
+			parents = append([]catalog.Name{r.Parent}, parents...)
+		}
+		for _, p := range parents {
+			if seen[p] {
+				continue
+			}
+			seen[p] = true
+			out = append(out, p)
+			if pr := w.s.Catalog.Relation(p); pr != nil {
+				queue = append(queue, pr)
+			}
+		}
+	}
+	return out
+}
+
 // rowFilters returns the session's row filters on rel or its ancestors.
 func (w *walker) rowFilters(rel *catalog.Relation) []string {
 	var out []string
 	names := map[catalog.Name]bool{rel.Name: true}
-	for parent := rel.Parent; parent != (catalog.Name{}) && !names[parent]; {
-		names[parent] = true
-		pr := w.s.Catalog.Relation(parent)
-		if pr == nil {
-			break
-		}
-		parent = pr.Parent
+	for _, a := range w.ancestors(rel) {
+		names[a] = true
 	}
 	for _, f := range w.s.Grants.RowFilters() {
 		if names[catalog.Name{Schema: f.Schema, Name: f.Table}] {
@@ -322,6 +336,8 @@ func init() {
 		lo_unlink lo_from_bytea lo_lseek lo_lseek64 lo_tell lo_tell64 lo_truncate lo_truncate64
 		dblink dblink_exec dblink_open dblink_fetch dblink_send_query dblink_get_result dblink_connect
 		set_config pg_reload_conf pg_logical_emit_message
+		pg_logical_slot_get_changes pg_logical_slot_peek_changes
+		pg_logical_slot_get_binary_changes pg_logical_slot_peek_binary_changes
 	`) {
 		deniedFunctions[f] = true
 	}

@@ -63,6 +63,8 @@ generate_series|SELECT g FROM generate_series(1, 3) g
 function_in_from_with_table|SELECT * FROM customers, unnest(ARRAY[1, 2]) u
 only_parent|SELECT * FROM ONLY customers
 partition_parent|SELECT customer_email FROM events
+inheritance_child|SELECT ssn, tier FROM vip_customers
+func_logical_decoding|SELECT * FROM pg_logical_slot_peek_changes('s', NULL, NULL)
 partition_child|SELECT customer_email FROM events_2024
 view_unclassified|SELECT * FROM customer_emails
 view_unclassified_no_protected|SELECT * FROM order_totals

@@ -38,3 +38,4 @@ INSERT INTO public.orders VALUES (1, 1, 10.50, '2024-01-01 10:00:00+00'), (2, 2,
 INSERT INTO public.payments VALUES (1, 1, '4111111111111111');
 INSERT INTO public.events VALUES (1, 'ada@example.com', '2024-05-01'), (2, 'alan@example.org', '2025-05-01');
 GRANT USAGE ON SCHEMA crm TO PUBLIC;
+CREATE TABLE public.vip_customers (tier int) INHERITS (public.customers);

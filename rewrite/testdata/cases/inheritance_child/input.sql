@@ -1,0 +1,1 @@
+SELECT ssn, tier FROM vip_customers
