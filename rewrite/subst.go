@@ -111,7 +111,9 @@ func (w *walker) substitute(n *pg_query.Node, rv *pg_query.RangeVar) error {
 // classified child).
 func (w *walker) columnRule(rel *catalog.Relation, col string) *rules.ColumnRule {
 	p := w.s.Policy
-	key := func(n catalog.Name) rules.ColumnKey { return rules.ColumnKey{Schema: n.Schema, Table: n.Name, Column: col} }
+	key := func(n catalog.Name) rules.ColumnKey {
+		return rules.ColumnKey{Schema: n.Schema, Table: n.Name, Column: col}
+	}
 	if r := p.Column(key(rel.Name)); r != nil {
 		return r
 	}
