@@ -353,13 +353,9 @@ func (h *serverSide) internalReply(typ byte, msg []byte) error {
 		}
 		return nil
 	case 'D':
-		var row pgproto3.DataRow
-		if err := row.Decode(msg[5:]); err != nil || len(row.Values) != 1 {
-			return &protocolError{"malformed answer to SHOW search_path"}
-		}
-		path, err := catalog.ParseSearchPath(string(row.Values[0]))
+		path, err := searchPathRow(msg)
 		if err != nil {
-			return &clientError{codeInvalidAuthSpec, "pgveil: cannot read the session's search_path: " + err.Error()}
+			return err
 		}
 		h.masked.mu.Lock()
 		h.masked.searchPath = path
@@ -423,16 +419,9 @@ func (h *serverSide) refreshReply(typ byte, msg []byte) error {
 	case 'S':
 		return h.parameterStatus(msg)
 	case 'D':
-		var row pgproto3.DataRow
-		if err := row.Decode(msg[5:]); err != nil || len(row.Values) != 1 {
-			return &protocolError{"malformed answer to SHOW search_path"}
-		}
-		path, err := catalog.ParseSearchPath(string(row.Values[0]))
+		path, err := searchPathRow(msg)
 		if err != nil {
-			return &clientError{codeProtocolViolation, "pgveil: cannot read the session's search_path: " + err.Error()}
-		}
-		if path == nil {
-			path = []string{}
+			return err
 		}
 		h.refreshPath = path
 		return nil
@@ -459,4 +448,20 @@ func (h *serverSide) refreshReply(typ byte, msg []byte) error {
 		return nil
 	}
 	return &protocolError{fmt.Sprintf("unexpected message %q during search_path refresh", typ)}
+}
+
+// searchPathRow parses the DataRow answering SHOW search_path.
+func searchPathRow(msg []byte) ([]string, error) {
+	var row pgproto3.DataRow
+	if err := row.Decode(msg[5:]); err != nil || len(row.Values) != 1 {
+		return nil, &protocolError{"malformed answer to SHOW search_path"}
+	}
+	path, err := catalog.ParseSearchPath(string(row.Values[0]))
+	if err != nil {
+		return nil, &clientError{codeProtocolViolation, "pgveil: cannot read the session's search_path: " + err.Error()}
+	}
+	if path == nil {
+		path = []string{}
+	}
+	return path, nil
 }

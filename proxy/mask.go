@@ -131,7 +131,7 @@ func (m *maskedSession) session() (*rewrite.Session, error) {
 }
 
 // analyse rewrites sql, or returns the refusal the client must see.
-func (m *maskedSession) analyse(sql string, simple bool) (*rewrite.Plan, error) {
+func (m *maskedSession) analyse(sql string) (*rewrite.Plan, error) {
 	rs, err := m.session()
 	if err != nil {
 		return nil, &rewrite.Refusal{Rule: "unavailable", Message: "the policy or catalog is unavailable"}
@@ -260,16 +260,25 @@ func (m *maskedSession) query(msg []byte) ([]byte, error) {
 	if err := m.refreshPath(); err != nil {
 		return nil, err
 	}
-	plan, err := m.analyse(sql, true)
-	switch {
-	case err != nil:
-		sql = m.refuse(err)
-	case plan.Rewritten:
-		sql = plan.SQL
-	default:
+	sql, changed := m.rewriteSQL(sql)
+	if !changed {
 		return msg, nil
 	}
 	return (&pgproto3.Query{String: sql}).Encode(nil)
+}
+
+// rewriteSQL returns the text to send for sql: the rewrite, the refusal
+// marker, or sql itself (changed false).
+func (m *maskedSession) rewriteSQL(sql string) (string, bool) {
+	plan, err := m.analyse(sql)
+	switch {
+	case err != nil:
+		return m.refuse(err), true
+	case plan.Rewritten:
+		return plan.SQL, true
+	default:
+		return sql, false
+	}
 }
 
 // parse rewrites an extended-protocol Parse message.
@@ -287,13 +296,8 @@ func (m *maskedSession) parse(msg []byte, atBoundary bool) ([]byte, error) {
 			return nil, err
 		}
 	}
-	plan, err := m.analyse(sql, false)
-	switch {
-	case err != nil:
-		sql = m.refuse(err)
-	case plan.Rewritten:
-		sql = plan.SQL
-	default:
+	sql, changed := m.rewriteSQL(sql)
+	if !changed {
 		return msg, nil
 	}
 	out := make([]byte, 5, 5+len(name)+len(sql)+2+len(types))

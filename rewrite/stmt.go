@@ -4,6 +4,7 @@ import (
 	"strings"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/pgveil/pgveil/catalog"
@@ -371,57 +372,41 @@ func (w *walker) insertStmt(s *pg_query.InsertStmt) error {
 }
 
 func (w *walker) updateStmt(s *pg_query.UpdateStmt) error {
-	if s.WithClause != nil {
-		if err := w.pushCTEs(s.WithClause); err != nil {
-			return err
-		}
-		defer w.popCTEs()
-	}
-	rel, protected, err := w.target(s.Relation)
-	if err != nil {
-		return err
-	}
-	refs, err := w.collectRefs(func() error {
-		for _, f := range s.FromClause {
-			if err := w.fromItem(f); err != nil {
-				return err
-			}
-		}
-		return w.fields(s.ProtoReflect(), map[protoreflect.Name]bool{"with_clause": true, "relation": true, "from_clause": true})
-	})
-	if err != nil {
-		return err
-	}
-	if protected {
-		return w.protectedWrite(rel, aliasOf(s.Relation), "UPDATE", refs)
-	}
-	return nil
+	return w.modify(s, s.WithClause, s.Relation, s.FromClause, "from_clause", "UPDATE")
 }
 
 func (w *walker) deleteStmt(s *pg_query.DeleteStmt) error {
-	if s.WithClause != nil {
-		if err := w.pushCTEs(s.WithClause); err != nil {
+	return w.modify(s, s.WithClause, s.Relation, s.UsingClause, "using_clause", "DELETE")
+}
+
+// modify analyses an UPDATE or DELETE: its WITH clause, its target, the
+// relations it joins (from, whose field is named fromField), and every
+// other clause, whose column references must not read a masked column of a
+// protected target.
+func (w *walker) modify(stmt proto.Message, with *pg_query.WithClause, relation *pg_query.RangeVar, from []*pg_query.Node, fromField protoreflect.Name, verb string) error {
+	if with != nil {
+		if err := w.pushCTEs(with); err != nil {
 			return err
 		}
 		defer w.popCTEs()
 	}
-	rel, protected, err := w.target(s.Relation)
+	rel, protected, err := w.target(relation)
 	if err != nil {
 		return err
 	}
 	refs, err := w.collectRefs(func() error {
-		for _, f := range s.UsingClause {
+		for _, f := range from {
 			if err := w.fromItem(f); err != nil {
 				return err
 			}
 		}
-		return w.fields(s.ProtoReflect(), map[protoreflect.Name]bool{"with_clause": true, "relation": true, "using_clause": true})
+		return w.fields(stmt.ProtoReflect(), map[protoreflect.Name]bool{"with_clause": true, "relation": true, fromField: true})
 	})
 	if err != nil {
 		return err
 	}
 	if protected {
-		return w.protectedWrite(rel, aliasOf(s.Relation), "DELETE", refs)
+		return w.protectedWrite(rel, aliasOf(relation), verb, refs)
 	}
 	return nil
 }
