@@ -5,12 +5,16 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgveil/pgveil/internal/testcert"
 )
 
 type authCase struct {
@@ -150,5 +154,63 @@ func TestStartupParametersForwarded(t *testing.T) {
 	}
 	if got := conn.PgConn().ParameterStatus("application_name"); got != "it-app" {
 		t.Fatalf("ParameterStatus application_name = %q", got)
+	}
+}
+
+// TestUpstreamSSLModes connects through a proxy for each upstream sslmode
+// and checks whether the server sees TLS; verification failures reach the
+// client as 08006.
+func TestUpstreamSSLModes(t *testing.T) {
+	otherCA, err := testcert.NewCA("some other CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrongCA := filepath.Join(t.TempDir(), "wrong-ca.pem")
+	if err := os.WriteFile(wrongCA, otherCA.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	base := fmt.Sprintf("postgres://localhost:%d/postgres?sslmode=", w.pg.Port)
+	for _, tc := range []struct {
+		query   string
+		wantTLS bool
+		fails   bool
+	}{
+		{"disable", false, false},
+		{"allow", false, false},
+		{"prefer", true, false},
+		{"require", true, false},
+		{"require&sslrootcert=" + w.caFile, true, false},
+		{"verify-ca&sslrootcert=" + w.caFile, true, false},
+		{"verify-full&sslrootcert=" + w.caFile, true, false},
+		{"verify-ca&sslrootcert=" + wrongCA, false, true},
+		{"verify-full&sslrootcert=" + wrongCA, false, true},
+	} {
+		t.Run(tc.query, func(t *testing.T) {
+			p, err := startProxy(base+tc.query, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.close()
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			conn, err := pgx.Connect(ctx, via(p).dsn("trust_user", "", "postgres", "disable"))
+			if tc.fails {
+				if c := serverCode(err); c != "08006" {
+					t.Fatalf("got %v, want 08006", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close(ctx)
+			var ssl bool
+			if err := conn.QueryRow(ctx, "select ssl from pg_stat_ssl where pid = pg_backend_pid()").Scan(&ssl); err != nil {
+				t.Fatal(err)
+			}
+			if ssl != tc.wantTLS {
+				t.Fatalf("server-side TLS = %v, want %v", ssl, tc.wantTLS)
+			}
+		})
 	}
 }
