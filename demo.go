@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -21,6 +23,7 @@ CREATE DATABASE demo;
 CREATE ROLE analyst LOGIN;
 CREATE ROLE support LOGIN;
 CREATE ROLE dpo LOGIN;
+CREATE ROLE pgveil LOGIN;
 CREATE TABLE customers (
 	id          int PRIMARY KEY,
 	name        text NOT NULL,
@@ -54,6 +57,32 @@ SELECT g, 1 + g * 17 % 1000, round((5 + g * 37 % 500)::numeric, 2),
 FROM generate_series(1, 5000) g;
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO analyst, support, dpo;
 `
+
+// demoPolicy is the demo's policy (DESIGN.md §3) over the customers table:
+// analyst sees every class masked, support sees email raw, dpo sees
+// everything raw. Any other role (postgres included) is masked.
+const demoPolicy = `# pgveil demo policy: which roles see which customer data masked.
+version: 1
+classes:
+  email:       { mask: email }               # a***@example.com
+  national_id: { mask: "partial(last=4)" }   # *****6789
+  birth_date:  { mask: "truncate(year)" }    # 1980-01-01
+  salary:      { mask: "round(-4)" }         # 90000
+columns:
+  public.customers.email: email
+  public.customers.ssn: national_id
+  public.customers.birth_date: birth_date
+  public.customers.salary: salary
+roles:
+  analyst: {}                # every class masked
+  support: { raw: [email] }  # email raw, the rest masked
+  dpo:     { raw: all }      # everything raw
+unknown_roles: mask
+`
+
+// demoAccount is the proxy's own account in the demo cluster, which it
+// reads the catalog with.
+const demoAccount = "pgveil"
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := pflag.NewFlagSet("demo", pflag.ContinueOnError)
@@ -97,26 +126,54 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return fmt.Errorf("demo: loading sample data: %w", err)
 	}
 
-	up, err := proxy.ParseUpstream(pg.URL("", "", "demo"))
+	policyFile := filepath.Join(pg.Dir, "policy.yaml")
+	if err := os.WriteFile(policyFile, []byte(demoPolicy), 0o644); err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	// The upstream URL's user is the proxy's own account (catalog reads);
+	// clients still authenticate as themselves.
+	upstream := pg.URL(demoAccount, "", "demo")
+	up, err := proxy.ParseUpstream(upstream)
 	if err != nil {
 		return err
 	}
-	srv, err := proxy.New(proxy.Config{Upstream: up, Logger: log})
+	ctx, cancelMasking := context.WithCancel(ctx)
+	defer cancelMasking()
+	masking, err := startMasking(ctx, policyFile, upstream, time.Minute, log)
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	srv, err := proxy.New(proxy.Config{Upstream: up, Logger: log, Masking: masking})
 	if err != nil {
 		return err
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
+	conn := func(user string) string {
+		return fmt.Sprintf(`psql "host=127.0.0.1 port=%d user=%s dbname=demo"`, port, user)
+	}
 	fmt.Fprintf(stdout, `
 pgveil demo is running.
   PostgreSQL %s (data in %s) on 127.0.0.1:%d
-  pgveil proxy on 127.0.0.1:%d
-Connect through the proxy with:
+  pgveil proxy on 127.0.0.1:%d, masking with the policy in %s
 
-  psql "host=127.0.0.1 port=%d user=analyst dbname=demo"
+Connect through the proxy as each role and run the same query:
 
-and try:  SELECT * FROM customers LIMIT 5;
-Users: analyst, support, dpo, postgres (trust authentication).
+  SELECT name, email, ssn, birth_date, salary FROM customers LIMIT 3;
+
+  %s
+      analyst: every classified column masked (g***@example.com, *****7919, 1960-01-01, 40000.00)
+  %s
+      support: email raw; ssn, birth date and salary masked
+  %s
+      dpo: everything raw
+
+Masking happens at the source, so filters and functions see masked values too:
+  SELECT count(*) FROM customers WHERE ssn LIKE '1%%';   -- 0 for analyst
+and what cannot be analysed is refused (SQLSTATE 42501):
+  SELECT query_to_xml('SELECT ssn FROM customers', true, true, '');
+Other users: postgres (superuser, not in the policy: masked like analyst) and
+pgveil (the proxy's catalog account); trust authentication.
 Press Ctrl-C to stop; everything is removed.
-`, bin, pg.DataDir, pg.Port, port, port)
+`, bin, pg.DataDir, pg.Port, port, policyFile, conn("analyst"), conn("support"), conn("dpo"))
 	return serveUntilSignal(ctx, srv, ln, 5*time.Second, log)
 }

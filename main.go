@@ -46,6 +46,8 @@ const topUsage = `pgveil — a PostgreSQL proxy that gives every caller exactly 
 
 Usage:
   pgveil serve   --upstream postgres://host:5432/db [flags]   run the proxy
+  pgveil check   --policy policy.yaml [--upstream URL]      validate a policy, optionally against the live schema
+  pgveil harden  --policy policy.yaml [--upstream URL]      print defence-in-depth SQL for the masked roles
   pgveil demo    [flags]                                    a throwaway PostgreSQL with sample data behind the proxy
   pgveil version                                            print the version
 
@@ -65,6 +67,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runServe(ctx, args[1:], stdout, stderr)
 	case "demo":
 		err = runDemo(ctx, args[1:], stdout, stderr)
+	case "check":
+		err = runCheck(ctx, args[1:], stdout, stderr)
+	case "harden":
+		err = runHarden(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "pgveil", versionString())
 	case "help", "-h", "--help":
