@@ -135,7 +135,7 @@ type Column struct {
 type Function struct {
 	OID             uint32
 	Name            Name
-	Kind            byte // prokind: f, p, a, w
+	Kind            byte // prokind: f, p, a, w; or o for an operator (pg_operator)
 	SecurityDefiner bool
 	Language        string
 	// Builtin is true for objects created by initdb (OID < 16384,

@@ -101,11 +101,18 @@ WHERE r.rulename = '_RETURN'
   AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
   AND d.refobjid <> r.ev_class`
 
+	// queryFunctions reads functions and, as entries of kind 'o',
+	// operators: both are resolved through search_path, and a
+	// non-built-in operator is a non-built-in function behind a symbol.
 	queryFunctions = `
 SELECT p.oid, p.pronamespace, p.proname, p.prokind, p.prosecdef, l.lanname,
        p.proargtypes::pg_catalog.oid[], p.prorettype, p.proretset, p.provolatile
 FROM pg_catalog.pg_proc p
-JOIN pg_catalog.pg_language l ON l.oid = p.prolang`
+JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+UNION ALL
+SELECT o.oid, o.oprnamespace, o.oprname, 'o'::pg_catalog."char", false, 'operator',
+       ARRAY[o.oprleft, o.oprright]::pg_catalog.oid[], o.oprresult, false, 'i'::pg_catalog."char"
+FROM pg_catalog.pg_operator o`
 
 	queryRoles = `
 SELECT r.oid, r.rolname, r.rolsuper, r.rolbypassrls, r.rolinherit, r.rolcanlogin

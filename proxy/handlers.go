@@ -39,7 +39,7 @@ func (h *clientSide) class(typ byte) msgClass {
 	}
 	if h.masked != nil {
 		switch typ {
-		case 'Q', 'P', 'F':
+		case 'Q', 'P', 'F', 'B':
 			return classIntercept
 		}
 	}
@@ -70,6 +70,9 @@ func (h *clientSide) message(typ byte, msg []byte) error {
 		h.s.pending.Add(1)
 	case 'P':
 		out, err = h.masked.parse(msg, !h.inBatch)
+		h.inBatch = true
+	case 'B':
+		out, err = h.masked.bind(msg)
 		h.inBatch = true
 	case 'F':
 		// A function call by OID could run any function, including
@@ -121,8 +124,9 @@ type serverSide struct {
 	// the ReadyForQuery that will end it.
 	internal bool
 	held     []byte
-	// refreshPath collects the answer to a search_path refresh.
+	// refreshPath and refreshUser collect the answer to a refresh.
 	refreshPath []string
+	refreshUser string
 	// failed records an ErrorResponse since the last ReadyForQuery.
 	failed bool
 }
@@ -336,12 +340,15 @@ func (h *serverSide) decide(msg []byte) error {
 	s.masked.Store(m)
 	h.internal = true
 	h.held = append([]byte(nil), msg...)
-	q, _ := (&pgproto3.Query{String: "SHOW search_path"}).Encode(nil)
-	if err := s.toSrv.write(q, false); err != nil {
+	if err := s.toSrv.write(contextQuery, false); err != nil {
 		return &writeError{err}
 	}
 	return nil
 }
+
+// contextQuery reads what name resolution depends on: search_path and the
+// current user (which SET ROLE changes and "$user" expands to).
+var contextQuery, _ = (&pgproto3.Query{String: "SELECT pg_catalog.current_setting('search_path'), CURRENT_USER"}).Encode(nil)
 
 // internalReply consumes the answer to the proxy's own startup query.
 func (h *serverSide) internalReply(typ byte, msg []byte) error {
@@ -353,12 +360,12 @@ func (h *serverSide) internalReply(typ byte, msg []byte) error {
 		}
 		return nil
 	case 'D':
-		path, err := searchPathRow(msg)
+		path, user, err := contextRow(msg)
 		if err != nil {
 			return err
 		}
 		h.masked.mu.Lock()
-		h.masked.searchPath = path
+		h.masked.searchPath, h.masked.user = path, user
 		h.masked.mu.Unlock()
 		return nil
 	case 'E':
@@ -419,11 +426,11 @@ func (h *serverSide) refreshReply(typ byte, msg []byte) error {
 	case 'S':
 		return h.parameterStatus(msg)
 	case 'D':
-		path, err := searchPathRow(msg)
+		path, user, err := contextRow(msg)
 		if err != nil {
 			return err
 		}
-		h.refreshPath = path
+		h.refreshPath, h.refreshUser = path, user
 		return nil
 	case 'E':
 		h.refreshPath = nil
@@ -435,7 +442,7 @@ func (h *serverSide) refreshReply(typ byte, msg []byte) error {
 		h.s.txStatus.Store(uint32(msg[5]))
 		m.mu.Lock()
 		if h.refreshPath != nil {
-			m.searchPath = h.refreshPath
+			m.searchPath, m.user = h.refreshPath, h.refreshUser
 		}
 		m.mu.Unlock()
 		m.refreshOK.Store(h.refreshPath != nil)
@@ -450,18 +457,18 @@ func (h *serverSide) refreshReply(typ byte, msg []byte) error {
 	return &protocolError{fmt.Sprintf("unexpected message %q during search_path refresh", typ)}
 }
 
-// searchPathRow parses the DataRow answering SHOW search_path.
-func searchPathRow(msg []byte) ([]string, error) {
+// contextRow parses the DataRow answering contextQuery.
+func contextRow(msg []byte) ([]string, string, error) {
 	var row pgproto3.DataRow
-	if err := row.Decode(msg[5:]); err != nil || len(row.Values) != 1 {
-		return nil, &protocolError{"malformed answer to SHOW search_path"}
+	if err := row.Decode(msg[5:]); err != nil || len(row.Values) != 2 {
+		return nil, "", &protocolError{"malformed answer to the session context query"}
 	}
 	path, err := catalog.ParseSearchPath(string(row.Values[0]))
 	if err != nil {
-		return nil, &clientError{codeProtocolViolation, "pgveil: cannot read the session's search_path: " + err.Error()}
+		return nil, "", &clientError{codeProtocolViolation, "pgveil: cannot read the session's search_path: " + err.Error()}
 	}
 	if path == nil {
 		path = []string{}
 	}
-	return path, nil
+	return path, string(row.Values[1]), nil
 }

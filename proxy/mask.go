@@ -50,8 +50,18 @@ type maskedSession struct {
 	grants     *rules.Grants
 	roles      []string
 	searchPath []string // the server's search_path, as last read
+	user       string   // the server's current_user, as last read
 	refusals   map[uint64]error
 	nextID     uint64
+	// prepared maps each prepared statement (protocol-level, "" for the
+	// unnamed one, or SQL PREPARE) to the name-resolution context it was
+	// analysed in. PostgreSQL re-analyses a prepared statement when
+	// search_path or the role changes, so running it in another context
+	// would resolve names the proxy never checked; that is refused.
+	prepared map[string]string
+	// changers holds the prepared statements that change search_path or
+	// the role when executed: binding one makes the context dirty.
+	changers map[string]bool
 
 	// dirty (client side only) says a statement sent since the last read
 	// of search_path may have changed it; changedInTx that a change
@@ -103,7 +113,7 @@ func (s *session) decideMode() (*maskedSession, error) {
 		return nil, &clientError{codeInvalidAuthSpec, "pgveil: masked sessions need standard_conforming_strings=on"}
 	}
 	return &maskedSession{s: s, cache: s.srv.cache, policy: policy, grants: grants, roles: roles, refusals: map[uint64]error{},
-		refreshed: make(chan struct{}, 1), idle: make(chan struct{}, 1)}, nil
+		user: s.user, prepared: map[string]string{}, changers: map[string]bool{}, refreshed: make(chan struct{}, 1), idle: make(chan struct{}, 1)}, nil
 }
 
 func utf8Encoding(v string) bool {
@@ -127,7 +137,7 @@ func (m *maskedSession) session() (*rewrite.Session, error) {
 		}
 		m.policy, m.grants = policy, g
 	}
-	return &rewrite.Session{Policy: m.policy, Grants: m.grants, Catalog: snap, SearchPath: m.searchPath, User: m.s.user}, nil
+	return &rewrite.Session{Policy: m.policy, Grants: m.grants, Catalog: snap, SearchPath: m.searchPath, User: m.user}, nil
 }
 
 // analyse rewrites sql, or returns the refusal the client must see.
@@ -143,15 +153,97 @@ func (m *maskedSession) analyse(sql string) (*rewrite.Plan, error) {
 	// The server is the authority on search_path: after a statement that
 	// may change it, or that ends a transaction in which it changed, the
 	// proxy reads it again before the next statement (see refreshPath).
+	if changesContext(plan) {
+		m.dirty, m.changedInTx = true, true
+	}
 	for _, st := range plan.Statements {
 		switch {
-		case st.SearchPath != nil || st.ResetSearchPath:
-			m.dirty, m.changedInTx = true, true
 		case st.Kind == "TransactionStmt" && m.changedInTx:
 			m.dirty = true
 		}
+		if st.Executes != "" && m.stale(st.Executes) {
+			return nil, &rewrite.Refusal{Rule: "stale-statement", Message: "prepared statement " + st.Executes + " was analysed under another search_path or role; prepare it again"}
+		}
+	}
+	for _, st := range plan.Statements {
+		switch {
+		case st.Prepares != "":
+			m.remember(st.Prepares)
+		case st.DeallocateAll:
+			m.mu.Lock()
+			m.prepared = map[string]string{}
+			m.mu.Unlock()
+		case st.Deallocates != "":
+			m.mu.Lock()
+			delete(m.prepared, st.Deallocates)
+			m.mu.Unlock()
+		}
 	}
 	return plan, nil
+}
+
+// changesContext reports whether running plan may change search_path or
+// the current role.
+func changesContext(plan *rewrite.Plan) bool {
+	for _, st := range plan.Statements {
+		if st.SearchPath != nil || st.ResetSearchPath || st.Role != "" || st.ResetRole {
+			return true
+		}
+	}
+	return false
+}
+
+// context names the current name-resolution context.
+func (m *maskedSession) context() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.user + "\x00" + strings.Join(m.searchPath, "\x00")
+}
+
+// remember records that statement name was analysed in the current context.
+func (m *maskedSession) remember(name string) {
+	ctx := m.context()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.prepared) > 100000 {
+		m.prepared = map[string]string{}
+	}
+	m.prepared[name] = ctx
+}
+
+// stale reports whether statement name was analysed in another context.
+func (m *maskedSession) stale(name string) bool {
+	ctx := m.context()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	prev, ok := m.prepared[name]
+	return ok && prev != ctx
+}
+
+// bind checks a Bind message: binding a statement analysed under another
+// search_path or role is refused (the Bind is replaced by a Parse of the
+// refusal marker, so the server reports an error at this point of the
+// batch and skips the rest until Sync).
+func (m *maskedSession) bind(msg []byte) ([]byte, error) {
+	_, rest, ok := cutNul(msg[5:])
+	if !ok {
+		return nil, &protocolError{"malformed Bind message"}
+	}
+	stmt, _, ok := cutNul(rest)
+	if !ok {
+		return nil, &protocolError{"malformed Bind message"}
+	}
+	m.mu.Lock()
+	changes := m.changers[stmt]
+	m.mu.Unlock()
+	if changes {
+		m.dirty, m.changedInTx = true, true
+	}
+	if !m.stale(stmt) {
+		return msg, nil
+	}
+	marker := m.refuse(&rewrite.Refusal{Rule: "stale-statement", Message: "prepared statement " + strconv.Quote(stmt) + " was analysed under another search_path or role; prepare it again"})
+	return (&pgproto3.Parse{Query: marker}).Encode(nil)
 }
 
 // refuse registers a refusal and returns the marker statement that stands
@@ -230,8 +322,7 @@ func (m *maskedSession) refreshPath() error {
 		}
 	}
 	m.refreshing.Store(true)
-	q, _ := (&pgproto3.Query{String: "SHOW search_path"}).Encode(nil)
-	if err := m.s.toSrv.write(q, false); err != nil {
+	if err := m.s.toSrv.write(contextQuery, false); err != nil {
 		return &writeError{err}
 	}
 	select {
@@ -296,7 +387,20 @@ func (m *maskedSession) parse(msg []byte, atBoundary bool) ([]byte, error) {
 			return nil, err
 		}
 	}
-	sql, changed := m.rewriteSQL(sql)
+	plan, err := m.analyse(sql)
+	changed := true
+	switch {
+	case err != nil:
+		sql = m.refuse(err)
+	case plan.Rewritten:
+		sql = plan.SQL
+	default:
+		changed = false
+	}
+	m.remember(name)
+	m.mu.Lock()
+	m.changers[name] = plan != nil && changesContext(plan)
+	m.mu.Unlock()
 	if !changed {
 		return msg, nil
 	}

@@ -59,6 +59,16 @@ type Statement struct {
 	// SET ... TO DEFAULT, RESET ALL, DISCARD ALL).
 	SearchPath      []string
 	ResetSearchPath bool
+	// Role is set when the statement switches the current user (SET
+	// ROLE), which changes what "$user" in search_path means; ResetRole
+	// when it switches back (RESET ROLE, SET ROLE NONE, DISCARD ALL).
+	Role      string
+	ResetRole bool
+	// Prepares names the statement a PREPARE creates; Executes the one an
+	// EXECUTE runs; Deallocates the one a DEALLOCATE drops ("" with
+	// DeallocateAll for DEALLOCATE ALL).
+	Prepares, Executes, Deallocates string
+	DeallocateAll                   bool
 }
 
 // Refusal is a statement a masked session may not run. The proxy sends it
@@ -103,14 +113,30 @@ func Rewrite(sql string, s *Session) (*Plan, error) {
 	}
 	plan := &Plan{Rewritten: true}
 	var placeholders []placeholder
+	cur := *s
 	for _, raw := range tree.Stmts {
-		w := newWalker(s, &placeholders)
+		w := newWalker(&cur, &placeholders)
 		st, err := w.statement(raw.Stmt)
 		if err != nil {
 			return nil, err
 		}
 		st.Masked = w.masked
 		plan.Statements = append(plan.Statements, st)
+		// Later statements of the same text run under what this one
+		// set. After a reset the value is unknown here: only pg_catalog
+		// is searched, so unqualified names are refused, not guessed.
+		switch {
+		case st.SearchPath != nil:
+			cur.SearchPath = st.SearchPath
+		case st.ResetSearchPath:
+			cur.SearchPath = []string{}
+		}
+		switch {
+		case st.Role != "":
+			cur.User = st.Role
+		case st.ResetRole:
+			cur.User = s.User
+		}
 	}
 	if len(tree.Stmts) == 0 {
 		// An empty query (only comments or semicolons) is forwarded as

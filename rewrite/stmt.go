@@ -49,9 +49,13 @@ func (w *walker) statement(n *pg_query.Node) (Statement, error) {
 		}
 	case *pg_query.Node_InsertStmt, *pg_query.Node_UpdateStmt, *pg_query.Node_DeleteStmt:
 		err = w.node(n)
+	case *pg_query.Node_ExecuteStmt:
+		st.Executes = x.ExecuteStmt.Name
+		err = w.fields(m, nil)
+	case *pg_query.Node_DeallocateStmt:
+		st.Deallocates, st.DeallocateAll = x.DeallocateStmt.Name, x.DeallocateStmt.Isall
 	case *pg_query.Node_TransactionStmt, *pg_query.Node_VariableShowStmt,
-		*pg_query.Node_FetchStmt, *pg_query.Node_ClosePortalStmt, *pg_query.Node_DeallocateStmt,
-		*pg_query.Node_ExecuteStmt:
+		*pg_query.Node_FetchStmt, *pg_query.Node_ClosePortalStmt:
 		// Transaction control, SHOW, cursor movement and EXECUTE carry
 		// only options, names and parameter expressions.
 		err = w.fields(m, nil)
@@ -60,6 +64,7 @@ func (w *walker) statement(n *pg_query.Node) (Statement, error) {
 	case *pg_query.Node_DeclareCursorStmt:
 		err = w.node(x.DeclareCursorStmt.Query)
 	case *pg_query.Node_PrepareStmt:
+		st.Prepares = x.PrepareStmt.Name
 		for _, a := range x.PrepareStmt.Argtypes {
 			if err = w.node(a); err != nil {
 				break
@@ -80,7 +85,7 @@ func (w *walker) statement(n *pg_query.Node) (Statement, error) {
 		err = w.setStmt(x.VariableSetStmt, &st)
 	case *pg_query.Node_DiscardStmt:
 		if x.DiscardStmt.Target == pg_query.DiscardMode_DISCARD_ALL {
-			st.ResetSearchPath = true
+			st.ResetSearchPath, st.ResetRole = true, true
 		}
 	case *pg_query.Node_ListenStmt:
 		err = refuse("listen", "LISTEN is not allowed for masked sessions: notification payloads are not masked")
@@ -215,7 +220,7 @@ func (w *walker) setStmt(s *pg_query.VariableSetStmt, st *Statement) error {
 	name := strings.ToLower(s.Name)
 	switch s.Kind {
 	case pg_query.VariableSetKind_VAR_RESET_ALL:
-		st.ResetSearchPath = true
+		st.ResetSearchPath, st.ResetRole = true, true
 		return nil
 	case pg_query.VariableSetKind_VAR_SET_MULTI:
 		// SET TRANSACTION / SESSION CHARACTERISTICS.
@@ -228,6 +233,18 @@ func (w *walker) setStmt(s *pg_query.VariableSetStmt, st *Statement) error {
 			}
 		}
 		return refuse("pinned-setting", "%s is pinned by pgveil for masked sessions and cannot be changed", name)
+	}
+	if name == "role" {
+		v, ok := "", false
+		if s.Kind == pg_query.VariableSetKind_VAR_SET_VALUE && len(s.Args) == 1 {
+			v, ok = constString(s.Args[0])
+		}
+		if ok && v != "none" {
+			st.Role = v
+		} else {
+			st.ResetRole = true
+		}
+		return nil
 	}
 	if name == "search_path" {
 		switch s.Kind {
@@ -274,10 +291,7 @@ func (w *walker) target(rv *pg_query.RangeVar) (*catalog.Relation, bool, error) 
 	}
 	rel := w.resolve(rv)
 	if rel == nil {
-		if w.policyNamesTable(rv.Schemaname, rv.Relname) {
-			return nil, false, refuse("catalog", "relation %q is not on the search_path, or not in pgveil's catalog snapshot yet", rv.Relname)
-		}
-		return nil, false, nil
+		return nil, false, refuse("catalog", "relation %q does not exist on the search_path, or is newer than pgveil's catalog snapshot (retry shortly)", rv.Relname)
 	}
 	rv.Schemaname = rel.Name.Schema
 	if rel.Kind == catalog.KindView || rel.Kind == catalog.KindMatView {
@@ -285,7 +299,43 @@ func (w *walker) target(rv *pg_query.RangeVar) (*catalog.Relation, bool, error) 
 			return nil, false, err
 		}
 	}
-	return rel, w.protectedFor(rel), nil
+	protected := w.protectedFor(rel)
+	if protected && w.explain {
+		return nil, false, refuse("explain", "EXPLAIN over a protected relation (%s) is not allowed: planner estimates come from raw statistics", qualified(rel.Name))
+	}
+	return rel, protected, nil
+}
+
+// assignsMasked refuses a write that stores into a masked column of a
+// protected table: unique and check constraints on the raw column would
+// then answer whether a value exists (SQLSTATE 23505 or success).
+func (w *walker) assignsMasked(rel *catalog.Relation, cols []string, verb string) error {
+	masked := w.maskedColumns(rel)
+	for _, c := range cols {
+		if masked[c] {
+			return refuse("protected-write", "%s on %s may not write masked column %q: its constraints would reveal raw values", verb, qualified(rel.Name), c)
+		}
+	}
+	return nil
+}
+
+// targetColumns returns the column names a list of ResTargets assigns
+// (INSERT column lists, UPDATE SET), or all of rel's columns if the list
+// is empty.
+func targetColumns(rel *catalog.Relation, targets []*pg_query.Node) []string {
+	var out []string
+	if len(targets) == 0 {
+		for _, c := range rel.Columns {
+			out = append(out, c.Name)
+		}
+		return out
+	}
+	for _, t := range targets {
+		if rt := t.GetResTarget(); rt != nil {
+			out = append(out, rt.Name)
+		}
+	}
+	return out
 }
 
 // maskedColumns returns the names of rel's columns masked for the session.
@@ -305,6 +355,9 @@ func (w *walker) maskedColumns(rel *catalog.Relation) map[string]bool {
 // (rows affected, values copied or returned) would reveal the value.
 func (w *walker) protectedWrite(rel *catalog.Relation, alias string, verb string, refs map[string]bool) error {
 	masked := w.maskedColumns(rel)
+	if refs["*"] {
+		return refuse("protected-write", "%s on %s may not use * (it would return or read masked columns raw)", verb, qualified(rel.Name))
+	}
 	for name := range refs {
 		if masked[name] {
 			return refuse("protected-write", "%s on %s may not read masked column %q", verb, qualified(rel.Name), name)
@@ -366,24 +419,27 @@ func (w *walker) insertStmt(s *pg_query.InsertStmt) error {
 		if s.OnConflictClause != nil {
 			return refuse("protected-write", "INSERT ... ON CONFLICT on %s would reveal whether a protected value exists", qualified(rel.Name))
 		}
+		if err := w.assignsMasked(rel, targetColumns(rel, s.Cols), "INSERT"); err != nil {
+			return err
+		}
 		return w.protectedWrite(rel, aliasOf(s.Relation), "INSERT", refs)
 	}
 	return nil
 }
 
 func (w *walker) updateStmt(s *pg_query.UpdateStmt) error {
-	return w.modify(s, s.WithClause, s.Relation, s.FromClause, "from_clause", "UPDATE")
+	return w.modify(s, s.WithClause, s.Relation, s.FromClause, "from_clause", "UPDATE", s.TargetList)
 }
 
 func (w *walker) deleteStmt(s *pg_query.DeleteStmt) error {
-	return w.modify(s, s.WithClause, s.Relation, s.UsingClause, "using_clause", "DELETE")
+	return w.modify(s, s.WithClause, s.Relation, s.UsingClause, "using_clause", "DELETE", nil)
 }
 
 // modify analyses an UPDATE or DELETE: its WITH clause, its target, the
 // relations it joins (from, whose field is named fromField), and every
 // other clause, whose column references must not read a masked column of a
 // protected target.
-func (w *walker) modify(stmt proto.Message, with *pg_query.WithClause, relation *pg_query.RangeVar, from []*pg_query.Node, fromField protoreflect.Name, verb string) error {
+func (w *walker) modify(stmt proto.Message, with *pg_query.WithClause, relation *pg_query.RangeVar, from []*pg_query.Node, fromField protoreflect.Name, verb string, set []*pg_query.Node) error {
 	if with != nil {
 		if err := w.pushCTEs(with); err != nil {
 			return err
@@ -406,6 +462,11 @@ func (w *walker) modify(stmt proto.Message, with *pg_query.WithClause, relation 
 		return err
 	}
 	if protected {
+		if len(set) > 0 {
+			if err := w.assignsMasked(rel, targetColumns(rel, set), verb); err != nil {
+				return err
+			}
+		}
 		return w.protectedWrite(rel, aliasOf(relation), verb, refs)
 	}
 	return nil

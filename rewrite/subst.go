@@ -65,11 +65,10 @@ func (w *walker) substitute(n *pg_query.Node, rv *pg_query.RangeVar) error {
 	}
 	rel := w.resolve(rv)
 	if rel == nil {
-		if w.policyNamesTable(rv.Schemaname, rv.Relname) {
-			return refuse("catalog", "relation %q is not on the search_path, or not in pgveil's catalog snapshot yet", rv.Relname)
-		}
-		// The server will report that the relation does not exist.
-		return nil
+		// A relation the snapshot does not know may have been created
+		// since it was read (a partition of a protected table, a view
+		// over one): it is never forwarded unanalysed.
+		return refuse("catalog", "relation %q does not exist on the search_path, or is newer than pgveil's catalog snapshot (retry shortly)", rv.Relname)
 	}
 	if rel.Name.Schema == "pg_catalog" && statisticsRelations[rel.Name.Name] {
 		return refuse("statistics", "%s exposes sampled column values and is not available to masked sessions", rel.Name.Name)
@@ -211,6 +210,11 @@ func (w *walker) projection(rel *catalog.Relation, inh bool) (string, []string, 
 func (w *walker) buildProjection(rel *catalog.Relation, inh bool) (string, []string, error) {
 	switch rel.Kind {
 	case catalog.KindView, catalog.KindMatView:
+		for _, r := range rel.Reads {
+			if r.Schema == "pg_catalog" && statisticsRelations[r.Name] {
+				return "", nil, refuse("statistics", "view %s reads %s, which exposes sampled column values", qualified(rel.Name), r.Name)
+			}
+		}
 		classified := false
 		for _, c := range rel.Columns {
 			if w.s.Policy.Column(rules.ColumnKey{Schema: rel.Name.Schema, Table: rel.Name.Name, Column: c.Name}) != nil {
@@ -345,6 +349,51 @@ func init() {
 	}
 }
 
+// operator allows only built-in operators: an operator is a function
+// behind a symbol, resolved through search_path like one. Plain operators
+// are pinned to pg_catalog; the others (LIKE, IN, BETWEEN, ...) cannot be
+// written qualified and are checked only.
+func (w *walker) operator(e *pg_query.A_Expr) error {
+	var parts []string
+	for _, n := range e.Name {
+		s := n.GetString_()
+		if s == nil {
+			return refuse("unsupported-syntax", "unexpected operator name")
+		}
+		parts = append(parts, s.Sval)
+	}
+	if len(parts) == 0 {
+		return nil
+	}
+	name := parts[len(parts)-1]
+	var candidates []*catalog.Function
+	switch len(parts) {
+	case 1:
+		candidates = w.s.Catalog.ResolveFunctions(w.path(), name)
+	case 2:
+		candidates = w.s.Catalog.Functions(catalog.Name{Schema: parts[0], Name: name})
+	default:
+		return refuse("function", "operator %s is not allowed", strings.Join(parts, "."))
+	}
+	builtin := false
+	for _, fn := range candidates {
+		if fn.Kind != 'o' {
+			continue
+		}
+		if !fn.Builtin {
+			return refuse("function", "operator %s.%s is not built in; masked sessions may use built-in operators only", fn.Name.Schema, name)
+		}
+		builtin = builtin || fn.Name.Schema == "pg_catalog"
+	}
+	if len(parts) == 1 && builtin {
+		switch e.Kind {
+		case pg_query.A_Expr_Kind_AEXPR_OP, pg_query.A_Expr_Kind_AEXPR_OP_ANY, pg_query.A_Expr_Kind_AEXPR_OP_ALL:
+			e.Name = pinned(e.Name)
+		}
+	}
+	return nil
+}
+
 // funcCall allows only built-in functions that are not on the deny list.
 func (w *walker) funcCall(f *pg_query.FuncCall) error {
 	var parts []string
@@ -366,10 +415,17 @@ func (w *walker) funcCall(f *pg_query.FuncCall) error {
 	case 1:
 		// An unqualified name must not resolve to a non-built-in function
 		// that could read tables with its owner's rights.
+		inCatalog := false
 		for _, fn := range w.s.Catalog.ResolveFunctions(w.path(), name) {
 			if !fn.Builtin {
 				return refuse("function", "function %s.%s is not built in; masked sessions may call built-in functions only", fn.Name.Schema, name)
 			}
+			inCatalog = inCatalog || fn.Name.Schema == "pg_catalog"
+		}
+		// Pin it to pg_catalog, so that a prepared statement re-analysed
+		// under another search_path still calls the function checked.
+		if inCatalog {
+			f.Funcname = pinned(f.Funcname)
 		}
 	case 2:
 		// Built-in means created by initdb: pg_catalog and

@@ -119,6 +119,11 @@ func (w *walker) node(n *pg_query.Node) error {
 		return w.fields(x.FuncCall.ProtoReflect(), nil)
 	case *pg_query.Node_ColumnRef:
 		return w.columnRef(x.ColumnRef)
+	case *pg_query.Node_AExpr:
+		if err := w.operator(x.AExpr); err != nil {
+			return err
+		}
+		return w.fields(x.AExpr.ProtoReflect(), nil)
 	case *pg_query.Node_RangeVar:
 		return refuse("unsupported-syntax", "a relation reference in an unsupported position")
 	}
@@ -256,6 +261,11 @@ func (w *walker) fromItem(n *pg_query.Node) error {
 		if err := w.fromItem(j.Rarg); err != nil {
 			return err
 		}
+		for _, u := range j.UsingClause {
+			if s := u.GetString_(); s != nil {
+				w.refs[s.Sval] = true
+			}
+		}
 		return w.fields(j.ProtoReflect(), map[protoreflect.Name]bool{"larg": true, "rarg": true})
 	case *pg_query.Node_RangeSubselect:
 		return w.fields(x.RangeSubselect.ProtoReflect(), nil)
@@ -292,8 +302,21 @@ func (w *walker) columnRef(c *pg_query.ColumnRef) error {
 		case *pg_query.Node_String_:
 			w.refs[x.String_.Sval] = true
 		case *pg_query.Node_AStar:
+			w.refs["*"] = true
 		default:
 			return refuse("unsupported-syntax", "unexpected column reference")
+		}
+	}
+	// a.f may be a call of function f on the row a (PostgreSQL
+	// documentation §38.5.9, "SQL Functions on Composite Types"): the
+	// last name must not be a function that is not built in.
+	if len(c.Fields) >= 2 {
+		if last := c.Fields[len(c.Fields)-1].GetString_(); last != nil {
+			for _, fn := range w.s.Catalog.ResolveFunctions(w.path(), last.Sval) {
+				if !fn.Builtin {
+					return refuse("function", "%s may call function %s.%s, which is not built in", last.Sval, fn.Name.Schema, last.Sval)
+				}
+			}
 		}
 	}
 	return nil
