@@ -149,6 +149,12 @@ func Rewrite(sql string, s *Session) (*Plan, error) {
 	if err != nil {
 		return nil, refuse("deparse", "the statement cannot be re-serialised safely: %v", err)
 	}
+	// The deparser is not perfect (e.g. (0).f deparses to 0.f): what does
+	// not parse again is refused rather than sent. (The masking
+	// sub-queries spliced in below were checked the same way when built.)
+	if _, err := pg_query.Parse(out); err != nil {
+		return nil, refuse("deparse", "the statement cannot be re-serialised safely")
+	}
 	if len(placeholders) > 0 && strings.Count(out, placeholderPrefix) != len(placeholders) {
 		return nil, refuse("unsupported-syntax", "the text may not contain %q", placeholderPrefix)
 	}

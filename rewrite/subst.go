@@ -274,6 +274,9 @@ func (w *walker) buildProjection(rel *catalog.Relation, inh bool) (string, []str
 	}
 	qualifyBuiltins(tree.ProtoReflect())
 	out, err := pg_query.Deparse(tree)
+	if err == nil {
+		_, err = pg_query.Parse(out)
+	}
 	if err != nil {
 		return "", nil, refuse("policy", "the masking query for %s cannot be serialised: %v", qualified(rel.Name), err)
 	}
