@@ -93,6 +93,9 @@ type Relation struct {
 	// Inherits lists the direct parents of a table in classic (INHERITS,
 	// not partitioning) inheritance, in pg_inherits.inhseqno order.
 	Inherits []Name
+
+	// ForeignKeys are the relation's foreign-key constraints.
+	ForeignKeys []ForeignKey
 }
 
 // Column returns the user column called name, or nil.
@@ -103,6 +106,14 @@ func (r *Relation) Column(name string) *Column {
 		}
 	}
 	return nil
+}
+
+// ForeignKey is a foreign-key constraint: Columns of the relation
+// reference RefColumns of References, in order.
+type ForeignKey struct {
+	Columns    []string
+	References Name
+	RefColumns []string
 }
 
 // Column is one user column.

@@ -114,6 +114,22 @@ SELECT o.oid, o.oprnamespace, o.oprname, 'o'::pg_catalog."char", false, 'operato
        ARRAY[o.oprleft, o.oprright]::pg_catalog.oid[], o.oprresult, false, 'i'::pg_catalog."char"
 FROM pg_catalog.pg_operator o`
 
+	// queryForeignKeys reads foreign keys with their column names in key
+	// order: writing a referencing row answers whether the referenced
+	// value exists.
+	queryForeignKeys = `
+SELECT c.conrelid, c.confrelid,
+       ARRAY(SELECT a.attname::pg_catalog.text
+             FROM pg_catalog.unnest(c.conkey) WITH ORDINALITY AS k(n, i)
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n
+             ORDER BY k.i),
+       ARRAY(SELECT a.attname::pg_catalog.text
+             FROM pg_catalog.unnest(c.confkey) WITH ORDINALITY AS k(n, i)
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n
+             ORDER BY k.i)
+FROM pg_catalog.pg_constraint c
+WHERE c.contype = 'f'`
+
 	queryRoles = `
 SELECT r.oid, r.rolname, r.rolsuper, r.rolbypassrls, r.rolinherit, r.rolcanlogin
 FROM pg_catalog.pg_roles r`
@@ -143,6 +159,7 @@ type rawData struct {
 	inherits      []rawInherit
 	viewDeps      []rawDep
 	functions     []rawFunction
+	foreignKeys   []rawForeignKey
 	roles         []rawRole
 	members       []rawMember
 }
@@ -170,6 +187,11 @@ type rawInherit struct {
 	seq           int32
 }
 
+type rawForeignKey struct {
+	rel, ref      uint32
+	cols, refCols []string
+}
+
 type rawDep struct {
 	view, ref uint32
 }
@@ -192,7 +214,7 @@ type rawMember struct {
 
 // QueryCount is how many queries Load sends, whatever the size of the
 // database: the server information first, then the rest in one batch.
-const QueryCount = 10
+const QueryCount = 11
 
 // Load reads a Snapshot of the database conn is connected to, in a single
 // REPEATABLE READ, READ ONLY transaction, so every part of it reflects the
@@ -301,6 +323,13 @@ func read(ctx context.Context, tx pgx.Tx) (*rawData, error) {
 			}, &r.fn.OID, &r.namespace, &r.fn.Name.Name, &r.fn.Kind, &r.fn.SecurityDefiner,
 				&r.fn.Language, &r.fn.ArgTypes, &r.fn.ReturnType, &r.fn.ReturnsSet, &r.fn.Volatility)
 		}},
+		{"foreign keys", queryForeignKeys, func(rows pgx.Rows) error {
+			var r rawForeignKey
+			return forEach(rows, func() {
+				raw.foreignKeys = append(raw.foreignKeys, r)
+				r.cols, r.refCols = nil, nil // the next row scans into fresh slices
+			}, &r.rel, &r.ref, &r.cols, &r.refCols)
+		}},
 		{"roles", queryRoles, func(rows pgx.Rows) error {
 			var r rawRole
 			return forEach(rows, func() { raw.roles = append(raw.roles, r) },
@@ -378,6 +407,12 @@ func build(raw *rawData) *Snapshot {
 	buildInheritance(s, raw)
 	buildViewReads(s, raw)
 	buildFunctions(s, raw, nsNames)
+	for _, fk := range raw.foreignKeys {
+		rel, ref := s.relsByOID[fk.rel], s.relsByOID[fk.ref]
+		if rel != nil && ref != nil {
+			rel.ForeignKeys = append(rel.ForeignKeys, ForeignKey{Columns: fk.cols, References: ref.Name, RefColumns: fk.refCols})
+		}
+	}
 	return s
 }
 

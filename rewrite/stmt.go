@@ -319,6 +319,29 @@ func (w *walker) assignsMasked(rel *catalog.Relation, cols []string, verb string
 	return nil
 }
 
+// foreignKeyOracle refuses a write that stores into a foreign key whose
+// referenced columns are masked for the session: whether the write
+// succeeds would tell whether the raw value exists.
+func (w *walker) foreignKeyOracle(rel *catalog.Relation, cols []string, verb string) error {
+	assigned := map[string]bool{}
+	for _, c := range cols {
+		assigned[c] = true
+	}
+	for _, fk := range rel.ForeignKeys {
+		ref := w.s.Catalog.Relation(fk.References)
+		if ref == nil {
+			continue
+		}
+		masked := w.maskedColumns(ref)
+		for i, rc := range fk.RefColumns {
+			if masked[rc] && i < len(fk.Columns) && assigned[fk.Columns[i]] {
+				return refuse("protected-write", "%s on %s may not write %q: its foreign key checks masked column %s.%s", verb, qualified(rel.Name), fk.Columns[i], qualified(ref.Name), rc)
+			}
+		}
+	}
+	return nil
+}
+
 // targetColumns returns the column names a list of ResTargets assigns
 // (INSERT column lists, UPDATE SET), or all of rel's columns if the list
 // is empty.
@@ -415,6 +438,9 @@ func (w *walker) insertStmt(s *pg_query.InsertStmt) error {
 	if err != nil {
 		return err
 	}
+	if err := w.foreignKeyOracle(rel, targetColumns(rel, s.Cols), "INSERT"); err != nil {
+		return err
+	}
 	if protected {
 		if s.OnConflictClause != nil {
 			return refuse("protected-write", "INSERT ... ON CONFLICT on %s would reveal whether a protected value exists", qualified(rel.Name))
@@ -461,6 +487,11 @@ func (w *walker) modify(stmt proto.Message, with *pg_query.WithClause, relation 
 	if err != nil {
 		return err
 	}
+	if len(set) > 0 {
+		if err := w.foreignKeyOracle(rel, targetColumns(rel, set), verb); err != nil {
+			return err
+		}
+	}
 	if protected {
 		if len(set) > 0 {
 			if err := w.assignsMasked(rel, targetColumns(rel, set), verb); err != nil {
@@ -493,6 +524,18 @@ func (w *walker) copyStmt(s *pg_query.CopyStmt) error {
 		}
 		if protected {
 			return refuse("protected-write", "COPY FROM into %s is not allowed for masked sessions", qualified(rel.Name))
+		}
+		var cols []string
+		for _, a := range s.Attlist {
+			if v := a.GetString_(); v != nil {
+				cols = append(cols, v.Sval)
+			}
+		}
+		if len(cols) == 0 {
+			cols = targetColumns(rel, nil)
+		}
+		if err := w.foreignKeyOracle(rel, cols, "COPY FROM"); err != nil {
+			return err
 		}
 		return w.node(s.WhereClause)
 	}
