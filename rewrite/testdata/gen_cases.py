@@ -188,6 +188,19 @@ multi_statement_one_refused|SELECT email FROM customers; DROP TABLE customers
 discard_all|-- server: error
 DISCARD ALL
 lock|LOCK TABLE customers
+returning_star|UPDATE customers SET city = 'x' WHERE id = 1 RETURNING *
+insert_assign_masked|INSERT INTO customers (id, name, ssn) VALUES (11, 'x', '1')
+insert_no_column_list_protected|INSERT INTO customers VALUES (12, 'x')
+update_assign_masked|UPDATE customers SET ssn = 'x' WHERE id = 1
+operator_user_defined|SELECT ### 1
+operator_user_defined_qualified|SELECT OPERATOR(public.###) 1
+operator_builtin_pinned|SELECT id FROM orders WHERE amount > 1 AND id = ANY(ARRAY[1, 2])
+attribute_notation_function|SELECT c.peek FROM customers c
+explain_update_protected|EXPLAIN UPDATE customers SET city = 'x' WHERE id = 1
+fk_oracle_insert|INSERT INTO ssn_refs VALUES ('123-45-6789')
+fk_oracle_copy|COPY ssn_refs FROM STDIN
+multi_statement_search_path|SET search_path = crm; SELECT email FROM customers
+multi_statement_set_role|SET ROLE support; SELECT 1
 lock_access_share|LOCK TABLE customers IN ACCESS SHARE MODE
 set_config_search_path|SELECT pg_catalog.set_config('search_path', '', false)
 set_config_pinned|SELECT set_config('client_encoding', 'LATIN1', false)

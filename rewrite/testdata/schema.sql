@@ -18,6 +18,8 @@ CREATE TABLE public.customers (
 	opted_out bool NOT NULL DEFAULT false,
 	secret_note text
 );
+CREATE UNIQUE INDEX customers_ssn ON public.customers (ssn);
+CREATE TABLE public.ssn_refs (ssn varchar(11) REFERENCES public.customers (ssn));
 CREATE TABLE public.orders (id int PRIMARY KEY, customer_id int, amount numeric(10,2), created_at timestamptz);
 CREATE TABLE public.payments (id int PRIMARY KEY, customer_id int, card_number text);
 CREATE TABLE crm.customers (id int, email text);
@@ -30,6 +32,8 @@ CREATE VIEW public.order_totals AS SELECT customer_id, sum(amount) AS total FROM
 CREATE VIEW public.masked_ok AS SELECT id, email FROM public.customers;
 CREATE FUNCTION public.leak(text) RETURNS text LANGUAGE sql SECURITY DEFINER AS 'SELECT $1';
 CREATE FUNCTION crm.helper(int) RETURNS int LANGUAGE sql AS 'SELECT $1';
+CREATE OPERATOR public.### (RIGHTARG = int, FUNCTION = crm.helper);
+CREATE FUNCTION public.peek(public.customers) RETURNS text LANGUAGE sql AS 'SELECT $1.ssn';
 INSERT INTO public.customers VALUES
 	(1, 'Ada Lovelace', 'ada@example.com', '123-45-6789', '1815-12-10', 91234.56, 'London', false, 'n1'),
 	(2, 'Alan Turing', 'alan@example.org', '987-65-4321', '1912-06-23', 123456.78, 'Wilmslow', true, 'n2'),

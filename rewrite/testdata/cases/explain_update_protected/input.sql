@@ -1,0 +1,1 @@
+EXPLAIN UPDATE customers SET city = 'x' WHERE id = 1

@@ -1,0 +1,1 @@
+COPY ssn_refs FROM STDIN

@@ -1,0 +1,1 @@
+INSERT INTO ssn_refs VALUES ('123-45-6789')

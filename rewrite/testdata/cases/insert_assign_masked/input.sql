@@ -1,0 +1,1 @@
+INSERT INTO customers (id, name, ssn) VALUES (11, 'x', '1')

@@ -1,0 +1,1 @@
+SET ROLE support; SELECT 1

@@ -1,0 +1,1 @@
+UPDATE customers SET city = 'x' WHERE id = 1 RETURNING *

@@ -1,0 +1,1 @@
+UPDATE customers SET ssn = 'x' WHERE id = 1
