@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -32,6 +33,7 @@ type serveFlags struct {
 	logLevel        string
 	policy          string
 	catalogRefresh  time.Duration
+	procs           int
 }
 
 func (f *serveFlags) register(fs *pflag.FlagSet) {
@@ -48,6 +50,7 @@ func (f *serveFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&f.policy, "policy", "", "policy file (YAML): which roles see which classified columns masked or raw; without it every session is relayed unchanged")
 	fs.DurationVar(&f.catalogRefresh, "catalog-refresh", time.Minute, "how often the schema catalog is re-read (DDL seen through the proxy also triggers a refresh)")
+	fs.IntVar(&f.procs, "procs", 1, "CPU cores the relay may use at once (GOMAXPROCS); 0 uses Go's default, one per available core. One core gives the lowest latency and CPU per query on small machines (see bench/README.md)")
 }
 
 // newLogger builds the process logger from --log-format and --log-level.
@@ -119,6 +122,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	cfg, err := f.proxyConfig(log)
 	if err != nil {
 		return err
+	}
+	if f.procs < 0 {
+		return usagef("--procs must be 0 or more")
+	}
+	if f.procs > 0 {
+		runtime.GOMAXPROCS(f.procs)
 	}
 	ctx, cancelMasking := context.WithCancel(ctx)
 	defer cancelMasking()
