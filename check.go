@@ -390,40 +390,13 @@ func protectedRelations(pol *rules.Policy, snap *catalog.Snapshot) map[catalog.N
 		for _, d := range snap.Descendants(n) {
 			out[d] = true
 		}
-		for _, a := range ancestors(snap, rel) {
+		for _, a := range snap.Ancestors(rel) {
 			out[a] = true
 		}
 	}
 	for n := range out {
 		if rel := snap.Relation(n); rel == nil || rel.Kind == catalog.KindView || rel.Kind == catalog.KindMatView {
 			delete(out, n)
-		}
-	}
-	return out
-}
-
-// ancestors returns every table rel inherits from, through partitioning
-// and classic inheritance, nearest first.
-func ancestors(snap *catalog.Snapshot, rel *catalog.Relation) []catalog.Name {
-	var out []catalog.Name
-	seen := map[catalog.Name]bool{rel.Name: true}
-	queue := []*catalog.Relation{rel}
-	for len(queue) > 0 {
-		r := queue[0]
-		queue = queue[1:]
-		parents := r.Inherits
-		if !r.Parent.IsZero() {
-			parents = append([]catalog.Name{r.Parent}, parents...)
-		}
-		for _, p := range parents {
-			if seen[p] {
-				continue
-			}
-			seen[p] = true
-			out = append(out, p)
-			if pr := snap.Relation(p); pr != nil {
-				queue = append(queue, pr)
-			}
 		}
 	}
 	return out

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/pgveil/pgveil/catalog"
+	"github.com/pgveil/pgveil/rewrite"
 	"github.com/pgveil/pgveil/rules"
 )
 
@@ -338,33 +339,6 @@ func (h *hardener) liveRelations() []*catalog.Relation {
 		}
 	}
 	return out
-}
-
-// governingRule returns the rule of column col of rel as the proxy's
-// rewrite resolves it (rewrite/subst.go, columnRule): rel's own rule; else
-// that of its nearest ancestor; else the most restrictive rule, for g, on
-// a descendant. The proxy follows partition parents only; harden also
-// follows classic (INHERITS) parents, erring on the strict side: a column
-// a parent denies stays unreadable in its children.
-func governingRule(pol *rules.Policy, snap *catalog.Snapshot, g *rules.Grants, rel *catalog.Relation, col string) *rules.ColumnRule {
-	key := func(n catalog.Name) rules.ColumnKey {
-		return rules.ColumnKey{Schema: n.Schema, Table: n.Name, Column: col}
-	}
-	if r := pol.Column(key(rel.Name)); r != nil {
-		return r
-	}
-	for _, a := range ancestors(snap, rel) {
-		if r := pol.Column(key(a)); r != nil {
-			return r
-		}
-	}
-	var strictest *rules.ColumnRule
-	for _, d := range snap.Descendants(rel.Name) {
-		if r := pol.Column(key(d)); r != nil && (strictest == nil || g.Treatment(r.Class.Name) < g.Treatment(strictest.Class.Name)) {
-			strictest = r
-		}
-	}
-	return strictest
 }
 
 // deniedFor reports whether a session with grants g sees rule r's column
@@ -706,7 +680,7 @@ func (h *hardener) deniedColumns(rel *catalog.Relation, role string) []string {
 	}
 	var out []string
 	for _, c := range rel.Columns {
-		if deniedFor(g, governingRule(h.pol, h.up.snap, g, rel, c.Name)) {
+		if deniedFor(g, rewrite.ColumnRule(h.pol, h.up.snap, g, rel, c.Name)) {
 			out = append(out, c.Name)
 		}
 	}
@@ -812,7 +786,7 @@ func (h *hardener) protectedFor(role string, rels []catalog.Name) bool {
 			}
 		}
 		for _, c := range rel.Columns {
-			if r := governingRule(h.pol, snap, g, rel, c.Name); r != nil && g.ColumnTreatment(r) == rules.TreatMask {
+			if r := rewrite.ColumnRule(h.pol, snap, g, rel, c.Name); r != nil && g.ColumnTreatment(r) == rules.TreatMask {
 				return true
 			}
 		}

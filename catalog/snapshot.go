@@ -115,6 +115,33 @@ func (s *Snapshot) descendants(n Name, partitionsOnly bool) []Name {
 	return out
 }
 
+// Ancestors returns every table rel inherits from, through partitioning
+// and classic inheritance, nearest first.
+func (s *Snapshot) Ancestors(rel *Relation) []Name {
+	var out []Name
+	seen := map[Name]bool{rel.Name: true}
+	queue := []*Relation{rel}
+	for len(queue) > 0 {
+		r := queue[0]
+		queue = queue[1:]
+		parents := append([]Name(nil), r.Inherits...)
+		if !r.Parent.IsZero() {
+			parents = append([]Name{r.Parent}, parents...)
+		}
+		for _, p := range parents {
+			if seen[p] {
+				continue
+			}
+			seen[p] = true
+			out = append(out, p)
+			if pr := s.Relation(p); pr != nil {
+				queue = append(queue, pr)
+			}
+		}
+	}
+	return out
+}
+
 // Dependents returns the views and materialized views that read n,
 // directly or through other views, sorted by name: every view whose
 // Reads contains n.

@@ -103,65 +103,43 @@ func (w *walker) substitute(n *pg_query.Node, rv *pg_query.RangeVar) error {
 	return nil
 }
 
-// columnRule returns the policy rule that governs column col of rel: the
-// rule on rel itself, else on its nearest ancestor (partitions and
-// inheritance children inherit their parents' classification), else the
-// strictest rule on any descendant (so reading a parent never bypasses a
-// classified child).
+// columnRule returns the rule governing column col of rel for the session.
 func (w *walker) columnRule(rel *catalog.Relation, col string) *rules.ColumnRule {
-	p := w.s.Policy
+	return ColumnRule(w.s.Policy, w.s.Catalog, w.s.Grants, rel, col)
+}
+
+// ColumnRule returns the policy rule that governs column col of rel for a
+// session with grants g: the rule on rel itself, else on its nearest
+// ancestor (partitions and inheritance children inherit their parents'
+// classification), else the strictest rule on any descendant (so reading
+// a parent never bypasses a classified child). pgveil harden uses it to
+// stay in step with the rewrite.
+func ColumnRule(p *rules.Policy, snap *catalog.Snapshot, g *rules.Grants, rel *catalog.Relation, col string) *rules.ColumnRule {
 	key := func(n catalog.Name) rules.ColumnKey {
 		return rules.ColumnKey{Schema: n.Schema, Table: n.Name, Column: col}
 	}
 	if r := p.Column(key(rel.Name)); r != nil {
 		return r
 	}
-	for _, a := range w.ancestors(rel) {
+	for _, a := range snap.Ancestors(rel) {
 		if r := p.Column(key(a)); r != nil {
 			return r
 		}
 	}
 	var strictest *rules.ColumnRule
-	for _, d := range w.s.Catalog.Descendants(rel.Name) {
-		if r := p.Column(key(d)); r != nil && (strictest == nil || w.s.Grants.Treatment(r.Class.Name) < w.s.Grants.Treatment(strictest.Class.Name)) {
+	for _, d := range snap.Descendants(rel.Name) {
+		if r := p.Column(key(d)); r != nil && (strictest == nil || g.Treatment(r.Class.Name) < g.Treatment(strictest.Class.Name)) {
 			strictest = r
 		}
 	}
 	return strictest
 }
 
-// ancestors returns rel's partition parents and inheritance parents,
-// nearest first.
-func (w *walker) ancestors(rel *catalog.Relation) []catalog.Name {
-	var out []catalog.Name
-	seen := map[catalog.Name]bool{rel.Name: true}
-	queue := []*catalog.Relation{rel}
-	for len(queue) > 0 {
-		r := queue[0]
-		queue = queue[1:]
-		parents := append([]catalog.Name(nil), r.Inherits...)
-		if !r.Parent.IsZero() {
-			parents = append([]catalog.Name{r.Parent}, parents...)
-		}
-		for _, p := range parents {
-			if seen[p] {
-				continue
-			}
-			seen[p] = true
-			out = append(out, p)
-			if pr := w.s.Catalog.Relation(p); pr != nil {
-				queue = append(queue, pr)
-			}
-		}
-	}
-	return out
-}
-
 // rowFilters returns the session's row filters on rel or its ancestors.
 func (w *walker) rowFilters(rel *catalog.Relation) []string {
 	var out []string
 	names := map[catalog.Name]bool{rel.Name: true}
-	for _, a := range w.ancestors(rel) {
+	for _, a := range w.s.Catalog.Ancestors(rel) {
 		names[a] = true
 	}
 	for _, f := range w.s.Grants.RowFilters() {
