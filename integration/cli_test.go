@@ -17,9 +17,10 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// TestCLIDemoMasking runs "pgveil demo" and checks that the three roles it
-// suggests see the customers' classified columns as its policy says.
-func TestCLIDemoMasking(t *testing.T) {
+// TestDemo runs "pgveil demo": it must print a psql line for each of its
+// three roles, serve the sample data, show each role the customers'
+// classified columns as its policy says, and remove everything on Ctrl-C.
+func TestDemo(t *testing.T) {
 	bin, err := buildBinary()
 	if err != nil {
 		t.Fatal(err)
@@ -45,6 +46,8 @@ func TestCLIDemoMasking(t *testing.T) {
 		close(lines)
 	}()
 	connRe := regexp.MustCompile(`psql "(host=127\.0\.0\.1 port=\d+ user=(\w+) dbname=demo)"`)
+	dataRe := regexp.MustCompile(`data in (\S+)/data\)`)
+	var dataDir string
 	dsns := map[string]string{}
 	var printed []string
 	timeout := time.After(2 * time.Minute)
@@ -55,6 +58,9 @@ func TestCLIDemoMasking(t *testing.T) {
 				t.Fatalf("demo exited early:\n%s\n%s", strings.Join(printed, "\n"), stderr.String())
 			}
 			printed = append(printed, l)
+			if m := dataRe.FindStringSubmatch(l); m != nil {
+				dataDir = m[1]
+			}
 			if m := connRe.FindStringSubmatch(l); m != nil {
 				dsns[m[2]] = m[1] + " sslmode=disable"
 			}
@@ -109,6 +115,13 @@ func TestCLIDemoMasking(t *testing.T) {
 		if tc.role != "dpo" && serverCode(err) != "42501" {
 			t.Errorf("%s: query_to_xml: %v, want SQLSTATE 42501", tc.role, err)
 		}
+		var customers, orders int
+		if err := conn.QueryRow(ctx, "SELECT (SELECT count(*) FROM customers), (SELECT count(*) FROM orders)").Scan(&customers, &orders); err != nil {
+			t.Fatalf("%s: %v", tc.role, err)
+		}
+		if customers != 1000 || orders != 5000 {
+			t.Errorf("%s: demo data: %d customers, %d orders", tc.role, customers, orders)
+		}
 		conn.Close(ctx)
 	}
 
@@ -119,6 +132,12 @@ func TestCLIDemoMasking(t *testing.T) {
 	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("demo exit: %v\n%s", err, stderr.String())
+	}
+	if dataDir == "" {
+		t.Fatal("demo did not say where its data is")
+	}
+	if _, err := os.Stat(dataDir); !os.IsNotExist(err) {
+		t.Fatalf("demo left %s behind (%v)", dataDir, err)
 	}
 }
 
