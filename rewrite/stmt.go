@@ -477,10 +477,8 @@ func (w *walker) modify(stmt proto.Message, with *pg_query.WithClause, relation 
 		return err
 	}
 	refs, err := w.collectRefs(func() error {
-		for _, f := range from {
-			if err := w.fromItem(f); err != nil {
-				return err
-			}
+		if err := w.fromList(from); err != nil {
+			return err
 		}
 		return w.fields(stmt.ProtoReflect(), map[protoreflect.Name]bool{"with_clause": true, "relation": true, fromField: true})
 	})

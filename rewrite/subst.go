@@ -86,8 +86,17 @@ func (w *walker) substitute(n *pg_query.Node, rv *pg_query.RangeVar) error {
 		return refuse("explain", "EXPLAIN over a protected relation (%s) is not allowed: planner estimates come from raw statistics", qualified(rel.Name))
 	}
 	if rv.Alias == nil {
-		rv.Alias = &pg_query.Alias{Aliasname: rv.Relname}
-		w.unaliased[rel.Name] = rv.Relname
+		// The sub-query takes the relation's bare name as its alias, so
+		// that name.column keeps working; where two unaliased relations
+		// share that name (FROM a.t, b.t) it takes "schema.name", which no
+		// unquoted name can equal, and schema.name.column references
+		// are rewritten to it.
+		alias := rv.Relname
+		if w.ambiguous[rv.Relname] {
+			alias = rel.Name.Schema + "." + rel.Name.Name
+		}
+		rv.Alias = &pg_query.Alias{Aliasname: alias}
+		w.unaliased[rel.Name] = alias
 	}
 	// The relation becomes a placeholder name that Rewrite replaces with
 	// the parenthesised masking sub-query after deparsing, so the (large,

@@ -29,6 +29,10 @@ type walker struct {
 	// unaliased maps a substituted relation without a user alias to the
 	// alias its sub-query got (its bare name).
 	unaliased map[catalog.Name]string
+	// ambiguous holds the bare names that more than one unaliased
+	// relation of the FROM list being walked carries (FROM a.t, b.t):
+	// their masking sub-queries get distinct aliases.
+	ambiguous map[string]bool
 	// placeholders are the masking sub-queries of the whole text, in
 	// order; substituted is set by each substitution.
 	placeholders *[]placeholder
@@ -61,8 +65,8 @@ func (w *walker) finish() error {
 		if schema == nil || table == nil {
 			continue
 		}
-		if alias, ok := w.unaliased[catalog.Name{Schema: schema.Sval, Name: table.Sval}]; ok && alias == table.Sval {
-			c.Fields = c.Fields[1:]
+		if alias, ok := w.unaliased[catalog.Name{Schema: schema.Sval, Name: table.Sval}]; ok {
+			c.Fields = append([]*pg_query.Node{pg_query.MakeStrNode(alias)}, c.Fields[2:]...)
 		}
 	}
 	return w.checkDenied()
@@ -240,12 +244,51 @@ func (w *walker) selectStmt(s *pg_query.SelectStmt) error {
 		}
 		defer w.popCTEs()
 	}
-	for _, f := range s.FromClause {
+	if err := w.fromList(s.FromClause); err != nil {
+		return err
+	}
+	return w.fields(s.ProtoReflect(), map[protoreflect.Name]bool{"with_clause": true, "from_clause": true})
+}
+
+// fromList analyses a FROM list (or USING list).
+func (w *walker) fromList(items []*pg_query.Node) error {
+	outer := w.ambiguous
+	w.ambiguous = ambiguousNames(items)
+	defer func() { w.ambiguous = outer }()
+	for _, f := range items {
 		if err := w.fromItem(f); err != nil {
 			return err
 		}
 	}
-	return w.fields(s.ProtoReflect(), map[protoreflect.Name]bool{"with_clause": true, "from_clause": true})
+	return nil
+}
+
+// ambiguousNames returns the bare names carried by more than one unaliased
+// relation among items, joins included.
+func ambiguousNames(items []*pg_query.Node) map[string]bool {
+	count := map[string]int{}
+	var visit func(n *pg_query.Node)
+	visit = func(n *pg_query.Node) {
+		switch x := n.GetNode().(type) {
+		case *pg_query.Node_RangeVar:
+			if x.RangeVar.Alias == nil {
+				count[x.RangeVar.Relname]++
+			}
+		case *pg_query.Node_JoinExpr:
+			visit(x.JoinExpr.Larg)
+			visit(x.JoinExpr.Rarg)
+		}
+	}
+	for _, n := range items {
+		visit(n)
+	}
+	out := map[string]bool{}
+	for name, c := range count {
+		if c > 1 {
+			out[name] = true
+		}
+	}
+	return out
 }
 
 // fromItem analyses one FROM-list item, substituting protected relations.

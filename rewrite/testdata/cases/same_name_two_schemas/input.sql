@@ -1,0 +1,1 @@
+SELECT public.customers.ssn, crm.customers.email FROM public.customers, crm.customers
