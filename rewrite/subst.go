@@ -233,6 +233,15 @@ func (w *walker) buildProjection(rel *catalog.Relation, inh bool) (string, []str
 			continue
 		}
 		expr, err := r.Class.Mask.SQL(id, c.Type)
+		if errors.Is(err, rules.ErrMaskType) && c.BaseType != "" && c.BaseType != c.Type {
+			// A domain: mask the value as its base type, then cast back,
+			// so the column keeps its type (the domain's checks apply to
+			// the masked value; a failing check is an error, not a leak).
+			var inner string
+			if inner, err = r.Class.Mask.SQL(id+"::"+c.BaseType, c.BaseType); err == nil {
+				expr = "(" + inner + ")::" + c.Type
+			}
+		}
 		if errors.Is(err, rules.ErrDenied) {
 			expr, err = "NULL::"+c.Type, nil
 			denied = append(denied, c.Name)

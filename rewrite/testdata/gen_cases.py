@@ -188,6 +188,7 @@ multi_statement_one_refused|SELECT email FROM customers; DROP TABLE customers
 discard_all|-- server: error
 DISCARD ALL
 lock|LOCK TABLE customers
+domain_column|SELECT contact_email FROM contacts
 same_name_two_schemas|SELECT public.customers.ssn, crm.customers.email FROM public.customers, crm.customers
 returning_star|UPDATE customers SET city = 'x' WHERE id = 1 RETURNING *
 insert_assign_masked|INSERT INTO customers (id, name, ssn) VALUES (11, 'x', '1')

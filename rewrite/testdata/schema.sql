@@ -7,6 +7,7 @@ CREATE ROLE dpo;
 CREATE ROLE marketing;
 CREATE ROLE senior_support IN ROLE support;
 CREATE SCHEMA crm;
+CREATE DOMAIN public.email_address AS text CHECK (VALUE LIKE '%@%');
 CREATE TABLE public.customers (
 	id int PRIMARY KEY,
 	name text NOT NULL,
@@ -22,6 +23,8 @@ CREATE UNIQUE INDEX customers_ssn ON public.customers (ssn);
 CREATE TABLE public.ssn_refs (ssn varchar(11) REFERENCES public.customers (ssn));
 CREATE TABLE public.orders (id int PRIMARY KEY, customer_id int, amount numeric(10,2), created_at timestamptz);
 CREATE TABLE public.payments (id int PRIMARY KEY, customer_id int, card_number text);
+CREATE TABLE public.contacts (id int, contact_email public.email_address);
+INSERT INTO public.contacts VALUES (1, 'someone@example.com');
 CREATE TABLE crm.customers (id int, email text);
 CREATE TABLE crm.notes (id int, body text);
 CREATE TABLE public.events (id int, customer_email text, at date) PARTITION BY RANGE (at);
