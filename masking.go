@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -95,7 +96,12 @@ func policyProblems(pol *rules.Policy, snap *catalog.Snapshot) []string {
 			out = append(out, fmt.Sprintf("%s.%s.%s: no such column", k.Schema, k.Table, k.Column))
 			continue
 		}
-		if _, err := r.Class.Mask.SQL(`"x"`, col.Type); err != nil && r.Class.Mask.Kind != rules.MaskDeny {
+		_, err := r.Class.Mask.SQL(`"x"`, col.Type)
+		if errors.Is(err, rules.ErrMaskType) && col.BaseType != "" && col.BaseType != col.Type {
+			// Domains are masked as their base type (rewrite.buildProjection).
+			_, err = r.Class.Mask.SQL(`"x"`, col.BaseType)
+		}
+		if err != nil && r.Class.Mask.Kind != rules.MaskDeny {
 			out = append(out, fmt.Sprintf("%s.%s.%s: class %s: %v", k.Schema, k.Table, k.Column, r.Class.Name, err))
 		}
 	}
