@@ -67,7 +67,15 @@ type testMasking struct {
 }
 
 func (m *testMasking) Current() (*rules.Policy, *catalog.Snapshot) { return m.policy, m.cat.Current() }
-func (m *testMasking) Invalidate()                                 { _, _ = m.cat.Refresh(context.Background()) }
+
+// Invalidate refreshes soon, after the DDL's transaction has committed, as
+// catalog.Catalog.Run does after its debounce delay.
+func (m *testMasking) Invalidate() {
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		_, _ = m.cat.Refresh(context.Background())
+	}()
+}
 
 var shop struct {
 	once  sync.Once
@@ -310,4 +318,63 @@ func TestUnknownRoleRejected(t *testing.T) {
 		t.Fatalf("policy role refused: %v", err)
 	}
 	conn.Close(ctx)
+}
+
+// TestCatalogRefreshAfterDDL creates a classified table through the proxy
+// (as a raw role): the proxy sees the DDL's CommandComplete, refreshes its
+// catalog, and a masked session can read the new table masked at once.
+func TestCatalogRefreshAfterDDL(t *testing.T) {
+	shopProxy(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := w.pg.PsqlDB(ctx, "shop", "GRANT CREATE ON SCHEMA public TO shop_dpo"); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "late.yaml")
+	policy := strings.Replace(shopPolicy, "columns:\n", "columns:\n  public.late_customers.email: email\n", 1)
+	if err := os.WriteFile(file, []byte(policy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pol, err := rules.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := catalog.New(catalog.Config{ConnString: w.pg.URL("shop_pgveil", "", "shop")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cat.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p, err := startProxy(fmt.Sprintf("postgres://127.0.0.1:%d/shop?sslmode=disable", w.pg.Port), func(c *proxy.Config) {
+		c.Masking = &testMasking{policy: pol, cat: cat}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.close()
+	analyst, err := pgx.Connect(ctx, shopDSN(p, "shop_analyst"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer analyst.Close(ctx)
+	_, err = analyst.Exec(ctx, "SELECT email FROM late_customers")
+	if c := serverCode(err); c != "42501" {
+		t.Fatalf("before the table exists: %v, want the catalog refusal", err)
+	}
+	dpo, err := pgx.Connect(ctx, shopDSN(p, "shop_dpo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dpo.Close(ctx)
+	if _, err := dpo.Exec(ctx, "CREATE TABLE late_customers (id int, email text); INSERT INTO late_customers VALUES (1, 'late@example.com'); GRANT SELECT ON late_customers TO shop_analyst"); err != nil {
+		t.Fatal(err)
+	}
+	var email string
+	waitFor(t, 10*time.Second, "the refreshed catalog", func() bool {
+		return analyst.QueryRow(ctx, "SELECT email FROM late_customers").Scan(&email) == nil
+	})
+	if email != "l***@example.com" {
+		t.Fatalf("new table read as %q, want it masked", email)
+	}
 }
