@@ -327,11 +327,13 @@ func TestCatalogRefreshAfterDDL(t *testing.T) {
 	shopProxy(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if _, err := w.pg.PsqlDB(ctx, "shop", "GRANT CREATE ON SCHEMA public TO shop_dpo"); err != nil {
+	// A schema of its own keeps the other tests' view of public unchanged.
+	if _, err := w.pg.PsqlDB(ctx, "shop", "DROP SCHEMA IF EXISTS late CASCADE; CREATE SCHEMA late AUTHORIZATION shop_dpo; GRANT USAGE ON SCHEMA late TO shop_analyst"); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _, _ = w.pg.PsqlDB(context.Background(), "shop", "DROP SCHEMA IF EXISTS late CASCADE") })
 	file := filepath.Join(t.TempDir(), "late.yaml")
-	policy := strings.Replace(shopPolicy, "columns:\n", "columns:\n  public.late_customers.email: email\n", 1)
+	policy := strings.Replace(shopPolicy, "columns:\n", "columns:\n  late.customers.email: email\n", 1)
 	if err := os.WriteFile(file, []byte(policy), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -358,7 +360,7 @@ func TestCatalogRefreshAfterDDL(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer analyst.Close(ctx)
-	_, err = analyst.Exec(ctx, "SELECT email FROM late_customers")
+	_, err = analyst.Exec(ctx, "SELECT email FROM late.customers")
 	if c := serverCode(err); c != "42501" {
 		t.Fatalf("before the table exists: %v, want the catalog refusal", err)
 	}
@@ -367,12 +369,12 @@ func TestCatalogRefreshAfterDDL(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dpo.Close(ctx)
-	if _, err := dpo.Exec(ctx, "CREATE TABLE late_customers (id int, email text); INSERT INTO late_customers VALUES (1, 'late@example.com'); GRANT SELECT ON late_customers TO shop_analyst"); err != nil {
+	if _, err := dpo.Exec(ctx, "CREATE TABLE late.customers (id int, email text); INSERT INTO late.customers VALUES (1, 'late@example.com'); GRANT SELECT ON late.customers TO shop_analyst"); err != nil {
 		t.Fatal(err)
 	}
 	var email string
 	waitFor(t, 10*time.Second, "the refreshed catalog", func() bool {
-		return analyst.QueryRow(ctx, "SELECT email FROM late_customers").Scan(&email) == nil
+		return analyst.QueryRow(ctx, "SELECT email FROM late.customers").Scan(&email) == nil
 	})
 	if email != "l***@example.com" {
 		t.Fatalf("new table read as %q, want it masked", email)
