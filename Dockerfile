@@ -14,7 +14,7 @@ RUN CGO_ENABLED=1 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}"
 FROM gcr.io/distroless/base-debian12:nonroot
 COPY --from=build /out/pgveil /usr/local/bin/pgveil
 USER 65532:65532
-EXPOSE 6432
-ENV PGVEIL_LISTEN=0.0.0.0:6432
+EXPOSE 6432 9187
+ENV PGVEIL_LISTEN=0.0.0.0:6432 PGVEIL_ADMIN_LISTEN=0.0.0.0:9187
 ENTRYPOINT ["/usr/local/bin/pgveil"]
 CMD ["serve"]

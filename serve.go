@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/pgveil/pgveil/admin"
 	"github.com/pgveil/pgveil/proxy"
 )
 
@@ -34,6 +35,7 @@ type serveFlags struct {
 	policy          string
 	catalogRefresh  time.Duration
 	procs           int
+	adminListen     string
 }
 
 func (f *serveFlags) register(fs *pflag.FlagSet) {
@@ -50,6 +52,7 @@ func (f *serveFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&f.policy, "policy", "", "policy file (YAML): which roles see which classified columns masked or raw; without it every session is relayed unchanged")
 	fs.DurationVar(&f.catalogRefresh, "catalog-refresh", time.Minute, "how often the schema catalog is re-read (DDL seen through the proxy also triggers a refresh)")
+	fs.StringVar(&f.adminListen, "admin-listen", "127.0.0.1:9187", "address of the HTTP endpoints /healthz, /readyz and /metrics (Prometheus); empty disables them")
 	fs.IntVar(&f.procs, "procs", 1, "CPU cores the relay may use at once (GOMAXPROCS); 0 uses Go's default, one per available core. One core gives the lowest latency and CPU per query on small machines (see bench/README.md)")
 }
 
@@ -138,6 +141,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		cfg.Masking = src
 	}
+	metrics := admin.NewMetrics()
+	cfg.Observer = metrics
 	srv, err := proxy.New(cfg)
 	if err != nil {
 		return usagef("%v", err)
@@ -145,6 +150,24 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	ln, err := net.Listen("tcp", f.listen)
 	if err != nil {
 		return usagef("cannot listen on --listen %s: %v", f.listen, err)
+	}
+	if f.adminListen != "" {
+		aln, err := net.Listen("tcp", f.adminListen)
+		if err != nil {
+			ln.Close()
+			return usagef("cannot listen on --admin-listen %s: %v", f.adminListen, err)
+		}
+		as, err := admin.New(admin.Config{Ready: srv.Ready, Gatherer: metrics.Registry})
+		if err != nil {
+			return err
+		}
+		go func() {
+			if err := as.Serve(aln); err != nil {
+				log.Warn("admin endpoints stopped", "err", err)
+			}
+		}()
+		defer as.Shutdown(context.Background())
+		log.Info("admin endpoints listening", "addr", aln.Addr().String())
 	}
 	return serveUntilSignal(ctx, srv, ln, f.shutdownTimeout, log)
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -341,7 +342,12 @@ func startBinary(t *testing.T, args ...string) (*exec.Cmd, int, *strings.Builder
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
-	cmd := exec.Command(bin, append([]string{"serve", "--listen", fmt.Sprintf("127.0.0.1:%d", port)}, args...)...)
+	// Unless the test names one, the admin endpoints take any free port.
+	base := []string{"serve", "--listen", fmt.Sprintf("127.0.0.1:%d", port)}
+	if !slices.Contains(args, "--admin-listen") {
+		base = append(base, "--admin-listen", "127.0.0.1:0")
+	}
+	cmd := exec.Command(bin, append(base, args...)...)
 	cmd.Env = cleanEnv()
 	var logs strings.Builder
 	cmd.Stdout, cmd.Stderr = &logs, &logs

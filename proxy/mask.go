@@ -271,6 +271,7 @@ func (m *maskedSession) refuse(err error) string {
 		rule = "syntax"
 	}
 	m.s.srv.log.Info("statement refused", "session", m.s.id, "user", m.s.user, "rule", rule)
+	m.s.srv.cfg.Observer.Refused(rule)
 	return "SELECT " + refusedMarker + strconv.FormatUint(id, 10)
 }
 

@@ -46,7 +46,26 @@ type Config struct {
 	Masking Masking
 	// PlanCacheSize bounds the plan cache; zero means 10,000 plans.
 	PlanCacheSize int
+	// Observer receives events for metrics; nil means none.
+	Observer Observer
 }
+
+// Observer receives the proxy's events, for metrics. Its methods are
+// called from session goroutines and must be cheap and safe for
+// concurrent use.
+type Observer interface {
+	SessionStarted()
+	SessionEnded(outcome string, d time.Duration)
+	Refused(rule string)
+	UpstreamConnected(d time.Duration, err error)
+}
+
+type noObserver struct{}
+
+func (noObserver) SessionStarted()                        {}
+func (noObserver) SessionEnded(string, time.Duration)     {}
+func (noObserver) Refused(string)                         {}
+func (noObserver) UpstreamConnected(time.Duration, error) {}
 
 // Server accepts client connections and relays each to its own upstream
 // server connection.
@@ -105,6 +124,9 @@ func New(cfg Config) (*Server, error) {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Observer == nil {
+		cfg.Observer = noObserver{}
 	}
 	return &Server{
 		cfg:       cfg,
@@ -214,6 +236,30 @@ func (s *Server) lookupCancel(key cancelKey) *session {
 
 // Draining reports whether Shutdown has begun.
 func (s *Server) Draining() bool { return s.draining.Load() }
+
+// Ready reports why the proxy cannot serve new sessions, or nil: it is not
+// shutting down, the catalog is loaded when a policy is configured, and the
+// upstream accepts TCP connections.
+func (s *Server) Ready(ctx context.Context) error {
+	if s.draining.Load() {
+		return errors.New("shutting down")
+	}
+	if s.cfg.Masking != nil {
+		if _, snap := s.cfg.Masking.Current(); snap == nil {
+			return errors.New("catalog not loaded")
+		}
+	}
+	var d net.Dialer
+	dial := s.cfg.Upstream.Dial
+	if dial == nil {
+		dial = d.DialContext
+	}
+	conn, err := dial(ctx, s.cfg.Upstream.Network, s.cfg.Upstream.Address)
+	if err != nil {
+		return fmt.Errorf("upstream unreachable: %w", err)
+	}
+	return conn.Close()
+}
 
 // Sessions returns the number of open sessions.
 func (s *Server) Sessions() int {

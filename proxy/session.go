@@ -130,8 +130,10 @@ func (s *session) serve() {
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.ConnectTimeout)
+	dialStart := time.Now()
 	server, serverTLS, err := s.srv.cfg.Upstream.dial(ctx, s.srv.cfg.ConnectTimeout)
 	cancel()
+	s.srv.cfg.Observer.UpstreamConnected(time.Since(dialStart), err)
 	if err != nil {
 		s.sendError(s.client, "FATAL", codeConnectionFailure, "pgveil: cannot connect to the upstream server")
 		log.Warn("upstream connect failed", "err", err)
@@ -147,9 +149,12 @@ func (s *session) serve() {
 		return
 	}
 	log.Info("session start", "application_name", s.appName, "client_tls", s.clientTLS, "server_tls", s.serverTLS)
+	s.srv.cfg.Observer.SessionStarted()
 
 	cause := s.relay()
-	log.Info("session end", "elapsed", time.Since(s.start).Round(time.Millisecond), "outcome", outcome(cause))
+	elapsed := time.Since(s.start)
+	s.srv.cfg.Observer.SessionEnded(outcome(cause), elapsed)
+	log.Info("session end", "elapsed", elapsed.Round(time.Millisecond), "outcome", outcome(cause))
 }
 
 // outcome names a session's end cause for the log.
