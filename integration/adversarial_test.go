@@ -46,9 +46,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
-	"github.com/pgveil/pgveil/catalog"
 	"github.com/pgveil/pgveil/proxy"
-	"github.com/pgveil/pgveil/rules"
 )
 
 // Databases of the fixture.
@@ -63,20 +61,6 @@ const (
 	advSupport = "adv_support" // email raw
 	advDPO     = "adv_dpo"     // everything raw
 )
-
-// advMasking is the proxy.Masking of the suite: the policy file and a live
-// catalog of database adv, refreshed like the real one (every 60s, and
-// soon after the proxy sees DDL).
-type advMasking struct {
-	policy *rules.Policy
-	cat    *catalog.Catalog
-}
-
-func (m *advMasking) Current() (*rules.Policy, *catalog.Snapshot) {
-	return m.policy, m.cat.Current()
-}
-
-func (m *advMasking) Invalidate() { m.cat.Invalidate() }
 
 // advFixture is the running fixture.
 type advFixture struct {
@@ -110,23 +94,13 @@ func advSetup(t *testing.T) *advFixture {
 			t.Fatalf("database %s: %v", db, err)
 		}
 	}
-	pol, err := rules.Load(filepath.Join("testdata", "adversarial", "policy.yaml"))
+	mk, stop, err := newLiveMasking(ctx, filepath.Join("testdata", "adversarial", "policy.yaml"), w.pg.URL("postgres", "", advDB))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cat, err := catalog.New(catalog.Config{ConnString: w.pg.URL("postgres", "", advDB)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cat.Refresh(ctx); err != nil {
-		t.Fatal(err)
-	}
-	runCtx, stop := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); cat.Run(runCtx, nil) }()
-	t.Cleanup(func() { stop(); <-done })
+	t.Cleanup(stop)
 	upstream := fmt.Sprintf("postgres:///%s?host=%s&port=%d&sslmode=disable", advDB, url.QueryEscape(w.pg.SocketDir), w.pg.Port)
-	p, err := startProxy(upstream, func(c *proxy.Config) { c.Masking = &advMasking{policy: pol, cat: cat} })
+	p, err := startProxy(upstream, func(c *proxy.Config) { c.Masking = mk })
 	if err != nil {
 		t.Fatal(err)
 	}

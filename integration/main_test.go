@@ -13,9 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgveil/pgveil/catalog"
 	"github.com/pgveil/pgveil/internal/pgcluster"
 	"github.com/pgveil/pgveil/internal/testcert"
 	"github.com/pgveil/pgveil/proxy"
+	"github.com/pgveil/pgveil/rules"
 )
 
 // Passwords of the test users; the users exist only in the throwaway cluster.
@@ -263,4 +265,35 @@ func cleanEnv() []string {
 		}
 	}
 	return e
+}
+
+// liveMasking is the tests' proxy.Masking: a policy file and a catalog
+// kept fresh like the real one (every refresh interval, and soon after the
+// proxy sees DDL).
+type liveMasking struct {
+	policy *rules.Policy
+	cat    *catalog.Catalog
+}
+
+func (m *liveMasking) Current() (*rules.Policy, *catalog.Snapshot) { return m.policy, m.cat.Current() }
+func (m *liveMasking) Invalidate()                                 { m.cat.Invalidate() }
+
+// newLiveMasking loads policyFile, reads the catalog through connString,
+// and keeps it fresh until stop is called.
+func newLiveMasking(ctx context.Context, policyFile, connString string) (m *liveMasking, stop func(), err error) {
+	pol, err := rules.Load(policyFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	cat, err := catalog.New(catalog.Config{ConnString: connString})
+	if err != nil {
+		return nil, nil, err
+	}
+	if _, err := cat.Refresh(ctx); err != nil {
+		return nil, nil, err
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); cat.Run(runCtx, nil) }()
+	return &liveMasking{policy: pol, cat: cat}, func() { cancel(); <-done }, nil
 }

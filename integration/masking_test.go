@@ -12,9 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgveil/pgveil/catalog"
 	"github.com/pgveil/pgveil/proxy"
-	"github.com/pgveil/pgveil/rules"
 )
 
 // shopSchema is the masked-session fixture: database "shop" with a
@@ -60,23 +58,6 @@ roles:
   shop_dpo:     { raw: all }
 `
 
-// testMasking is a proxy.Masking over a policy file and a live catalog.
-type testMasking struct {
-	policy *rules.Policy
-	cat    *catalog.Catalog
-}
-
-func (m *testMasking) Current() (*rules.Policy, *catalog.Snapshot) { return m.policy, m.cat.Current() }
-
-// Invalidate refreshes soon, after the DDL's transaction has committed, as
-// catalog.Catalog.Run does after its debounce delay.
-func (m *testMasking) Invalidate() {
-	go func() {
-		time.Sleep(200 * time.Millisecond)
-		_, _ = m.cat.Refresh(context.Background())
-	}()
-}
-
 var shop struct {
 	once  sync.Once
 	err   error
@@ -93,28 +74,8 @@ func shopProxy(t *testing.T) *proxyInstance {
 			shop.err = err
 			return
 		}
-		file := filepath.Join(w.dir, "shop-policy.yaml")
-		if err := os.WriteFile(file, []byte(shopPolicy), 0o644); err != nil {
-			shop.err = err
-			return
-		}
-		pol, err := rules.Load(file)
-		if err != nil {
-			shop.err = err
-			return
-		}
-		cat, err := catalog.New(catalog.Config{ConnString: w.pg.URL("shop_pgveil", "", "shop")})
-		if err != nil {
-			shop.err = err
-			return
-		}
-		if _, err := cat.Refresh(ctx); err != nil {
-			shop.err = err
-			return
-		}
-		shop.proxy, shop.err = startProxy(fmt.Sprintf("postgres://127.0.0.1:%d/shop?sslmode=disable", w.pg.Port), func(c *proxy.Config) {
-			c.Masking = &testMasking{policy: pol, cat: cat}
-		})
+		// The shared proxy lives as long as the test binary.
+		shop.proxy, _, shop.err = newPolicyProxy(ctx, w.dir, shopPolicy)
 	})
 	if shop.err != nil {
 		t.Fatal(shop.err)
@@ -124,6 +85,39 @@ func shopProxy(t *testing.T) *proxyInstance {
 
 func shopDSN(p *proxyInstance, user string) string {
 	return fmt.Sprintf("host=127.0.0.1 port=%d user=%s dbname=shop sslmode=disable", p.port, user)
+}
+
+// policyProxy starts a proxy enforcing policy (YAML text) on database shop;
+// it stops when the test ends.
+func policyProxy(t *testing.T, policy string) *proxyInstance {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	p, stop, err := newPolicyProxy(ctx, t.TempDir(), policy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.close(); stop() })
+	return p
+}
+
+// newPolicyProxy writes policy to dir and starts a proxy enforcing it on
+// database shop; stop ends its catalog refreshes.
+func newPolicyProxy(ctx context.Context, dir, policy string) (*proxyInstance, func(), error) {
+	file := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(file, []byte(policy), 0o644); err != nil {
+		return nil, nil, err
+	}
+	mk, stop, err := newLiveMasking(ctx, file, w.pg.URL("shop_pgveil", "", "shop"))
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := startProxy(fmt.Sprintf("postgres://127.0.0.1:%d/shop?sslmode=disable", w.pg.Port), func(c *proxy.Config) { c.Masking = mk })
+	if err != nil {
+		stop()
+		return nil, nil, err
+	}
+	return p, stop, nil
 }
 
 // TestMaskedByRole checks what each role sees through psql.
@@ -287,29 +281,8 @@ func TestUnknownRoleRejected(t *testing.T) {
 	shopProxy(t) // creates the database and roles
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	file := filepath.Join(t.TempDir(), "reject.yaml")
-	if err := os.WriteFile(file, []byte(shopPolicy+"unknown_roles: reject\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	pol, err := rules.Load(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cat, err := catalog.New(catalog.Config{ConnString: w.pg.URL("shop_pgveil", "", "shop")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cat.Refresh(ctx); err != nil {
-		t.Fatal(err)
-	}
-	p, err := startProxy(fmt.Sprintf("postgres://127.0.0.1:%d/shop?sslmode=disable", w.pg.Port), func(c *proxy.Config) {
-		c.Masking = &testMasking{policy: pol, cat: cat}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.close()
-	_, err = pgx.Connect(ctx, shopDSN(p, "shop_pgveil"))
+	p := policyProxy(t, shopPolicy+"unknown_roles: reject\n")
+	_, err := pgx.Connect(ctx, shopDSN(p, "shop_pgveil"))
 	if c := serverCode(err); c != "28000" || !strings.Contains(err.Error(), `role "shop_pgveil" is not in the policy`) {
 		t.Fatalf("unknown role: %v", err)
 	}
@@ -332,29 +305,7 @@ func TestCatalogRefreshAfterDDL(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _, _ = w.pg.PsqlDB(context.Background(), "shop", "DROP SCHEMA IF EXISTS late CASCADE") })
-	file := filepath.Join(t.TempDir(), "late.yaml")
-	policy := strings.Replace(shopPolicy, "columns:\n", "columns:\n  late.customers.email: email\n", 1)
-	if err := os.WriteFile(file, []byte(policy), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	pol, err := rules.Load(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cat, err := catalog.New(catalog.Config{ConnString: w.pg.URL("shop_pgveil", "", "shop")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cat.Refresh(ctx); err != nil {
-		t.Fatal(err)
-	}
-	p, err := startProxy(fmt.Sprintf("postgres://127.0.0.1:%d/shop?sslmode=disable", w.pg.Port), func(c *proxy.Config) {
-		c.Masking = &testMasking{policy: pol, cat: cat}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.close()
+	p := policyProxy(t, strings.Replace(shopPolicy, "columns:\n", "columns:\n  late.customers.email: email\n", 1))
 	analyst, err := pgx.Connect(ctx, shopDSN(p, "shop_analyst"))
 	if err != nil {
 		t.Fatal(err)

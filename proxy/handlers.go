@@ -364,9 +364,7 @@ func (h *serverSide) internalReply(typ byte, msg []byte) error {
 		if err != nil {
 			return err
 		}
-		h.masked.mu.Lock()
-		h.masked.searchPath, h.masked.user = path, user
-		h.masked.mu.Unlock()
+		h.masked.setContext(path, user)
 		return nil
 	case 'E':
 		return &clientError{codeConnectionFailure, "pgveil: the session's search_path could not be read"}
@@ -440,11 +438,9 @@ func (h *serverSide) refreshReply(typ byte, msg []byte) error {
 			return &protocolError{"malformed ReadyForQuery from server"}
 		}
 		h.s.txStatus.Store(uint32(msg[5]))
-		m.mu.Lock()
 		if h.refreshPath != nil {
-			m.searchPath, m.user = h.refreshPath, h.refreshUser
+			m.setContext(h.refreshPath, h.refreshUser)
 		}
-		m.mu.Unlock()
 		m.refreshOK.Store(h.refreshPath != nil)
 		h.refreshPath = nil
 		m.refreshing.Store(false)

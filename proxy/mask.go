@@ -51,6 +51,7 @@ type maskedSession struct {
 	roles      []string
 	searchPath []string // the server's search_path, as last read
 	user       string   // the server's current_user, as last read
+	contextKey string   // names (user, searchPath); see setContext
 	refusals   map[uint64]error
 	nextID     uint64
 	// prepared maps each prepared statement (protocol-level, "" for the
@@ -193,31 +194,31 @@ func changesContext(plan *rewrite.Plan) bool {
 	return false
 }
 
-// context names the current name-resolution context.
-func (m *maskedSession) context() string {
+// setContext records the server's search_path and current user, and the
+// key naming that name-resolution context.
+func (m *maskedSession) setContext(path []string, user string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.user + "\x00" + strings.Join(m.searchPath, "\x00")
+	m.searchPath, m.user = path, user
+	m.contextKey = user + "\x00" + strings.Join(path, "\x00")
 }
 
 // remember records that statement name was analysed in the current context.
 func (m *maskedSession) remember(name string) {
-	ctx := m.context()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if len(m.prepared) > 100000 {
 		m.prepared = map[string]string{}
 	}
-	m.prepared[name] = ctx
+	m.prepared[name] = m.contextKey
 }
 
 // stale reports whether statement name was analysed in another context.
 func (m *maskedSession) stale(name string) bool {
-	ctx := m.context()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	prev, ok := m.prepared[name]
-	return ok && prev != ctx
+	return ok && prev != m.contextKey
 }
 
 // bind checks a Bind message: binding a statement analysed under another
