@@ -139,10 +139,10 @@ func Rewrite(sql string, s *Session) (*Plan, error) {
 		}
 	}
 	if len(tree.Stmts) == 0 {
-		// An empty query (only comments or semicolons) is forwarded as
-		// sent: the server answers EmptyQueryResponse.
-		plan.SQL = sql
-		plan.Rewritten = false
+		// An empty query (only comments or semicolons) becomes the empty
+		// string, which the server answers with EmptyQueryResponse: even
+		// text the parser found empty is never forwarded unanalysed.
+		plan.SQL = ""
 		return plan, nil
 	}
 	out, err := pg_query.Deparse(tree)
