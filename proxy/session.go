@@ -260,6 +260,7 @@ func (s *session) end(cause error) {
 		case errors.As(cause, &pe):
 			s.inject(&s.toCl, "FATAL", codeProtocolViolation, "pgveil: "+pe.msg)
 			s.terminateServer()
+			s.drainClient()
 		case errors.As(cause, &ce):
 			s.inject(&s.toCl, "FATAL", ce.code, ce.msg)
 			s.terminateServer()
@@ -286,6 +287,18 @@ func (s *session) endIfIdle() {
 	if s.ready.Load() && s.pending.Load() == 0 && byte(s.txStatus.Load()) == 'I' {
 		s.end(errShutdown)
 	}
+}
+
+// drainClient lets a client that is still sending (say, the rest of an
+// oversized message) read the error it was just sent: closing a socket with
+// unread input resets the connection, and the reset can overtake the error.
+// It stops sending, then discards input for a bounded time and amount.
+func (s *session) drainClient() {
+	if cw, ok := s.client.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	_ = s.client.SetReadDeadline(time.Now().Add(time.Second))
+	_, _ = io.CopyN(io.Discard, s.client, 64<<20)
 }
 
 func (s *session) closeClient() { s.closeCl.Do(func() { s.client.Close() }) }
