@@ -49,10 +49,12 @@ Usage:
   pgveil check   --policy policy.yaml [--upstream URL]      validate a policy, optionally against the live schema
   pgveil harden  --policy policy.yaml [--upstream URL]      print defence-in-depth SQL for the masked roles
   pgveil demo    [flags]                                    a throwaway PostgreSQL with sample data behind the proxy
+  pgveil healthcheck [--path /readyz]                      ask a running pgveil's admin endpoint (for containers)
   pgveil version                                            print the version
 
 Run "pgveil <command> --help" for the flags of a command. Every flag can also be
-set with an environment variable PGVEIL_<FLAG>, e.g. PGVEIL_UPSTREAM.
+set with an environment variable PGVEIL_<FLAG>, e.g. PGVEIL_UPSTREAM, and the
+settings of serve in a YAML file given with --config.
 `
 
 // run executes one pgveil command and returns the process exit code.
@@ -71,6 +73,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runCheck(ctx, args[1:], stdout, stderr)
 	case "harden":
 		err = runHarden(ctx, args[1:], stdout, stderr)
+	case "healthcheck":
+		err = runHealthcheck(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "pgveil", versionString())
 	case "help", "-h", "--help":
@@ -122,6 +126,9 @@ func parseFlags(fs *pflag.FlagSet, args []string, stdout io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			fmt.Fprintf(stdout, "Usage of pgveil %s:\n%s", fs.Name(), fs.FlagUsages())
+			if fs.Lookup("config") != nil {
+				fmt.Fprint(stdout, configUsage)
+			}
 			return err
 		}
 		return usagef("%v", err)
@@ -129,17 +136,45 @@ func parseFlags(fs *pflag.FlagSet, args []string, stdout io.Writer) error {
 	if fs.NArg() > 0 {
 		return usagef("unexpected argument %q", fs.Arg(0))
 	}
-	var envErr error
+	// A --config file (from the flag or PGVEIL_CONFIG) fills what
+	// neither a flag nor the environment sets.
+	var file map[string]string
+	var lines map[string]int
+	var configPath string
+	if cf := fs.Lookup("config"); cf != nil {
+		configPath = cf.Value.String()
+		if !cf.Changed {
+			configPath = os.Getenv("PGVEIL_CONFIG")
+		}
+		if configPath != "" {
+			var err error
+			if file, lines, err = readConfigFile(configPath, fs); err != nil {
+				return err
+			}
+		}
+	}
+	var setErr error
 	fs.VisitAll(func(f *pflag.Flag) {
-		if f.Changed || envErr != nil {
+		if f.Changed || setErr != nil || f.Name == "config" {
 			return
 		}
-		name := "PGVEIL_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		name := envName(f.Name)
 		if v, ok := os.LookupEnv(name); ok {
 			if err := fs.Set(f.Name, v); err != nil {
-				envErr = usagef("invalid value %q for %s: %v", v, name, err)
+				setErr = usagef("invalid value %q for %s: %v", v, name, err)
+			}
+			return
+		}
+		if v, ok := file[f.Name]; ok {
+			if err := fs.Set(f.Name, v); err != nil {
+				setErr = usagef("%s:%d: invalid value %q for %s: %v", configPath, lines[f.Name], v, f.Name, err)
 			}
 		}
 	})
-	return envErr
+	return setErr
+}
+
+// envName is the environment variable of a flag: PGVEIL_<FLAG>.
+func envName(flag string) string {
+	return "PGVEIL_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
 }

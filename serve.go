@@ -2,15 +2,16 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"os/signal"
 	"runtime"
+	"strings"
 	"syscall"
 	"time"
 
@@ -36,6 +37,15 @@ type serveFlags struct {
 	catalogRefresh  time.Duration
 	procs           int
 	adminListen     string
+	config          string
+	maxClientConn   int
+	idleTimeout     time.Duration
+	adminUsers      []string
+	adminDatabase   string
+	adminAuthDB     string
+	watchInterval   time.Duration
+
+	certs *certStore // set by proxyConfig when TLS is configured
 }
 
 func (f *serveFlags) register(fs *pflag.FlagSet) {
@@ -53,6 +63,13 @@ func (f *serveFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.policy, "policy", "", "policy file (YAML): which roles see which classified columns masked or raw; without it every session is relayed unchanged")
 	fs.DurationVar(&f.catalogRefresh, "catalog-refresh", time.Minute, "how often the schema catalog is re-read (DDL seen through the proxy also triggers a refresh)")
 	fs.StringVar(&f.adminListen, "admin-listen", "127.0.0.1:9187", "address of the HTTP endpoints /healthz, /readyz and /metrics (Prometheus); empty disables them")
+	fs.StringVar(&f.config, "config", "", "YAML file with any of these settings under their flag names (flags and PGVEIL_* variables override it)")
+	fs.IntVar(&f.maxClientConn, "max-client-conn", 0, "most client sessions relayed at once; more get SQLSTATE 53300 (0: no limit; admin console sessions do not count)")
+	fs.DurationVar(&f.idleTimeout, "idle-timeout", 0, "end a session whose client sent nothing for this long while no query runs, with 57P05 (25P03 inside a transaction); 0 disables")
+	fs.StringSliceVar(&f.adminUsers, "admin-users", nil, "login names allowed into the admin console (psql -d pgveil); the upstream still authenticates them")
+	fs.StringVar(&f.adminDatabase, "admin-database", "pgveil", "database name that reaches the admin console instead of the upstream; empty disables the console")
+	fs.StringVar(&f.adminAuthDB, "admin-auth-database", "", "upstream database that admin console logins authenticate against (default: the database of --upstream, else postgres)")
+	fs.DurationVar(&f.watchInterval, "reload-interval", 2*time.Second, "how often the --policy and --tls-cert/--tls-key files are checked for changes and reloaded (0: only on SIGHUP and the console's RELOAD)")
 	fs.IntVar(&f.procs, "procs", 1, "CPU cores the relay may use at once (GOMAXPROCS); 0 uses Go's default, one per available core. One core gives the lowest latency and CPU per query on small machines (see bench/README.md)")
 }
 
@@ -88,11 +105,12 @@ func (f *serveFlags) proxyConfig(log *slog.Logger) (proxy.Config, error) {
 		return cfg, usagef("--tls-cert and --tls-key go together")
 	}
 	if f.tlsCert != "" {
-		cert, err := tls.LoadX509KeyPair(f.tlsCert, f.tlsKey)
+		certs, err := newCertStore(f.tlsCert, f.tlsKey)
 		if err != nil {
 			return cfg, usagef("cannot load --tls-cert/--tls-key: %v", err)
 		}
-		cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		f.certs = certs
+		cfg.TLS = certs.tlsConfig()
 	}
 	if f.tlsRequired && cfg.TLS == nil {
 		return cfg, usagef("--tls-required needs --tls-cert and --tls-key")
@@ -107,6 +125,23 @@ func (f *serveFlags) proxyConfig(log *slog.Logger) (proxy.Config, error) {
 	}
 	cfg.ConnectTimeout = f.connectTimeout
 	cfg.StartupTimeout = f.startupTimeout
+	if f.maxClientConn < 0 {
+		return cfg, usagef("--max-client-conn must be 0 (no limit) or more")
+	}
+	if f.idleTimeout < 0 || f.watchInterval < 0 {
+		return cfg, usagef("--idle-timeout and --reload-interval must not be negative")
+	}
+	cfg.MaxClientConn = f.maxClientConn
+	cfg.IdleTimeout = f.idleTimeout
+	cfg.AdminDatabase = f.adminDatabase
+	cfg.AdminUsers = f.adminUsers
+	cfg.AdminAuthDatabase = f.adminAuthDB
+	if cfg.AdminAuthDatabase == "" {
+		cfg.AdminAuthDatabase = "postgres"
+		if u, err := url.Parse(f.upstream); err == nil && strings.TrimPrefix(u.Path, "/") != "" {
+			cfg.AdminAuthDatabase = strings.TrimPrefix(u.Path, "/")
+		}
+	}
 	cfg.Logger = log
 	return cfg, nil
 }
@@ -134,18 +169,47 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	ctx, cancelMasking := context.WithCancel(ctx)
 	defer cancelMasking()
+	var src *policySource
 	if f.policy != "" {
-		src, err := startMasking(ctx, f.policy, f.upstream, f.catalogRefresh, log)
-		if err != nil {
+		if src, err = startMasking(ctx, f.policy, f.upstream, f.catalogRefresh, log); err != nil {
 			return err
 		}
 		cfg.Masking = src
 	}
 	metrics := admin.NewMetrics()
 	cfg.Observer = metrics
+	// The console's SHUTDOWN ends serving as SIGTERM does.
+	serveCtx, shutdown := context.WithCancel(ctx)
+	defer shutdown()
+	hooks := &consoleHooks{shutdown: shutdown, started: time.Now()}
+	cfg.Console = hooks
 	srv, err := proxy.New(cfg)
 	if err != nil {
 		return usagef("%v", err)
+	}
+	metrics.WatchTotals(func() admin.Totals {
+		st := srv.Stats()
+		return admin.Totals{ClientBytes: st.ClientBytes, ServerBytes: st.ServerBytes, PlanCacheHits: st.PlanCacheHits, PlanCacheMisses: st.PlanCacheMisses}
+	})
+	rl := newReloader(f.policy, src, f.certs, srv, metrics, log)
+	hooks.r = rl
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	stopWatch := make(chan struct{})
+	defer close(stopWatch)
+	go func() {
+		for {
+			select {
+			case <-hup:
+				_, _ = rl.reload("signal")
+			case <-stopWatch:
+				return
+			}
+		}
+	}()
+	if f.watchInterval > 0 && len(rl.files()) > 0 {
+		go rl.watch(stopWatch, f.watchInterval)
 	}
 	ln, err := net.Listen("tcp", f.listen)
 	if err != nil {
@@ -169,7 +233,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		defer as.Shutdown(context.Background())
 		log.Info("admin endpoints listening", "addr", aln.Addr().String())
 	}
-	return serveUntilSignal(ctx, srv, ln, f.shutdownTimeout, log)
+	return serveUntilSignal(serveCtx, srv, ln, f.shutdownTimeout, log)
 }
 
 // serveUntilSignal serves until ctx ends (SIGTERM/SIGINT), then shuts down

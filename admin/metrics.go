@@ -17,6 +17,20 @@ type Metrics struct {
 	refused        *prometheus.CounterVec
 	upstream       prometheus.Histogram
 	upstreamErrors prometheus.Counter
+	queries        *prometheus.CounterVec
+	queryLatency   prometheus.Histogram
+	rejected       *prometheus.CounterVec
+	rewrites       prometheus.Counter
+	reloads        *prometheus.CounterVec
+	policyInfo     *prometheus.GaugeVec
+	lastReload     prometheus.Gauge
+}
+
+// Totals are running totals the proxy keeps itself; Metrics reads them
+// at scrape time (see WatchTotals).
+type Totals struct {
+	ClientBytes, ServerBytes       int64
+	PlanCacheHits, PlanCacheMisses uint64
 }
 
 // NewMetrics registers pgveil's metrics (and the Go and process
@@ -44,8 +58,31 @@ func NewMetrics() *Metrics {
 		upstreamErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pgveil_upstream_connect_errors_total", Help: "Failed connections to the upstream server.",
 		}),
+		queries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgveil_queries_total", Help: "Answered sync points (a simple Query message, an extended-protocol Sync or a function call), by outcome (ok, error, refused).",
+		}, []string{"outcome"}),
+		queryLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "pgveil_query_seconds", Help: "Round trip through the proxy from a client's sync point to the server's ReadyForQuery (pipelined sync points count once, as one round trip).",
+			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 18),
+		}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgveil_client_connections_rejected_total", Help: "Clients turned away before their session started, by reason (max_client_conn).",
+		}, []string{"reason"}),
+		rewrites: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pgveil_rewrites_total", Help: "Statement texts of masked sessions sent to the server rewritten.",
+		}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgveil_reloads_total", Help: "Reloads of the policy and TLS files, by what asked (signal, file, console) and result (ok, error).",
+		}, []string{"trigger", "result"}),
+		policyInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pgveil_policy_info", Help: "The policy in force: 1 for its file hash (version), none without a policy.",
+		}, []string{"hash"}),
+		lastReload: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pgveil_policy_loaded_timestamp_seconds", Help: "When the policy in force was loaded (Unix time).",
+		}),
 	}
 	r.MustRegister(m.connections, m.active, m.ended, m.refused, m.upstream, m.upstreamErrors,
+		m.queries, m.queryLatency, m.rejected, m.rewrites, m.reloads, m.policyInfo, m.lastReload,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }
@@ -72,4 +109,50 @@ func (m *Metrics) UpstreamConnected(d time.Duration, err error) {
 		return
 	}
 	m.upstream.Observe(d.Seconds())
+}
+
+// QueryDone counts an answered sync point and records its round trip.
+func (m *Metrics) QueryDone(outcome string, d time.Duration) {
+	m.queries.WithLabelValues(outcome).Inc()
+	if d >= 0 {
+		m.queryLatency.Observe(d.Seconds())
+	}
+}
+
+// Rejected counts a client turned away before its session started.
+func (m *Metrics) Rejected(reason string) { m.rejected.WithLabelValues(reason).Inc() }
+
+// Rewritten counts a rewritten statement text.
+func (m *Metrics) Rewritten() { m.rewrites.Inc() }
+
+// Reloaded records a reload attempt; on success hash is the new policy's.
+func (m *Metrics) Reloaded(trigger string, hash string, err error) {
+	if err != nil {
+		m.reloads.WithLabelValues(trigger, "error").Inc()
+		return
+	}
+	m.reloads.WithLabelValues(trigger, "ok").Inc()
+	m.PolicyLoaded(hash)
+}
+
+// PolicyLoaded records the policy in force.
+func (m *Metrics) PolicyLoaded(hash string) {
+	m.policyInfo.Reset()
+	m.policyInfo.WithLabelValues(hash).Set(1)
+	m.lastReload.SetToCurrentTime()
+}
+
+// WatchTotals exports the proxy's running totals, read at scrape time:
+// bytes from clients and servers, and plan cache hits and misses.
+func (m *Metrics) WatchTotals(f func() Totals) {
+	m.Registry.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "pgveil_client_bytes_total", Help: "Bytes read from clients."},
+			func() float64 { return float64(f().ClientBytes) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "pgveil_server_bytes_total", Help: "Bytes read from upstream servers."},
+			func() float64 { return float64(f().ServerBytes) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "pgveil_plan_cache_hits_total", Help: "Rewrite plan cache hits."},
+			func() float64 { return float64(f().PlanCacheHits) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "pgveil_plan_cache_misses_total", Help: "Rewrite plan cache misses (statements analysed)."},
+			func() float64 { return float64(f().PlanCacheMisses) }),
+	)
 }

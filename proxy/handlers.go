@@ -50,7 +50,7 @@ func (h *clientSide) header(typ byte, length int) error {
 	h.inBatch = typ != 'S'
 	switch typ {
 	case 'Q', 'S', 'F':
-		h.s.pending.Add(1)
+		h.s.syncSent()
 	case 'X':
 		return errStopAfter
 	}
@@ -67,7 +67,7 @@ func (h *clientSide) message(typ byte, msg []byte) error {
 		return h.saslInitial(msg)
 	case 'Q':
 		out, err = h.masked.query(msg)
-		h.s.pending.Add(1)
+		h.s.syncSent()
 	case 'P':
 		out, err = h.masked.parse(msg, !h.inBatch)
 		h.inBatch = true
@@ -77,7 +77,7 @@ func (h *clientSide) message(typ byte, msg []byte) error {
 	case 'F':
 		// A function call by OID could run any function, including
 		// those denied by name.
-		h.s.pending.Add(1)
+		h.s.syncSent()
 		out, err = (&pgproto3.Query{String: h.masked.refuse(&rewriteRefusalFunctionCall)}).Encode(nil)
 	default:
 		return fmt.Errorf("unexpected intercepted message %q", typ)
@@ -97,19 +97,28 @@ func (h *clientSide) message(typ byte, msg []byte) error {
 func (h *clientSide) saslInitial(msg []byte) error {
 	s := h.s
 	s.saslStarted.Store(false)
-	body := msg[5:]
-	mech, rest, ok := cutNul(body)
+	if err := checkSASLInitial(msg, s.serverTLS); err != nil {
+		return err
+	}
+	if err := s.toSrv.write(msg, false); err != nil {
+		return &writeError{err}
+	}
+	return nil
+}
+
+// checkSASLInitial refuses a SASLInitialResponse that asks for channel
+// binding, or offers it where the server would take the offer as a
+// downgrade (a TLS upstream).
+func checkSASLInitial(msg []byte, serverTLS bool) error {
+	mech, rest, ok := cutNul(msg[5:])
 	if ok && strings.HasPrefix(mech, "SCRAM-") && len(rest) > 4 {
 		data := rest[4:]
 		switch {
 		case len(data) > 0 && data[0] == 'p':
-			return &clientError{codeInvalidAuthSpec, "pgveil: SCRAM channel binding cannot pass through a proxy; connect with channel_binding=disable"}
-		case len(data) > 0 && data[0] == 'y' && s.serverTLS:
-			return &clientError{codeInvalidAuthSpec, "pgveil: the client offers SCRAM channel binding, which cannot pass through a proxy that uses TLS on both sides; connect with channel_binding=disable (libpq) or use a non-TLS upstream"}
+			return &clientError{code: codeInvalidAuthSpec, msg: "pgveil: SCRAM channel binding cannot pass through a proxy; connect with channel_binding=disable"}
+		case len(data) > 0 && data[0] == 'y' && serverTLS:
+			return &clientError{code: codeInvalidAuthSpec, msg: "pgveil: the client offers SCRAM channel binding, which cannot pass through a proxy that uses TLS on both sides; connect with channel_binding=disable (libpq) or use a non-TLS upstream"}
 		}
-	}
-	if err := s.toSrv.write(msg, false); err != nil {
-		return &writeError{err}
 	}
 	return nil
 }
@@ -127,8 +136,9 @@ type serverSide struct {
 	// refreshPath and refreshUser collect the answer to a refresh.
 	refreshPath []string
 	refreshUser string
-	// failed records an ErrorResponse since the last ReadyForQuery.
-	failed bool
+	// failed records an ErrorResponse since the last ReadyForQuery;
+	// refused that it was a refusal.
+	failed, refused bool
 }
 
 func (h *serverSide) class(typ byte) msgClass {
@@ -193,7 +203,14 @@ func (h *serverSide) message(typ byte, msg []byte) error {
 		if h.masked != nil {
 			defer h.masked.readyForQuery()
 		}
-		h.failed = false
+		outcome := "ok"
+		switch {
+		case h.refused:
+			outcome = "refused"
+		case h.failed:
+			outcome = "error"
+		}
+		h.failed, h.refused = false, false
 		s.lastWasFatal.Store(false)
 		if len(msg) != 6 {
 			return &protocolError{"malformed ReadyForQuery from server"}
@@ -207,8 +224,8 @@ func (h *serverSide) message(typ byte, msg []byte) error {
 			_ = s.client.SetDeadline(time.Time{})
 			_ = s.server.SetDeadline(time.Time{})
 			s.markDecided()
-		} else if s.pending.Add(-1) < 0 {
-			s.pending.Store(0)
+		} else {
+			s.syncDone(outcome)
 		}
 		if s.srv.draining.Load() && s.pending.Load() == 0 && msg[5] == 'I' {
 			return errStopAfter
@@ -218,10 +235,11 @@ func (h *serverSide) message(typ byte, msg []byte) error {
 		s.lastWasFatal.Store(isFatal(msg[5:]))
 		h.failed = true
 		if h.masked != nil {
-			out, _, err := h.masked.serverError(typ, msg)
+			out, refused, err := h.masked.serverError(typ, msg)
 			if err != nil {
 				return err
 			}
+			h.refused = h.refused || refused
 			return h.write(out)
 		}
 		return nil
@@ -255,21 +273,7 @@ func isFatal(body []byte) bool {
 func (h *serverSide) auth(msg []byte) error {
 	s := h.s
 	if len(msg) >= 9 && binary.BigEndian.Uint32(msg[5:9]) == 10 { // AuthenticationSASL
-		var sasl pgproto3.AuthenticationSASL
-		if err := sasl.Decode(msg[5:]); err != nil {
-			return &protocolError{"malformed AuthenticationSASL from server"}
-		}
-		mechs := sasl.AuthMechanisms[:0]
-		for _, m := range sasl.AuthMechanisms {
-			if !strings.HasSuffix(m, "-PLUS") {
-				mechs = append(mechs, m)
-			}
-		}
-		if len(mechs) == 0 {
-			return &clientError{codeInvalidAuthSpec, "pgveil: the server offers only SASL mechanisms with channel binding, which cannot pass through a proxy"}
-		}
-		sasl.AuthMechanisms = mechs
-		out, err := sasl.Encode(nil)
+		out, err := filterSASL(msg)
 		if err != nil {
 			return err
 		}
@@ -283,6 +287,26 @@ func (h *serverSide) auth(msg []byte) error {
 		return &writeError{err}
 	}
 	return nil
+}
+
+// filterSASL removes from an AuthenticationSASL message the mechanisms
+// that need channel binding.
+func filterSASL(msg []byte) ([]byte, error) {
+	var sasl pgproto3.AuthenticationSASL
+	if err := sasl.Decode(msg[5:]); err != nil {
+		return nil, &protocolError{"malformed AuthenticationSASL from server"}
+	}
+	mechs := sasl.AuthMechanisms[:0]
+	for _, m := range sasl.AuthMechanisms {
+		if !strings.HasSuffix(m, "-PLUS") {
+			mechs = append(mechs, m)
+		}
+	}
+	if len(mechs) == 0 {
+		return nil, &clientError{code: codeInvalidAuthSpec, msg: "pgveil: the server offers only SASL mechanisms with channel binding, which cannot pass through a proxy"}
+	}
+	sasl.AuthMechanisms = mechs
+	return sasl.Encode(nil)
 }
 
 // keyData replaces the server's cancel secret with one of the proxy's own,
@@ -367,7 +391,7 @@ func (h *serverSide) internalReply(typ byte, msg []byte) error {
 		h.masked.setContext(path, user)
 		return nil
 	case 'E':
-		return &clientError{codeConnectionFailure, "pgveil: the session's search_path could not be read"}
+		return &clientError{code: codeConnectionFailure, msg: "pgveil: the session's search_path could not be read"}
 	case 'Z':
 		h.internal = false
 		_ = s.client.SetDeadline(time.Time{})
@@ -391,7 +415,7 @@ func (h *serverSide) parameterStatus(msg []byte) error {
 		switch {
 		case ps.Name == "client_encoding" && !utf8Encoding(ps.Value),
 			ps.Name == "standard_conforming_strings" && ps.Value != "on":
-			return &clientError{codeProtocolViolation, "pgveil: " + ps.Name + " changed in a masked session"}
+			return &clientError{code: codeProtocolViolation, msg: "pgveil: " + ps.Name + " changed in a masked session"}
 		}
 	}
 	// The message itself passes through as a peeked message (or is
@@ -461,7 +485,7 @@ func contextRow(msg []byte) ([]string, string, error) {
 	}
 	path, err := catalog.ParseSearchPath(string(row.Values[0]))
 	if err != nil {
-		return nil, "", &clientError{codeProtocolViolation, "pgveil: cannot read the session's search_path: " + err.Error()}
+		return nil, "", &clientError{code: codeProtocolViolation, msg: "pgveil: cannot read the session's search_path: " + err.Error()}
 	}
 	if path == nil {
 		path = []string{}

@@ -91,16 +91,16 @@ func (s *session) decideMode() (*maskedSession, error) {
 		return nil, nil
 	}
 	if snap == nil {
-		return nil, &clientError{codeCannotConnectNow, "pgveil: the catalog is not loaded yet; retry in a moment"}
+		return nil, &clientError{code: codeCannotConnectNow, msg: "pgveil: the catalog is not loaded yet; retry in a moment"}
 	}
 	if snap.Database != s.database {
-		return nil, &clientError{codeInvalidAuthSpec, fmt.Sprintf("pgveil: this proxy enforces its policy on database %q only", snap.Database)}
+		return nil, &clientError{code: codeInvalidAuthSpec, msg: fmt.Sprintf("pgveil: this proxy enforces its policy on database %q only", snap.Database)}
 	}
 	roles := snap.RolesOf(s.user)
 	grants, err := policy.Grants(roles)
 	if err != nil {
 		if errors.Is(err, rules.ErrUnknownRole) {
-			return nil, &clientError{codeInvalidAuthSpec, "pgveil: " + err.Error()}
+			return nil, &clientError{code: codeInvalidAuthSpec, msg: "pgveil: " + err.Error()}
 		}
 		return nil, err
 	}
@@ -108,10 +108,10 @@ func (s *session) decideMode() (*maskedSession, error) {
 		return nil, nil
 	}
 	if v := s.params["client_encoding"]; !utf8Encoding(v) {
-		return nil, &clientError{codeInvalidAuthSpec, fmt.Sprintf("pgveil: masked sessions must use client_encoding UTF8 (this session uses %s)", v)}
+		return nil, &clientError{code: codeInvalidAuthSpec, msg: fmt.Sprintf("pgveil: masked sessions must use client_encoding UTF8 (this session uses %s)", v)}
 	}
 	if v := s.params["standard_conforming_strings"]; v != "on" {
-		return nil, &clientError{codeInvalidAuthSpec, "pgveil: masked sessions need standard_conforming_strings=on"}
+		return nil, &clientError{code: codeInvalidAuthSpec, msg: "pgveil: masked sessions need standard_conforming_strings=on"}
 	}
 	return &maskedSession{s: s, cache: s.srv.cache, policy: policy, grants: grants, roles: roles, refusals: map[uint64]error{},
 		user: s.user, prepared: map[string]string{}, changers: map[string]bool{}, refreshed: make(chan struct{}, 1), idle: make(chan struct{}, 1)}, nil
@@ -368,6 +368,7 @@ func (m *maskedSession) rewriteSQL(sql string) (string, bool) {
 	case err != nil:
 		return m.refuse(err), true
 	case plan.Rewritten:
+		m.s.srv.cfg.Observer.Rewritten()
 		return plan.SQL, true
 	default:
 		return sql, false
@@ -395,6 +396,7 @@ func (m *maskedSession) parse(msg []byte, atBoundary bool) ([]byte, error) {
 	case err != nil:
 		sql = m.refuse(err)
 	case plan.Rewritten:
+		m.s.srv.cfg.Observer.Rewritten()
 		sql = plan.SQL
 	default:
 		changed = false
@@ -427,12 +429,13 @@ func putLength(msg []byte) {
 // session: a refusal marker becomes the refusal, and every field that can
 // quote data or SQL (detail, hint, context, internal query) is dropped
 // (DESIGN.md §2 rule 5).
-func (m *maskedSession) serverError(typ byte, msg []byte) ([]byte, bool, error) {
+//
+// refused reports whether the message was a refusal marker's error.
+func (m *maskedSession) serverError(typ byte, msg []byte) (out []byte, refused bool, err error) {
 	var e pgproto3.ErrorResponse
 	if err := e.Decode(msg[5:]); err != nil {
 		return nil, false, &protocolError{"malformed error message from server"}
 	}
-	failed := typ == 'E'
 	if typ == 'E' {
 		if r := m.takeRefusal(&e); r != nil {
 			code := codeInsufficientPrivilege
@@ -444,16 +447,14 @@ func (m *maskedSession) serverError(typ byte, msg []byte) ([]byte, bool, error) 
 			if se != nil {
 				out = errorMessage("ERROR", code, se.Message)
 			}
-			return out, failed, nil
+			return out, true, nil
 		}
 	}
 	e.Detail, e.Hint, e.Where, e.InternalQuery, e.InternalPosition = "", "", "", "", 0
-	var out []byte
-	var err error
 	if typ == 'N' {
 		out, err = (*pgproto3.NoticeResponse)(&e).Encode(nil)
 	} else {
 		out, err = e.Encode(nil)
 	}
-	return out, failed, err
+	return out, false, err
 }

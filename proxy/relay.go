@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // pumpBufferSize is the read buffer of each pump. 32 KiB holds a typical
@@ -99,10 +100,17 @@ type pump struct {
 	buf       []byte
 	r, w      int // unread bytes are buf[r:w]
 	remaining int // body bytes of the current streaming message not yet relayed
+	// count accumulates the bytes read from src, for statistics.
+	count *atomic.Int64
 }
 
-func newPump(src net.Conn, dst *syncWriter, h handler, maxSize int) *pump {
-	return &pump{src: src, dst: dst, h: h, maxSize: maxSize, buf: make([]byte, pumpBufferSize)}
+// newPump returns a pump from src to dst; count, if not nil, accumulates
+// the bytes read.
+func newPump(src net.Conn, dst *syncWriter, h handler, maxSize int, count *atomic.Int64) *pump {
+	if count == nil {
+		count = new(atomic.Int64)
+	}
+	return &pump{src: src, dst: dst, h: h, maxSize: maxSize, buf: make([]byte, pumpBufferSize), count: count}
 }
 
 // run relays until src or dst fails, a message is malformed, or the handler
@@ -113,6 +121,7 @@ func (p *pump) run() error {
 		n, err := p.src.Read(p.buf[p.w:])
 		p.w += n
 		if n > 0 {
+			p.count.Add(int64(n))
 			if perr := p.process(); perr != nil {
 				return perr
 			}

@@ -46,7 +46,7 @@ func pgbenchSelect(tb testing.TB) []byte {
 func TestRelayAllocatesNothing(t *testing.T) {
 	payload := pgbenchSelect(t)
 	h := &passHandler{}
-	p := newPump(nil, &syncWriter{conn: discardConn{}}, h, DefaultMaxMessageSize)
+	p := newPump(nil, &syncWriter{conn: discardConn{}}, h, DefaultMaxMessageSize, nil)
 	allocs := testing.AllocsPerRun(1000, func() {
 		p.w = copy(p.buf, payload)
 		p.r = 0
@@ -65,7 +65,7 @@ func TestRelayAllocatesNothing(t *testing.T) {
 // BenchmarkRelayResult measures framing and relaying one pgbench -S result.
 func BenchmarkRelayResult(b *testing.B) {
 	payload := pgbenchSelect(b)
-	p := newPump(nil, &syncWriter{conn: discardConn{}}, &passHandler{}, DefaultMaxMessageSize)
+	p := newPump(nil, &syncWriter{conn: discardConn{}}, &passHandler{}, DefaultMaxMessageSize, nil)
 	b.SetBytes(int64(len(payload)))
 	b.ReportAllocs()
 	for b.Loop() {

@@ -1,12 +1,14 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,6 +50,25 @@ type Config struct {
 	PlanCacheSize int
 	// Observer receives events for metrics; nil means none.
 	Observer Observer
+	// MaxClientConn caps the sessions relayed at once; a client beyond it
+	// gets SQLSTATE 53300. Zero means no limit. Admin console sessions do
+	// not count, so an operator can always get in.
+	MaxClientConn int
+	// IdleTimeout ends a session whose client has sent nothing for this
+	// long while no query is running (SQLSTATE 57P05, or 25P03 inside a
+	// transaction). Zero means never.
+	IdleTimeout time.Duration
+	// AdminDatabase is the database name that reaches the admin console
+	// instead of the upstream; empty disables the console. AdminUsers are
+	// the login names allowed in (others get 42501); the upstream still
+	// authenticates them, against AdminAuthDatabase (default "postgres").
+	AdminDatabase     string
+	AdminUsers        []string
+	AdminAuthDatabase string
+	// Console serves the console commands that reach beyond the proxy
+	// (RELOAD, SHUTDOWN, SHOW POLICY, SHOW USAGE); nil answers them with
+	// an error.
+	Console Console
 }
 
 // Observer receives the proxy's events, for metrics. Its methods are
@@ -58,6 +79,17 @@ type Observer interface {
 	SessionEnded(outcome string, d time.Duration)
 	Refused(rule string)
 	UpstreamConnected(d time.Duration, err error)
+	// QueryDone is called at the ReadyForQuery that answers a sync point
+	// (a Query, a Sync, a FunctionCall), with its outcome (ok, error,
+	// refused). d is the round trip from the oldest unanswered sync point
+	// to this ReadyForQuery when it leaves the session idle, and negative
+	// for the earlier answers of a pipeline.
+	QueryDone(outcome string, d time.Duration)
+	// Rejected counts a client turned away before its session started,
+	// by reason (max_client_conn).
+	Rejected(reason string)
+	// Rewritten counts a statement text sent to the server rewritten.
+	Rewritten()
 }
 
 type noObserver struct{}
@@ -66,6 +98,9 @@ func (noObserver) SessionStarted()                        {}
 func (noObserver) SessionEnded(string, time.Duration)     {}
 func (noObserver) Refused(string)                         {}
 func (noObserver) UpstreamConnected(time.Duration, error) {}
+func (noObserver) QueryDone(string, time.Duration)        {}
+func (noObserver) Rejected(string)                        {}
+func (noObserver) Rewritten()                             {}
 
 // Server accepts client connections and relays each to its own upstream
 // server connection.
@@ -83,6 +118,14 @@ type Server struct {
 	nextID   atomic.Uint64
 	wg       sync.WaitGroup
 	cache    *rewrite.Cache
+
+	// admitted counts the sessions that count against MaxClientConn.
+	admitted atomic.Int64
+	// closedIn, closedOut and closedQueries hold the totals of ended
+	// sessions (under mu, with sessions, so Stats never counts twice).
+	closedIn, closedOut, closedQueries int64
+	janitorOnce                        sync.Once
+	stopJanitor                        chan struct{}
 }
 
 // cancelKey identifies a session to CancelRequest: the process id of its
@@ -128,6 +171,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Observer == nil {
 		cfg.Observer = noObserver{}
 	}
+	if cfg.MaxClientConn < 0 || cfg.IdleTimeout < 0 {
+		return nil, errors.New("max client connections and idle timeout must not be negative")
+	}
+	if cfg.AdminDatabase != "" && cfg.AdminAuthDatabase == "" {
+		cfg.AdminAuthDatabase = "postgres"
+	}
 	return &Server{
 		cfg:       cfg,
 		log:       log,
@@ -135,6 +184,8 @@ func New(cfg Config) (*Server, error) {
 		sessions:  make(map[*session]struct{}),
 		cancels:   make(map[cancelKey]*session),
 		cache:     rewrite.NewCache(cfg.PlanCacheSize),
+
+		stopJanitor: make(chan struct{}),
 	}, nil
 }
 
@@ -209,11 +260,20 @@ func (s *Server) newSession(conn net.Conn) *session {
 	sess := newSession(s, conn, s.nextID.Add(1))
 	s.sessions[sess] = struct{}{}
 	s.wg.Add(1)
+	if s.cfg.IdleTimeout > 0 {
+		s.janitorOnce.Do(func() { go s.janitor() })
+	}
 	return sess
 }
 
 func (s *Server) removeSession(sess *session) {
 	s.mu.Lock()
+	if sess.admitted {
+		s.admitted.Add(-1)
+	}
+	s.closedIn += sess.bytesIn.Load()
+	s.closedOut += sess.bytesOut.Load()
+	s.closedQueries += sess.queries.Load()
 	delete(s.sessions, sess)
 	if sess.cancelKey.secret != "" {
 		delete(s.cancels, sess.cancelKey)
@@ -274,7 +334,9 @@ func (s *Server) Sessions() int {
 // them to close and returns ctx's error.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
-	s.draining.Store(true)
+	if !s.draining.Swap(true) {
+		close(s.stopJanitor)
+	}
 	for ln := range s.listeners {
 		ln.Close()
 	}
@@ -307,4 +369,202 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	<-done
 	return ctx.Err()
+}
+
+// admit counts sess against MaxClientConn, or reports that the limit is
+// reached.
+func (s *Server) admit(sess *session) bool {
+	if s.cfg.MaxClientConn == 0 {
+		return true
+	}
+	if s.admitted.Add(1) > int64(s.cfg.MaxClientConn) {
+		s.admitted.Add(-1)
+		return false
+	}
+	sess.admitted = true
+	return true
+}
+
+// isAdmin reports whether user may use the admin console.
+func (s *Server) isAdmin(user string) bool {
+	for _, u := range s.cfg.AdminUsers {
+		if u == user {
+			return true
+		}
+	}
+	return false
+}
+
+// janitor ends sessions idle for longer than IdleTimeout. A session is
+// idle when no sync point is unanswered and its client has sent no byte
+// since the last check; checking a few times per timeout keeps the hot
+// path free of timers.
+func (s *Server) janitor() {
+	timeout := s.cfg.IdleTimeout
+	period := min(max(timeout/4, 50*time.Millisecond), 5*time.Second)
+	t := time.NewTicker(period)
+	defer t.Stop()
+	var list []*session
+	for {
+		select {
+		case <-s.stopJanitor:
+			return
+		case now := <-t.C:
+			list = list[:0]
+			s.mu.Lock()
+			for sess := range s.sessions {
+				list = append(list, sess)
+			}
+			s.mu.Unlock()
+			for _, sess := range list {
+				sess.checkIdle(now, timeout)
+			}
+		}
+	}
+}
+
+// checkIdle is the janitor's look at one session.
+func (s *session) checkIdle(now time.Time, timeout time.Duration) {
+	if !s.ready.Load() || s.pending.Load() != 0 {
+		s.idleSince = time.Time{}
+		return
+	}
+	b := s.bytesIn.Load()
+	if s.idleSince.IsZero() || b != s.idleBytes {
+		s.idleBytes, s.idleSince = b, now
+		return
+	}
+	if now.Sub(s.idleSince) < timeout {
+		return
+	}
+	err := &clientError{code: codeIdleSessionTimeout, msg: "terminating connection due to idle-session timeout (pgveil --idle-timeout)", kind: "idle_timeout"}
+	if st := byte(s.txStatus.Load()); st == 'T' || st == 'E' {
+		err = &clientError{code: codeIdleInTxTimeout, msg: "terminating connection due to idle-in-transaction timeout (pgveil --idle-timeout)", kind: "idle_timeout"}
+	}
+	s.srv.log.Info("idle timeout", "session", s.id, "idle", now.Sub(s.idleSince).Round(time.Millisecond))
+	s.end(err)
+}
+
+// Stats are the proxy's running totals.
+type Stats struct {
+	// Sessions is the number of open sessions (console ones included).
+	Sessions int
+	// ClientBytes and ServerBytes are the bytes read from clients and from
+	// servers, by open and ended sessions.
+	ClientBytes, ServerBytes int64
+	// Queries counts answered sync points.
+	Queries int64
+	// PlanCacheHits and PlanCacheMisses count rewrite plan lookups.
+	PlanCacheHits, PlanCacheMisses uint64
+}
+
+// Stats returns the running totals.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	st := Stats{Sessions: len(s.sessions), ClientBytes: s.closedIn, ServerBytes: s.closedOut, Queries: s.closedQueries}
+	for sess := range s.sessions {
+		st.ClientBytes += sess.bytesIn.Load()
+		st.ServerBytes += sess.bytesOut.Load()
+		st.Queries += sess.queries.Load()
+	}
+	s.mu.Unlock()
+	st.PlanCacheHits, st.PlanCacheMisses = s.cache.Stats()
+	return st
+}
+
+// SessionInfo describes one open session (SHOW SESSIONS).
+type SessionInfo struct {
+	ID                      uint64
+	User, Database, AppName string
+	Client                  string
+	ClientTLS, ServerTLS    bool
+	// Mode is relay, masked or console; State is startup, idle, active,
+	// idle in transaction or idle in failed transaction.
+	Mode, State       string
+	Started           time.Time
+	BytesIn, BytesOut int64
+	Queries           int64
+}
+
+// SessionList returns the open sessions, oldest first.
+func (s *Server) SessionList() []SessionInfo {
+	s.mu.Lock()
+	list := make([]*session, 0, len(s.sessions))
+	for sess := range s.sessions {
+		list = append(list, sess)
+	}
+	s.mu.Unlock()
+	out := make([]SessionInfo, 0, len(list))
+	for _, sess := range list {
+		out = append(out, sess.info())
+	}
+	slices.SortFunc(out, func(a, b SessionInfo) int { return cmp.Compare(a.ID, b.ID) })
+	return out
+}
+
+func (s *session) info() SessionInfo {
+	in := SessionInfo{ID: s.id, Client: s.client.RemoteAddr().String(), Started: s.start, State: "startup", Mode: "relay",
+		BytesIn: s.bytesIn.Load(), BytesOut: s.bytesOut.Load(), Queries: s.queries.Load()}
+	if !s.started.Load() {
+		return in
+	}
+	in.User, in.Database, in.AppName, in.ClientTLS = s.user, s.database, s.appName, s.clientTLS
+	if !s.ready.Load() {
+		return in
+	}
+	in.ServerTLS = s.serverTLS
+	switch {
+	case s.console:
+		in.Mode = "console"
+	case s.masked.Load() != nil:
+		in.Mode = "masked"
+	}
+	switch st := byte(s.txStatus.Load()); {
+	case s.pending.Load() > 0:
+		in.State = "active"
+	case st == 'T':
+		in.State = "idle in transaction"
+	case st == 'E':
+		in.State = "idle in failed transaction"
+	default:
+		in.State = "idle"
+	}
+	return in
+}
+
+// Revalidate re-decides, under the current policy, every session that was
+// relayed unchanged because its roles saw everything raw. A session whose
+// roles may no longer see everything raw is ended (SQLSTATE 57P01): it
+// would otherwise keep reading what the new policy masks. Masked sessions
+// pick up a new policy at their next statement. It returns the number of
+// sessions ended.
+func (s *Server) Revalidate() int {
+	mk := s.cfg.Masking
+	if mk == nil {
+		return 0
+	}
+	policy, snap := mk.Current()
+	if policy == nil || snap == nil {
+		return 0
+	}
+	s.mu.Lock()
+	list := make([]*session, 0, len(s.sessions))
+	for sess := range s.sessions {
+		list = append(list, sess)
+	}
+	s.mu.Unlock()
+	n := 0
+	for _, sess := range list {
+		if sess.console || !sess.ready.Load() || sess.masked.Load() != nil || snap.Database != sess.database {
+			continue
+		}
+		g, err := policy.Grants(snap.RolesOf(sess.user))
+		if err == nil && g.AllRaw() {
+			continue
+		}
+		s.log.Info("session ended: the new policy masks what it reads", "session", sess.id, "user", sess.user)
+		sess.end(&clientError{code: codeAdminShutdown, msg: "pgveil: the policy changed and this session may no longer see every column raw; reconnect", kind: "policy_changed"})
+		n++
+	}
+	return n
 }

@@ -33,6 +33,10 @@ const (
 	codeAdminShutdown       = "57P01"
 	codeInvalidAuthSpec     = "28000"
 	codeFeatureNotSupported = "0A000"
+	codeTooManyConnections  = "53300"
+	codeIdleSessionTimeout  = "57P05"
+	codeIdleInTxTimeout     = "25P03"
+	codeConfigFileError     = "F0000"
 )
 
 // terminateGrace is how long the proxy waits for the server to close its
@@ -50,6 +54,9 @@ var (
 // clientError is an error the client must see as an ErrorResponse.
 type clientError struct {
 	code, msg string
+	// kind, if set, names the outcome for logs and metrics (default
+	// "refused").
+	kind string
 }
 
 func (e *clientError) Error() string { return e.msg + " (SQLSTATE " + e.code + ")" }
@@ -93,6 +100,23 @@ type session struct {
 	// lastWasFatal is set when the last ErrorResponse from the server was FATAL.
 	lastWasFatal atomic.Bool
 
+	// bytesIn and bytesOut count the bytes read from the client and from
+	// the server; queries counts answered sync points (a Query, a Sync, a
+	// FunctionCall); busySince is when the oldest unanswered one was sent,
+	// in nanoseconds since start.
+	bytesIn, bytesOut atomic.Int64
+	queries           atomic.Int64
+	busySince         atomic.Int64
+	// started is set once user, database, appName and clientTLS are known;
+	// they are not written after that.
+	started atomic.Bool
+	// admitted is set when the session counts against MaxClientConn;
+	// console marks an admin console session.
+	admitted, console bool
+	// idleBytes and idleSince belong to the server's idle janitor.
+	idleBytes int64
+	idleSince time.Time
+
 	endOnce  sync.Once
 	endCause error
 	endMu    sync.Mutex
@@ -122,10 +146,27 @@ func (s *session) serve() {
 		}
 		return
 	}
+	s.started.Store(true)
 	log = log.With("user", s.user, "database", s.database)
 	if s.srv.cfg.TLSRequired && !s.clientTLS {
 		s.sendError(s.client, "FATAL", codeInvalidAuthSpec, "pgveil: TLS is required; connect with sslmode=require or stronger")
 		log.Info("session refused", "err", "client did not use TLS")
+		return
+	}
+	if s.srv.cfg.AdminDatabase != "" && s.database == s.srv.cfg.AdminDatabase {
+		s.console = true
+		if !s.srv.isAdmin(s.user) {
+			s.sendError(s.client, "FATAL", codeInsufficientPrivilege, fmt.Sprintf("pgveil: user %q may not use the admin console (not listed in --admin-users)", s.user))
+			log.Info("session refused", "err", "not an admin user", "outcome", "refused")
+			return
+		}
+		s.serveConsole(startup, log)
+		return
+	}
+	if !s.srv.admit(s) {
+		s.sendError(s.client, "FATAL", codeTooManyConnections, "sorry, too many clients already (pgveil --max-client-conn)")
+		log.Info("session refused", "err", "too many clients", "outcome", "refused")
+		s.srv.cfg.Observer.Rejected("max_client_conn")
 		return
 	}
 
@@ -154,7 +195,32 @@ func (s *session) serve() {
 	cause := s.relay()
 	elapsed := time.Since(s.start)
 	s.srv.cfg.Observer.SessionEnded(outcome(cause), elapsed)
-	log.Info("session end", "elapsed", elapsed.Round(time.Millisecond), "outcome", outcome(cause))
+	log.Info("session end", "elapsed", elapsed.Round(time.Millisecond), "outcome", outcome(cause),
+		"bytes_in", s.bytesIn.Load(), "bytes_out", s.bytesOut.Load(), "queries", s.queries.Load())
+}
+
+// syncSent records a sync point (Query, Sync, FunctionCall) sent to the
+// server; its ReadyForQuery calls syncDone.
+func (s *session) syncSent() {
+	if s.pending.Add(1) == 1 {
+		s.busySince.Store(int64(time.Since(s.start)))
+	}
+}
+
+// syncDone records the ReadyForQuery that answers a sync point. outcome is
+// ok, error or refused.
+func (s *session) syncDone(outcome string) {
+	n := s.pending.Add(-1)
+	if n < 0 {
+		s.pending.Store(0)
+		n = 0
+	}
+	s.queries.Add(1)
+	d := time.Duration(-1)
+	if n == 0 {
+		d = time.Since(s.start) - time.Duration(s.busySince.Load())
+	}
+	s.srv.cfg.Observer.QueryDone(outcome, d)
 }
 
 // outcome names a session's end cause for the log.
@@ -173,6 +239,9 @@ func outcome(err error) string {
 	case errors.As(err, &pe):
 		return "protocol_violation"
 	case errors.As(err, &ce):
+		if ce.kind != "" {
+			return ce.kind
+		}
 		return "refused"
 	default:
 		return "error"
@@ -182,8 +251,8 @@ func outcome(err error) string {
 // relay runs both pumps until the session ends and returns the cause.
 func (s *session) relay() error {
 	max := s.srv.cfg.MaxMessageSize
-	up := newPump(s.client, &s.toSrv, &clientSide{s: s}, max)
-	down := newPump(s.server, &s.toCl, &serverSide{s: s}, max)
+	up := newPump(s.client, &s.toSrv, &clientSide{s: s}, max, &s.bytesIn)
+	down := newPump(s.server, &s.toCl, &serverSide{s: s}, max, &s.bytesOut)
 	upDone := make(chan error, 1)
 	go func() { upDone <- s.fromPumpUp(up.run()) }()
 	downErr := s.fromPumpDown(down.run())
@@ -239,7 +308,7 @@ func (s *session) end(cause error) {
 		var pe *protocolError
 		var ce *clientError
 		switch {
-		case errors.Is(cause, errTerminated):
+		case errors.Is(cause, errTerminated) && s.server != nil:
 			// The server ends the backend after Terminate and closes its
 			// side; the server-side pump reads until then, so nothing it
 			// sent is reset. The deadline bounds a server that does not.
@@ -387,7 +456,7 @@ func (s *session) readStartup() ([]byte, error) {
 		}
 		n := int(binary.BigEndian.Uint32(hdr[:]))
 		if n < 8 || n > maxStartupPacket {
-			return nil, &clientError{codeProtocolViolation, fmt.Sprintf("pgveil: invalid startup packet length %d", n)}
+			return nil, &clientError{code: codeProtocolViolation, msg: fmt.Sprintf("pgveil: invalid startup packet length %d", n)}
 		}
 		pkt := make([]byte, n)
 		copy(pkt, hdr[:])
@@ -398,7 +467,7 @@ func (s *session) readStartup() ([]byte, error) {
 		switch {
 		case code == sslRequestCode:
 			if s.clientTLS {
-				return nil, &clientError{codeProtocolViolation, "pgveil: SSLRequest after TLS was established"}
+				return nil, &clientError{code: codeProtocolViolation, msg: "pgveil: SSLRequest after TLS was established"}
 			}
 			if s.srv.cfg.TLS == nil {
 				if _, err := s.client.Write([]byte{'N'}); err != nil {
@@ -428,7 +497,7 @@ func (s *session) readStartup() ([]byte, error) {
 			}
 			return pkt, nil
 		default:
-			return nil, &clientError{codeFeatureNotSupported, fmt.Sprintf("pgveil: unsupported frontend protocol %d.%d: server supports 3.0 to 3.x", code>>16, code&0xffff)}
+			return nil, &clientError{code: codeFeatureNotSupported, msg: fmt.Sprintf("pgveil: unsupported frontend protocol %d.%d: server supports 3.0 to 3.x", code>>16, code&0xffff)}
 		}
 	}
 }
@@ -438,11 +507,11 @@ func (s *session) parseStartup(b []byte) error {
 	for len(b) > 1 {
 		k, rest, ok := cutNul(b)
 		if !ok {
-			return &clientError{codeProtocolViolation, "pgveil: malformed startup packet"}
+			return &clientError{code: codeProtocolViolation, msg: "pgveil: malformed startup packet"}
 		}
 		v, rest, ok := cutNul(rest)
 		if !ok {
-			return &clientError{codeProtocolViolation, "pgveil: malformed startup packet"}
+			return &clientError{code: codeProtocolViolation, msg: "pgveil: malformed startup packet"}
 		}
 		b = rest
 		switch k {
@@ -455,10 +524,10 @@ func (s *session) parseStartup(b []byte) error {
 		}
 	}
 	if len(b) != 1 || b[0] != 0 {
-		return &clientError{codeProtocolViolation, "pgveil: malformed startup packet"}
+		return &clientError{code: codeProtocolViolation, msg: "pgveil: malformed startup packet"}
 	}
 	if s.user == "" {
-		return &clientError{codeInvalidAuthSpec, "no PostgreSQL user name specified in startup packet"}
+		return &clientError{code: codeInvalidAuthSpec, msg: "no PostgreSQL user name specified in startup packet"}
 	}
 	if s.database == "" {
 		s.database = s.user
