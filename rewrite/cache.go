@@ -17,6 +17,9 @@ type CacheKey struct {
 	Path string
 	// SQL is the client's text.
 	SQL string
+	// Track is Session.Track for sessions that see everything raw (for
+	// masked sessions, which are always analysed, it is false).
+	Track bool
 }
 
 // KeyFor returns the cache key for sql in session s.
@@ -28,6 +31,7 @@ func KeyFor(s *Session, sql string) CacheKey {
 		Catalog: s.Catalog.Version,
 		Path:    strings.Join(w.searchPath(), "\x00"),
 		SQL:     sql,
+		Track:   s.Track && s.Grants.AllRaw(),
 	}
 }
 

@@ -32,6 +32,11 @@ type Session struct {
 	// ["$user", "public"]; User expands "$user".
 	SearchPath []string
 	User       string
+	// Track asks for usage facts and output lineage (Statement.Uses,
+	// Statement.Outputs) for sessions whose grants see everything raw:
+	// Rewrite then parses and analyses their text (see Analyze) instead of
+	// returning it without a look. Masked sessions are always analysed.
+	Track bool
 
 	// projections caches masking sub-queries; set by Cache.Rewrite.
 	projections *projectionCache
@@ -43,6 +48,10 @@ type Plan struct {
 	// the client's own text.
 	SQL       string
 	Rewritten bool
+	// Analyzed is set when the text was parsed and Statements carry
+	// usage facts and output lineage; it is false for a raw session's
+	// text without Track, and for text the parser rejects in Analyze.
+	Analyzed bool
 	// Statements describes each statement of the text, in order.
 	Statements []Statement
 }
@@ -69,6 +78,30 @@ type Statement struct {
 	// DeallocateAll for DEALLOCATE ALL).
 	Prepares, Executes, Deallocates string
 	DeallocateAll                   bool
+	// Declares names the cursor a DECLARE creates; Fetches the one a
+	// FETCH or MOVE reads. FETCH returns the rows (and Outputs) of the
+	// DECLARE, EXECUTE those of the PREPARE.
+	Declares, Fetches string
+
+	// Uses lists every base column the statement references, once, with
+	// the union of the clause kinds it is used in and the session's
+	// treatment, sorted by schema, table and column. A reference the
+	// analysis cannot resolve exactly is attributed to every candidate.
+	// A view column the policy does not classify is attributed to the
+	// columns of the same name, and to every classified column, of the
+	// tables the view reads (the catalog does not record which view
+	// column comes from which table column). PREPARE and DECLARE record
+	// the uses of their query: count them when EXECUTE or FETCH runs it.
+	Uses []ColumnUse
+	// Outputs has one entry per result column when OutputsKnown is set
+	// (none for a statement that returns no rows). For DECLARE and
+	// PREPARE it describes the query's columns, which FETCH and EXECUTE
+	// return; for COPY ... TO, the columns of the COPY data. OutputsKnown
+	// is false when the analysis cannot list the result columns (SHOW,
+	// EXECUTE, FETCH, * over a function or an unknown relation, ...):
+	// the proxy then applies no output transform.
+	Outputs      []Output
+	OutputsKnown bool
 }
 
 // Refusal is a statement a masked session may not run. The proxy sends it
@@ -105,38 +138,36 @@ func Rewrite(sql string, s *Session) (*Plan, error) {
 		return nil, ErrNoSession
 	}
 	if s.Grants.AllRaw() {
+		if s.Track {
+			return Analyze(sql, s)
+		}
 		return &Plan{SQL: sql}, nil
 	}
 	tree, err := pg_query.Parse(sql)
 	if err != nil {
 		return nil, &SyntaxError{Message: err.Error()}
 	}
-	plan := &Plan{Rewritten: true}
+	plan := &Plan{Rewritten: true, Analyzed: true}
 	var placeholders []placeholder
 	cur := *s
 	for _, raw := range tree.Stmts {
+		// The facts are read from the client's tree before the walker
+		// rewrites it in place; the substitution keeps every column's
+		// name and position, so they hold for the rewritten text too.
+		var facts Statement
+		analyzeStatement(raw.Stmt, &cur, &facts)
 		w := newWalker(&cur, &placeholders)
 		st, err := w.statement(raw.Stmt)
 		if err != nil {
 			return nil, err
 		}
 		st.Masked = w.masked
+		st.Uses, st.Outputs, st.OutputsKnown = facts.Uses, facts.Outputs, facts.OutputsKnown
+		st.Declares, st.Fetches = facts.Declares, facts.Fetches
 		plan.Statements = append(plan.Statements, st)
 		// Later statements of the same text run under what this one
-		// set. After a reset the value is unknown here: only pg_catalog
-		// is searched, so unqualified names are refused, not guessed.
-		switch {
-		case st.SearchPath != nil:
-			cur.SearchPath = st.SearchPath
-		case st.ResetSearchPath:
-			cur.SearchPath = []string{}
-		}
-		switch {
-		case st.Role != "":
-			cur.User = st.Role
-		case st.ResetRole:
-			cur.User = s.User
-		}
+		// set.
+		advance(&cur, s, st)
 	}
 	if len(tree.Stmts) == 0 {
 		// An empty query (only comments or semicolons) becomes the empty

@@ -232,6 +232,15 @@ func (w *walker) buildProjection(rel *catalog.Relation, inh bool) (string, []str
 			items = append(items, id)
 			continue
 		}
+		if r.Encrypted != nil && r.Class.Mask.Kind != rules.MaskDeny {
+			// An encrypted column holds ciphertext, which masking in SQL
+			// would only garble: it is projected as stored, and the proxy
+			// decrypts then masks it in Go where a result column is a
+			// direct reference to it (TransformDecryptMask); anywhere
+			// else the session computes on ciphertext only.
+			items = append(items, id)
+			continue
+		}
 		expr, err := r.Class.Mask.SQL(id, c.Type)
 		if errors.Is(err, rules.ErrMaskType) && c.BaseType != "" && c.BaseType != c.Type {
 			// A domain: mask the value as its base type, then cast back,
