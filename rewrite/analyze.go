@@ -125,6 +125,9 @@ var noRows = map[string]bool{
 // and st.Fetches for one top-level statement parsed from the client's
 // text. It reads n and never modifies it.
 func analyzeStatement(n *pg_query.Node, s *Session, st *Statement) {
+	if m := innerMessage(n); m != nil && st.Kind == "" {
+		st.Kind = string(m.Descriptor().Name())
+	}
 	a := newAnalyzer(s)
 	top := &scope{}
 	var res qres

@@ -251,16 +251,25 @@ func (a *analyzer) baseColumn(rel *catalog.Relation, col string) lin {
 	return lin{deps: []dep{{key: key, rule: rule}}, direct: true}
 }
 
-// viewColumn is the lineage of column col of view rel. A view column the
-// policy classifies is itself the base column (the rewrite masks views by
-// their own columns). Otherwise the catalog does not say which column of
-// which relation it comes from: it is attributed to every column of the
-// same name, and to every classified column, of the tables the view
-// reads, and is not direct.
+// viewColumn is the lineage of column col of view rel, following how the
+// rewrite treats views: a view some of whose columns the policy
+// classifies is masked by its own columns, so each of its columns is a
+// base column itself (classified or not). For a view the policy does not
+// classify, the catalog does not say which column of which relation a
+// view column comes from: it is attributed to every column of the same
+// name, and to every classified column, of the tables the view reads,
+// and is not direct.
 func (a *analyzer) viewColumn(rel *catalog.Relation, col string) lin {
 	key := rules.ColumnKey{Schema: rel.Name.Schema, Table: rel.Name.Name, Column: col}
-	if r := a.s.Policy.Column(key); r != nil {
-		return lin{deps: []dep{{key: key, rule: r}}, direct: true}
+	classified := false
+	for _, c := range rel.Columns {
+		if a.s.Policy.Column(rules.ColumnKey{Schema: rel.Name.Schema, Table: rel.Name.Name, Column: c.Name}) != nil {
+			classified = true
+			break
+		}
+	}
+	if classified {
+		return lin{deps: []dep{{key: key, rule: a.s.Policy.Column(key)}}, direct: true}
 	}
 	var l lin
 	for _, n := range rel.Reads {

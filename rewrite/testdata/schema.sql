@@ -5,6 +5,7 @@ CREATE ROLE support;
 CREATE ROLE billing;
 CREATE ROLE dpo;
 CREATE ROLE marketing;
+CREATE ROLE cardholder;
 CREATE ROLE senior_support IN ROLE support;
 CREATE SCHEMA crm;
 CREATE DOMAIN public.email_address AS text CHECK (VALUE LIKE '%@%');
@@ -46,3 +47,7 @@ INSERT INTO public.payments VALUES (1, 1, '4111111111111111');
 INSERT INTO public.events VALUES (1, 'ada@example.com', '2024-05-01'), (2, 'alan@example.org', '2025-05-01');
 GRANT USAGE ON SCHEMA crm TO PUBLIC;
 CREATE TABLE public.vip_customers (tier int) INHERITS (public.customers);
+-- Encrypted columns hold ciphertext (here stand-in text).
+CREATE TABLE public.cards (id int PRIMARY KEY, customer_id int, pan text, cvv text, holder text);
+INSERT INTO public.cards VALUES (1, 1, 'ct:v1:AAAA', 'ct:v1:BBBB', 'Ada');
+CREATE VIEW public.card_holders AS SELECT id, holder, pan FROM public.cards;
