@@ -1,0 +1,708 @@
+package audit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Defaults for the zero values of Config.
+const (
+	defaultQueueSize     = 8192
+	defaultKeep          = 10
+	defaultRetryInterval = time.Second
+)
+
+// flushSize is the buffer size at which the writer writes to the file even
+// while more records are queued.
+const flushSize = 64 << 10
+
+// logEvery rate-limits the writer's log lines about losses and errors.
+const logEvery = 10 * time.Second
+
+// Errors callers branch on.
+var (
+	// ErrClosed is returned by Flush and Close on a closed Writer.
+	ErrClosed = errors.New("audit: writer closed")
+)
+
+// Config configures a Writer.
+type Config struct {
+	// Path is the log file; required. It is created with mode 0600 and
+	// appended to; an existing log's chain is continued.
+	Path string
+	// Key is the HMAC-SHA-256 key; nil writes lines without an hmac.
+	Key []byte
+	// KeyFile is read with LoadKey when Key is nil; "" means no key.
+	KeyFile string
+	// MaxSize is the size in bytes after which the log is rotated
+	// (Path → Path.1 → Path.2 ...); zero never rotates.
+	MaxSize int64
+	// Keep is how many rotated files are kept; zero means 10. The oldest
+	// beyond it is deleted.
+	Keep int
+	// QueueSize is how many records may wait for the writer; zero means
+	// 8192.
+	QueueSize int
+	// OnFull is what happens when the queue is full or the disk refuses
+	// a write; the zero value is OnFullDrop.
+	OnFull OnFull
+	// FlushInterval is how long buffered lines may wait for more before
+	// they are written; zero writes as soon as the queue is empty.
+	FlushInterval time.Duration
+	// RetryInterval is how often a failing log is tried again; zero means
+	// one second.
+	RetryInterval time.Duration
+	// Observer receives counts for metrics; nil means none.
+	Observer Observer
+	// Logger receives the writer's (rate-limited) warnings and errors;
+	// nil discards them.
+	Logger *slog.Logger
+}
+
+// Observer receives the writer's events, for metrics. Its methods are
+// called from Write and from the writer's goroutine, so they must be safe
+// for concurrent use and fast.
+type Observer interface {
+	// Written counts statement lines that reached the file.
+	Written(n int)
+	// Dropped counts records lost (queue full, write error, close timeout).
+	Dropped(n int)
+	// Error counts a failed write or rotation by kind: "enospc", "eio",
+	// "edquot", "efbig", "io", "rotate".
+	Error(kind string)
+	// Rotated counts rotations.
+	Rotated()
+}
+
+type noObserver struct{}
+
+func (noObserver) Written(int)  {}
+func (noObserver) Dropped(int)  {}
+func (noObserver) Error(string) {}
+func (noObserver) Rotated()     {}
+
+// Stats are a Writer's counters since New.
+type Stats struct {
+	Written   uint64 // statement lines written to the file
+	Markers   uint64 // gap and torn marker lines written to the file
+	Dropped   uint64 // records lost: queue full, write errors, close timeout
+	Errors    uint64 // failed writes, truncations and rotations
+	Rotations uint64 // completed rotations
+}
+
+// Loss reasons, as written in a gap marker's reason.
+const (
+	reasonQueue = 1 << iota // the queue was full
+	reasonIO                // the file could not be written
+	reasonClose             // Close gave up waiting
+)
+
+// reasonText returns the reason member of a gap marker for a set of
+// reasons.
+func reasonText(r int) string {
+	var s string
+	for _, p := range []struct {
+		bit  int
+		text string
+	}{{reasonQueue, "queue full"}, {reasonIO, "write error"}, {reasonClose, "close timeout"}} {
+		if r&p.bit != 0 {
+			if s != "" {
+				s += ", "
+			}
+			s += p.text
+		}
+	}
+	return s
+}
+
+// pending counts what the unwritten buffer holds.
+type pending struct {
+	stmts   int
+	markers int
+	lost    int64 // records counted by gap markers
+	reasons int
+	torn    int64 // bytes counted by torn markers
+}
+
+func (p *pending) add(q pending) {
+	p.stmts += q.stmts
+	p.markers += q.markers
+	p.lost += q.lost
+	p.reasons |= q.reasons
+	p.torn += q.torn
+}
+
+// Writer appends records to the audit log from one goroutine. Write may be
+// called from any goroutine; Close must be called once at shutdown.
+type Writer struct {
+	cfg Config
+	obs Observer
+	log *slog.Logger
+
+	queue     chan *Record
+	flushReq  chan chan error
+	closing   chan struct{}
+	abort     chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+	abortOnce sync.Once
+	stopping  atomic.Bool
+	inflight  atomic.Int64
+	queueLost atomic.Int64 // dropped by Write, not yet seen by the goroutine
+
+	written, markers, dropped, errs, rotations atomic.Uint64
+
+	headMu sync.Mutex
+	head   head // the last line on disk
+
+	closeErr error // set by the goroutine before done is closed
+
+	// The fields below belong to the writer goroutine (and to New).
+	f           *os.File
+	size        int64 // bytes of the current file that are written
+	chain       *chain
+	committed   head // chain position at the end of what is written
+	buf         []byte
+	inBuf       pending
+	pendingLost int64 // lost records no gap marker counts yet
+	pendingWhy  int
+	pendingTorn int64
+	failing     bool // the last write failed
+	lastErr     error
+	lastTry     time.Time
+	needTrunc   bool // a partial write must be cut off before the next
+	aborted     bool
+	lastLog     time.Time
+	suppressed  int
+}
+
+// New opens (or creates) the log, continues its chain, and starts the
+// writer goroutine. A torn last line is truncated and a torn marker is the
+// first line written.
+func New(cfg Config) (*Writer, error) {
+	if cfg.Path == "" {
+		return nil, errors.New("audit: missing Path")
+	}
+	if cfg.Key != nil && cfg.KeyFile != "" {
+		return nil, errors.New("audit: Key and KeyFile are exclusive")
+	}
+	if cfg.MaxSize < 0 || cfg.Keep < 0 || cfg.QueueSize < 0 || cfg.FlushInterval < 0 || cfg.RetryInterval < 0 {
+		return nil, errors.New("audit: MaxSize, Keep, QueueSize, FlushInterval and RetryInterval must not be negative")
+	}
+	if cfg.OnFull != OnFullDrop && cfg.OnFull != OnFullBlock {
+		return nil, fmt.Errorf("audit: unknown OnFull %v", cfg.OnFull)
+	}
+	if cfg.Key != nil && len(cfg.Key) < MinKeySize {
+		return nil, fmt.Errorf("audit: key is %d bytes, want at least %d", len(cfg.Key), MinKeySize)
+	}
+	if cfg.KeyFile != "" {
+		key, err := LoadKey(cfg.KeyFile)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Key = key
+	}
+	if cfg.Keep == 0 {
+		cfg.Keep = defaultKeep
+	}
+	if cfg.QueueSize == 0 {
+		cfg.QueueSize = defaultQueueSize
+	}
+	if cfg.RetryInterval == 0 {
+		cfg.RetryInterval = defaultRetryInterval
+	}
+	w := &Writer{
+		cfg:      cfg,
+		obs:      cfg.Observer,
+		log:      cfg.Logger,
+		queue:    make(chan *Record, cfg.QueueSize),
+		flushReq: make(chan chan error),
+		closing:  make(chan struct{}),
+		abort:    make(chan struct{}),
+		done:     make(chan struct{}),
+		chain:    newChain(cfg.Key),
+		buf:      make([]byte, 0, flushSize+4096),
+	}
+	if w.obs == nil {
+		w.obs = noObserver{}
+	}
+	if w.log == nil {
+		w.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	f, size, h, torn, err := resume(cfg.Path)
+	if err != nil {
+		return nil, err
+	}
+	w.f, w.size, w.committed, w.head = f, size, h, h
+	w.chain.seq, w.chain.hash = h.seq, h.hash
+	if torn > 0 {
+		w.pendingTorn = torn
+		w.log.Warn("audit log had a torn last line; truncated it and will write a torn marker",
+			"path", cfg.Path, "torn_bytes", torn)
+	}
+	go w.run()
+	return w, nil
+}
+
+// Write hands r to the writer and returns at once. The Writer owns r from
+// then on: the caller must not modify it (Write sets a zero Time to now).
+// When the queue is full, r is dropped and counted (OnFullDrop) or Write
+// waits for room (OnFullBlock). After Close, r is dropped and counted.
+func (w *Writer) Write(r *Record) {
+	if r.Time.IsZero() {
+		r.Time = time.Now()
+	}
+	w.inflight.Add(1)
+	defer w.inflight.Add(-1)
+	if w.stopping.Load() {
+		w.drop()
+		return
+	}
+	if w.cfg.OnFull == OnFullBlock {
+		w.queue <- r
+		return
+	}
+	select {
+	case w.queue <- r:
+	default:
+		w.drop()
+	}
+}
+
+func (w *Writer) drop() {
+	w.queueLost.Add(1)
+	w.dropped.Add(1)
+	w.obs.Dropped(1)
+}
+
+// Head returns the sequence number and the hex SHA-256 of the last line
+// written to the file: an anchor to export (log it, publish it as a
+// metric) so that a later truncation of the log can be detected with
+// pgveil audit verify --expect-head SEQ:HASH. Before the first line it is
+// (0, Genesis).
+func (w *Writer) Head() (seq uint64, hash string) {
+	w.headMu.Lock()
+	defer w.headMu.Unlock()
+	return w.head.seq, string(w.head.hash[:])
+}
+
+// Stats returns the writer's counters.
+func (w *Writer) Stats() Stats {
+	return Stats{
+		Written:   w.written.Load(),
+		Markers:   w.markers.Load(),
+		Dropped:   w.dropped.Load(),
+		Errors:    w.errs.Load(),
+		Rotations: w.rotations.Load(),
+	}
+}
+
+// Flush writes every record Write accepted before the call to the file
+// (without fsync). It returns the last write error if the log cannot be
+// written.
+func (w *Writer) Flush(ctx context.Context) error {
+	if w.stopping.Load() {
+		return ErrClosed
+	}
+	reply := make(chan error, 1)
+	select {
+	case w.flushReq <- reply:
+	case <-w.done:
+		return ErrClosed
+	case <-ctx.Done():
+		return fmt.Errorf("audit: flush: %w", ctx.Err())
+	}
+	select {
+	case err := <-reply:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("audit: flush: %w", ctx.Err())
+	}
+}
+
+// Close stops accepting records, writes everything queued, syncs and
+// closes the file. When ctx ends first (the disk is failing and OnFull is
+// OnFullBlock), the remaining records are counted as dropped and Close
+// returns. A graceful Close loses nothing.
+func (w *Writer) Close(ctx context.Context) error {
+	first := false
+	w.closeOnce.Do(func() {
+		first = true
+		w.stopping.Store(true)
+		close(w.closing)
+	})
+	if !first {
+		<-w.done
+		return ErrClosed
+	}
+	select {
+	case <-w.done:
+	case <-ctx.Done():
+		w.abortOnce.Do(func() { close(w.abort) })
+		<-w.done
+	}
+	return w.closeErr
+}
+
+// run is the writer goroutine.
+func (w *Writer) run() {
+	defer close(w.done)
+	var flushC, retryC <-chan time.Time
+	var flushT, retryT *time.Timer
+	if w.pendingTorn > 0 {
+		w.emitMarkers()
+		w.flush()
+	}
+	for {
+		if w.failing && retryC == nil {
+			retryT = time.NewTimer(w.cfg.RetryInterval)
+			retryC = retryT.C
+		}
+		select {
+		case r := <-w.queue:
+			w.take(r)
+			w.drain()
+			switch {
+			case w.cfg.FlushInterval == 0:
+				w.flush()
+			case flushC == nil && len(w.buf) > 0:
+				flushT = time.NewTimer(w.cfg.FlushInterval)
+				flushC = flushT.C
+			}
+		case <-flushC:
+			flushC = nil
+			w.flush()
+		case <-retryC:
+			retryC = nil
+			if w.failing {
+				w.lastTry = time.Now()
+				w.emitMarkers()
+				w.flush()
+			}
+		case reply := <-w.flushReq:
+			w.drain()
+			w.emitMarkers()
+			w.flush()
+			if w.failing {
+				reply <- fmt.Errorf("audit: log not writable: %w", w.lastErr)
+			} else {
+				reply <- nil
+			}
+		case <-w.closing:
+			if flushT != nil {
+				flushT.Stop()
+			}
+			if retryT != nil {
+				retryT.Stop()
+			}
+			w.finish()
+			return
+		}
+	}
+}
+
+// drain takes every record that is queued now.
+func (w *Writer) drain() {
+	for {
+		select {
+		case r := <-w.queue:
+			w.take(r)
+		default:
+			return
+		}
+	}
+}
+
+// finish runs at Close: it takes what is queued and what Writes still in
+// flight add, writes it, and closes the file.
+func (w *Writer) finish() {
+	for {
+		w.drain()
+		if w.inflight.Load() == 0 && len(w.queue) == 0 {
+			break
+		}
+		select {
+		case <-w.abort:
+			w.aborted = true
+		case <-time.After(time.Millisecond):
+		}
+	}
+	w.emitMarkers()
+	w.flush()
+	if n := w.queueLost.Swap(0); n > 0 {
+		w.pendingLost += n
+	}
+	var errs []error
+	if w.pendingLost > 0 {
+		errs = append(errs, fmt.Errorf("audit: %d lost records could not be recorded in the log", w.pendingLost))
+	}
+	if w.failing {
+		errs = append(errs, fmt.Errorf("audit: log not writable: %w", w.lastErr))
+	}
+	if err := w.f.Sync(); err != nil && !w.failing {
+		errs = append(errs, fmt.Errorf("audit: sync log: %w", err))
+	}
+	if err := w.f.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("audit: close log: %w", err))
+	}
+	w.closeErr = errors.Join(errs...)
+}
+
+// take encodes one record into the buffer, or drops it while the log is
+// failing under OnFullDrop.
+func (w *Writer) take(r *Record) {
+	if w.failing && (w.cfg.OnFull == OnFullDrop || w.aborted) {
+		if time.Since(w.lastTry) >= w.cfg.RetryInterval {
+			w.lastTry = time.Now()
+			w.emitMarkers()
+			w.flush()
+		}
+		if w.failing {
+			w.pendingLost++
+			w.pendingWhy |= reasonIO
+			w.dropped.Add(1)
+			w.obs.Dropped(1)
+			return
+		}
+	}
+	w.emitMarkers()
+	preSeq, preHash, start := w.chain.seq, w.chain.hash, len(w.buf)
+	w.buf = w.chain.appendStatement(w.buf, r)
+	w.placed(start, head{preSeq, preHash}, pending{stmts: 1})
+}
+
+// emitMarkers appends the torn marker and the gap marker that are due.
+func (w *Writer) emitMarkers() {
+	if n := w.queueLost.Load(); n > 0 {
+		w.pendingLost += w.queueLost.Swap(0)
+		w.pendingWhy |= reasonQueue
+	}
+	if w.pendingTorn > 0 {
+		n := w.pendingTorn
+		w.pendingTorn = 0
+		preSeq, preHash, start := w.chain.seq, w.chain.hash, len(w.buf)
+		w.buf = w.chain.appendTorn(w.buf, time.Now(), n)
+		w.placed(start, head{preSeq, preHash}, pending{markers: 1, torn: n})
+	}
+	if w.pendingLost > 0 {
+		n, why := w.pendingLost, w.pendingWhy
+		w.pendingLost, w.pendingWhy = 0, 0
+		w.ratedLog(slog.LevelWarn, "audit records lost; writing a gap marker", "lost", n, "reason", reasonText(why))
+		preSeq, preHash, start := w.chain.seq, w.chain.hash, len(w.buf)
+		w.buf = w.chain.appendGap(w.buf, time.Now(), n, reasonText(why))
+		w.placed(start, head{preSeq, preHash}, pending{markers: 1, lost: n, reasons: why})
+	}
+}
+
+// placed accounts for the line just appended at buf[start:], whose
+// predecessor is pre; it rotates before the line when the line would take
+// the file past MaxSize, and writes out a full buffer.
+func (w *Writer) placed(start int, pre head, line pending) {
+	w.inBuf.add(line)
+	if w.cfg.MaxSize > 0 && w.size+int64(len(w.buf)) > w.cfg.MaxSize && w.size+int64(start) > 0 {
+		if start > 0 {
+			before := w.inBuf
+			before.stmts -= line.stmts
+			before.markers -= line.markers
+			before.lost -= line.lost
+			before.torn -= line.torn
+			if w.writeOut(start, pre, before) != nil {
+				return
+			}
+		}
+		w.rotate()
+	}
+	if len(w.buf) >= flushSize {
+		w.flush()
+	}
+}
+
+// flush writes the whole buffer.
+func (w *Writer) flush() {
+	if len(w.buf) == 0 {
+		return
+	}
+	w.writeOut(len(w.buf), head{w.chain.seq, w.chain.hash}, w.inBuf)
+}
+
+// writeOut writes buf[:n], which ends at chain position end and holds
+// what counts describes. On failure the file is cut back to its last
+// complete line; then OnFullDrop discards the whole buffer (its records
+// are lost and a gap marker will count them) while OnFullBlock retries
+// until the write succeeds or Close gives up.
+func (w *Writer) writeOut(n int, end head, counts pending) error {
+	for {
+		err := w.tryWrite(n)
+		if err == nil {
+			break
+		}
+		w.failing, w.lastErr, w.lastTry = true, err, time.Now()
+		w.noteError(errKind(err), err)
+		if w.cfg.OnFull == OnFullDrop || w.aborted {
+			w.discard()
+			return err
+		}
+		t := time.NewTimer(w.cfg.RetryInterval)
+		select {
+		case <-w.abort:
+			t.Stop()
+			w.aborted = true
+			w.discard()
+			return err
+		case <-t.C:
+		}
+	}
+	w.size += int64(n)
+	w.committed = end
+	w.headMu.Lock()
+	w.head = end
+	w.headMu.Unlock()
+	w.buf = w.buf[:copy(w.buf, w.buf[n:])]
+	w.inBuf.stmts -= counts.stmts
+	w.inBuf.markers -= counts.markers
+	w.inBuf.lost -= counts.lost
+	w.inBuf.torn -= counts.torn
+	if w.inBuf.markers == 0 {
+		w.inBuf.reasons = 0
+	}
+	w.written.Add(uint64(counts.stmts))
+	w.markers.Add(uint64(counts.markers))
+	if counts.stmts > 0 {
+		w.obs.Written(counts.stmts)
+	}
+	if w.failing {
+		w.failing = false
+		w.log.Info("audit log writable again", "path", w.cfg.Path)
+	}
+	return nil
+}
+
+// tryWrite writes buf[:n] once; a partial write is truncated away.
+func (w *Writer) tryWrite(n int) error {
+	if w.needTrunc {
+		if err := w.f.Truncate(w.size); err != nil {
+			return fmt.Errorf("truncate partial write: %w", err)
+		}
+		w.needTrunc = false
+	}
+	m, err := w.f.Write(w.buf[:n])
+	if err == nil {
+		return nil
+	}
+	if m > 0 {
+		w.needTrunc = true
+		if w.f.Truncate(w.size) == nil {
+			w.needTrunc = false
+		}
+	}
+	return err
+}
+
+// discard drops the unwritten buffer after a failed write: the chain goes
+// back to the last line on disk and the buffer's records become a loss
+// for the next gap marker to count.
+func (w *Writer) discard() {
+	w.chain.seq, w.chain.hash = w.committed.seq, w.committed.hash
+	w.buf = w.buf[:0]
+	p := w.inBuf
+	w.inBuf = pending{}
+	w.pendingTorn += p.torn
+	w.pendingLost += p.lost + int64(p.stmts)
+	w.pendingWhy |= p.reasons
+	if p.stmts > 0 {
+		w.pendingWhy |= reasonIO
+		w.dropped.Add(uint64(p.stmts))
+		w.obs.Dropped(p.stmts)
+	}
+}
+
+// rotate renames Path to Path.1 (shifting older files up and deleting the
+// one beyond Keep) and opens a new Path. On failure it logs, counts, and
+// goes on writing to the current file.
+func (w *Writer) rotate() {
+	path := w.cfg.Path
+	tmp := path + ".new"
+	nf, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
+	if err != nil {
+		w.noteError("rotate", err)
+		return
+	}
+	if err := os.Remove(path + "." + strconv.Itoa(w.cfg.Keep)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		w.noteError("rotate", err)
+	}
+	for i := w.cfg.Keep - 1; i >= 1; i-- {
+		from, to := path+"."+strconv.Itoa(i), path+"."+strconv.Itoa(i+1)
+		if err := os.Rename(from, to); err != nil && !errors.Is(err, os.ErrNotExist) {
+			w.noteError("rotate", err)
+		}
+	}
+	if err := os.Rename(path, path+".1"); err != nil {
+		nf.Close()
+		os.Remove(tmp)
+		w.noteError("rotate", err)
+		return
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		// The current file is now Path.1; keep writing to it and retry
+		// at the next rotation.
+		nf.Close()
+		os.Remove(tmp)
+		w.noteError("rotate", err)
+		return
+	}
+	if err := w.f.Sync(); err != nil {
+		w.noteError(errKind(err), err)
+	}
+	w.f.Close()
+	w.f, w.size = nf, 0
+	w.rotations.Add(1)
+	w.obs.Rotated()
+}
+
+// errKind labels a write error for metrics and logs.
+func errKind(err error) string {
+	switch {
+	case errors.Is(err, syscall.ENOSPC):
+		return "enospc"
+	case errors.Is(err, syscall.EIO):
+		return "eio"
+	case errors.Is(err, syscall.EDQUOT):
+		return "edquot"
+	case errors.Is(err, syscall.EFBIG):
+		return "efbig"
+	}
+	return "io"
+}
+
+// noteError counts an error under kind and logs it, rate-limited.
+func (w *Writer) noteError(kind string, err error) {
+	w.errs.Add(1)
+	w.obs.Error(kind)
+	w.ratedLog(slog.LevelError, "audit log write failed", "kind", kind, "err", err,
+		"on_full", w.cfg.OnFull.String(), "dropped_total", w.dropped.Load())
+}
+
+// ratedLog logs at most one line per logEvery and says how many it
+// suppressed since the last.
+func (w *Writer) ratedLog(level slog.Level, msg string, args ...any) {
+	now := time.Now()
+	if !w.lastLog.IsZero() && now.Sub(w.lastLog) < logEvery {
+		w.suppressed++
+		return
+	}
+	args = append(args, "path", w.cfg.Path)
+	if w.suppressed > 0 {
+		args = append(args, "suppressed", w.suppressed)
+	}
+	w.log.Log(context.Background(), level, msg, args...)
+	w.lastLog, w.suppressed = now, 0
+}
