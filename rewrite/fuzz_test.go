@@ -7,11 +7,14 @@ import (
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/pgveil/pgveil/rules"
 )
 
-// FuzzRewrite feeds arbitrary SQL to a masked session: no panic, every
-// output re-parses, and no protected relation is read anywhere except
-// through a masking sub-query.
+// FuzzRewrite feeds arbitrary SQL to a masked and to a raw session: no
+// panic, every output re-parses, no protected relation is read anywhere
+// except through a masking sub-query, the raw session's text is never
+// refused or changed, and the output facts are consistent with the text.
 func FuzzRewrite(f *testing.F) {
 	if fx == nil {
 		f.Skip("PostgreSQL not installed")
@@ -24,10 +27,23 @@ func FuzzRewrite(f *testing.F) {
 		}
 	}
 	s := session(f, caseHeader{roles: []string{"analyst"}, searchPath: []string{"$user", "public"}})
+	raw := trackedSession(f, "dpo")
 	f.Fuzz(func(t *testing.T, sql string) {
+		// A raw session's analysis never fails and never changes the
+		// text; its facts are consistent.
+		rp, err := Analyze(sql, raw)
+		if err != nil || rp.SQL != sql || rp.Rewritten {
+			t.Fatalf("raw analysis: %v", err)
+		}
+		checkOutputs(t, sql, rp)
 		plan, err := Rewrite(sql, s)
 		if err != nil || !plan.Rewritten {
 			return
+		}
+		checkOutputs(t, sql, plan)
+		// The masked session's facts are those Analyze finds.
+		if ap, err := Analyze(sql, s); err != nil || renderFacts(ap) != renderFacts(plan) {
+			t.Fatalf("Analyze and Rewrite disagree: %v\n%s\n%s", err, renderFacts(ap), renderFacts(plan))
 		}
 		tree, err := pg_query.Parse(plan.SQL)
 		if err != nil {
@@ -37,6 +53,46 @@ func FuzzRewrite(f *testing.F) {
 			t.Fatalf("%s is read without masking in\n%s", leak, plan.SQL)
 		}
 	})
+}
+
+// checkOutputs checks the output facts of a plan against its text: a
+// plain SELECT without * has one output per target; a Source comes with
+// its rule, and a transform only for an encrypted column.
+func checkOutputs(t *testing.T, sql string, p *Plan) {
+	t.Helper()
+	if !p.Analyzed {
+		return
+	}
+	tree, err := pg_query.Parse(sql)
+	if err != nil || len(tree.Stmts) != len(p.Statements) {
+		t.Fatalf("%d statements analysed for %d parsed (%v)", len(p.Statements), len(tree.GetStmts()), err)
+	}
+statements:
+	for i, st := range p.Statements {
+		if !st.OutputsKnown && len(st.Outputs) != 0 {
+			t.Fatalf("statement %d: outputs listed but not known", i)
+		}
+		for _, o := range st.Outputs {
+			if o.Source == nil && (o.Rule != nil || o.Transform != TransformNone) {
+				t.Fatalf("statement %d: a transform without a source: %+v", i, o)
+			}
+			if o.Transform != TransformNone && (o.Rule == nil || o.Rule.Encrypted == nil) {
+				t.Fatalf("statement %d: a transform of an unencrypted column: %+v", i, o)
+			}
+		}
+		sel := tree.Stmts[i].Stmt.GetSelectStmt()
+		if sel == nil || sel.Op != pg_query.SetOperation_SETOP_NONE || len(sel.ValuesLists) > 0 || sel.IntoClause != nil || !st.OutputsKnown {
+			continue
+		}
+		for _, tl := range sel.TargetList {
+			if c := tl.GetResTarget().GetVal().GetColumnRef(); c != nil && isStar(c) {
+				continue statements
+			}
+		}
+		if len(st.Outputs) != len(sel.TargetList) {
+			t.Fatalf("statement %d: %d outputs for %d targets", i, len(st.Outputs), len(sel.TargetList))
+		}
+	}
 }
 
 // TestNoUnmaskedReadInGolden applies the fuzz target's leak check to every
@@ -90,6 +146,13 @@ func unmaskedRead(s *Session, tree *pg_query.ParseResult) string {
 					continue
 				}
 				masked := w.maskedColumns(rel)
+				for c := range masked {
+					// An encrypted column is projected as stored
+					// (ciphertext); the proxy decrypts and masks it.
+					if r := w.columnRule(rel, c); r != nil && r.Encrypted != nil && r.Class.Mask.Kind != rules.MaskDeny {
+						delete(masked, c)
+					}
+				}
 				for _, t := range sel.TargetList {
 					rt := t.GetResTarget()
 					if rt == nil {

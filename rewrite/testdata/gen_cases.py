@@ -98,6 +98,20 @@ SELECT card_number FROM payments
 role_analyst_card|SELECT card_number FROM payments
 role_marketing_row_filter|-- roles: marketing
 SELECT id, city FROM customers
+encrypted_star|SELECT * FROM cards
+encrypted_where|SELECT id, pan FROM cards WHERE pan = 'ct:v1:AAAA'
+encrypted_expression|SELECT upper(pan), length(pan) FROM cards c
+encrypted_deny_explicit|SELECT cvv FROM cards
+encrypted_deny_where|SELECT id FROM cards WHERE cvv IS NOT NULL
+encrypted_decrypt_role|-- roles: cardholder
+SELECT pan, holder FROM cards
+encrypted_decrypt_role_star|-- roles: cardholder
+SELECT * FROM cards
+encrypted_dpo_raw|-- roles: dpo
+SELECT * FROM cards
+encrypted_view_unclassified|SELECT * FROM card_holders
+encrypted_write_refused|UPDATE cards SET pan = 'ct:v1:CCCC' WHERE id = 1
+encrypted_join_subquery|SELECT c.name, k.pan FROM customers c JOIN (SELECT customer_id, pan FROM cards) k ON k.customer_id = c.id
 role_unknown_masks|-- roles: somebody
 SELECT email FROM customers
 func_query_to_xml|SELECT query_to_xml('select * from customers', true, true, '')

@@ -1,0 +1,2 @@
+-- roles: cardholder
+SELECT pan, holder FROM cards

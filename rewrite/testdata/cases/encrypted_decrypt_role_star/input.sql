@@ -1,0 +1,2 @@
+-- roles: cardholder
+SELECT * FROM cards

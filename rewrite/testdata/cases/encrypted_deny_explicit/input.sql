@@ -1,0 +1,1 @@
+SELECT cvv FROM cards

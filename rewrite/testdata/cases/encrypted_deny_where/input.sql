@@ -1,0 +1,1 @@
+SELECT id FROM cards WHERE cvv IS NOT NULL

@@ -1,0 +1,2 @@
+-- roles: dpo
+SELECT * FROM cards

@@ -1,0 +1,1 @@
+SELECT upper(pan), length(pan) FROM cards c

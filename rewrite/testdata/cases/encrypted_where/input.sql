@@ -1,0 +1,1 @@
+SELECT id, pan FROM cards WHERE pan = 'ct:v1:AAAA'
