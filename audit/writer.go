@@ -181,8 +181,9 @@ type Writer struct {
 	lastTry     time.Time
 	needTrunc   bool // a partial write must be cut off before the next
 	aborted     bool
-	lastLog     time.Time
-	suppressed  int
+	errLog      limiter
+	lossLog     limiter
+	okLog       limiter
 }
 
 // New opens (or creates) the log, continues its chain, and starts the
@@ -442,6 +443,9 @@ func (w *Writer) finish() {
 		w.pendingLost += n
 	}
 	var errs []error
+	if w.aborted {
+		errs = append(errs, fmt.Errorf("audit: close gave up waiting for the log to be writable; %d records lost since start", w.dropped.Load()))
+	}
 	if w.pendingLost > 0 {
 		errs = append(errs, fmt.Errorf("audit: %d lost records could not be recorded in the log", w.pendingLost))
 	}
@@ -469,6 +473,9 @@ func (w *Writer) take(r *Record) {
 		if w.failing {
 			w.pendingLost++
 			w.pendingWhy |= reasonIO
+			if w.aborted {
+				w.pendingWhy |= reasonClose
+			}
 			w.dropped.Add(1)
 			w.obs.Dropped(1)
 			return
@@ -496,7 +503,7 @@ func (w *Writer) emitMarkers() {
 	if w.pendingLost > 0 {
 		n, why := w.pendingLost, w.pendingWhy
 		w.pendingLost, w.pendingWhy = 0, 0
-		w.ratedLog(slog.LevelWarn, "audit records lost; writing a gap marker", "lost", n, "reason", reasonText(why))
+		w.rated(&w.lossLog, slog.LevelWarn, "audit records lost; writing a gap marker", "lost", n, "reason", reasonText(why))
 		preSeq, preHash, start := w.chain.seq, w.chain.hash, len(w.buf)
 		w.buf = w.chain.appendGap(w.buf, time.Now(), n, reasonText(why))
 		w.placed(start, head{preSeq, preHash}, pending{markers: 1, lost: n, reasons: why})
@@ -581,7 +588,7 @@ func (w *Writer) writeOut(n int, end head, counts pending) error {
 	}
 	if w.failing {
 		w.failing = false
-		w.log.Info("audit log writable again", "path", w.cfg.Path)
+		w.rated(&w.okLog, slog.LevelInfo, "audit log writable again")
 	}
 	return nil
 }
@@ -620,6 +627,9 @@ func (w *Writer) discard() {
 	w.pendingWhy |= p.reasons
 	if p.stmts > 0 {
 		w.pendingWhy |= reasonIO
+		if w.aborted {
+			w.pendingWhy |= reasonClose
+		}
 		w.dropped.Add(uint64(p.stmts))
 		w.obs.Dropped(p.stmts)
 	}
@@ -687,22 +697,28 @@ func errKind(err error) string {
 func (w *Writer) noteError(kind string, err error) {
 	w.errs.Add(1)
 	w.obs.Error(kind)
-	w.ratedLog(slog.LevelError, "audit log write failed", "kind", kind, "err", err,
+	w.rated(&w.errLog, slog.LevelError, "audit log write failed", "kind", kind, "err", err,
 		"on_full", w.cfg.OnFull.String(), "dropped_total", w.dropped.Load())
 }
 
-// ratedLog logs at most one line per logEvery and says how many it
-// suppressed since the last.
-func (w *Writer) ratedLog(level slog.Level, msg string, args ...any) {
+// limiter lets one log line through per logEvery and counts the rest.
+type limiter struct {
+	last       time.Time
+	suppressed int
+}
+
+// log logs msg through l: at most one line per logEvery, saying how many
+// were suppressed since the last.
+func (w *Writer) rated(l *limiter, level slog.Level, msg string, args ...any) {
 	now := time.Now()
-	if !w.lastLog.IsZero() && now.Sub(w.lastLog) < logEvery {
-		w.suppressed++
+	if !l.last.IsZero() && now.Sub(l.last) < logEvery {
+		l.suppressed++
 		return
 	}
 	args = append(args, "path", w.cfg.Path)
-	if w.suppressed > 0 {
-		args = append(args, "suppressed", w.suppressed)
+	if l.suppressed > 0 {
+		args = append(args, "suppressed", l.suppressed)
 	}
 	w.log.Log(context.Background(), level, msg, args...)
-	w.lastLog, w.suppressed = now, 0
+	l.last, l.suppressed = now, 0
 }
