@@ -330,7 +330,7 @@ var buildBinary = sync.OnceValues(func() (string, error) {
 })
 
 // startBinary runs "pgveil serve" with args and waits until it accepts.
-func startBinary(t *testing.T, args ...string) (*exec.Cmd, int, *strings.Builder) {
+func startBinary(t *testing.T, args ...string) (*exec.Cmd, int, *lockedBuffer) {
 	t.Helper()
 	bin, err := buildBinary()
 	if err != nil {
@@ -349,12 +349,18 @@ func startBinary(t *testing.T, args ...string) (*exec.Cmd, int, *strings.Builder
 	}
 	cmd := exec.Command(bin, append(base, args...)...)
 	cmd.Env = cleanEnv()
-	var logs strings.Builder
-	cmd.Stdout, cmd.Stderr = &logs, &logs
+	logs := new(lockedBuffer)
+	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _, _ = cmd.Process.Wait() })
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_, _ = cmd.Process.Wait()
+		if t.Failed() {
+			t.Logf("pgveil output:\n%s", logs)
+		}
+	})
 	waitFor(t, 10*time.Second, "pgveil to listen", func() bool {
 		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err == nil {
@@ -362,7 +368,26 @@ func startBinary(t *testing.T, args ...string) (*exec.Cmd, int, *strings.Builder
 		}
 		return err == nil
 	})
-	return cmd, port, &logs
+	return cmd, port, logs
+}
+
+// lockedBuffer collects a process's output; the test may read it while
+// the process still writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // TestSIGTERMUnderLoad stops the binary while clients run queries and

@@ -168,6 +168,10 @@ func (h *serverSide) class(typ byte) msgClass {
 		if !h.ready {
 			return classIntercept
 		}
+	case '1', '3':
+		if h.s.swallowing.Load() {
+			return classIntercept
+		}
 	}
 	return classStream
 }
@@ -247,6 +251,11 @@ func (h *serverSide) message(typ byte, msg []byte) error {
 		return h.auth(msg)
 	case 'K':
 		return h.keyData(msg)
+	case '1', '3':
+		if s.swallowed(typ) {
+			return nil
+		}
+		return h.write(msg)
 	}
 	return fmt.Errorf("unexpected intercepted message %q", typ)
 }

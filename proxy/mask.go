@@ -59,7 +59,7 @@ type maskedSession struct {
 	// analysed in. PostgreSQL re-analyses a prepared statement when
 	// search_path or the role changes, so running it in another context
 	// would resolve names the proxy never checked; that is refused.
-	prepared map[string]string
+	prepared map[string]prepInfo
 	// changers holds the prepared statements that change search_path or
 	// the role when executed: binding one makes the context dirty.
 	changers map[string]bool
@@ -114,7 +114,7 @@ func (s *session) decideMode() (*maskedSession, error) {
 		return nil, &clientError{code: codeInvalidAuthSpec, msg: "pgveil: masked sessions need standard_conforming_strings=on"}
 	}
 	return &maskedSession{s: s, cache: s.srv.cache, policy: policy, grants: grants, roles: roles, refusals: map[uint64]error{},
-		user: s.user, prepared: map[string]string{}, changers: map[string]bool{}, refreshed: make(chan struct{}, 1), idle: make(chan struct{}, 1)}, nil
+		user: s.user, prepared: map[string]prepInfo{}, changers: map[string]bool{}, refreshed: make(chan struct{}, 1), idle: make(chan struct{}, 1)}, nil
 }
 
 func utf8Encoding(v string) bool {
@@ -163,16 +163,16 @@ func (m *maskedSession) analyse(sql string) (*rewrite.Plan, error) {
 			m.dirty = true
 		}
 		if st.Executes != "" && m.stale(st.Executes) {
-			return nil, &rewrite.Refusal{Rule: "stale-statement", Message: "prepared statement " + st.Executes + " was analysed under another search_path or role; prepare it again"}
+			return nil, &rewrite.Refusal{Rule: "stale-statement", Message: "prepared statement " + st.Executes + " was analysed under another search_path, role or policy; prepare it again"}
 		}
 	}
 	for _, st := range plan.Statements {
 		switch {
 		case st.Prepares != "":
-			m.remember(st.Prepares)
+			m.remember(st.Prepares, "", nil)
 		case st.DeallocateAll:
 			m.mu.Lock()
-			m.prepared = map[string]string{}
+			m.prepared = map[string]prepInfo{}
 			m.mu.Unlock()
 		case st.Deallocates != "":
 			m.mu.Lock()
@@ -203,22 +203,96 @@ func (m *maskedSession) setContext(path []string, user string) {
 	m.contextKey = user + "\x00" + strings.Join(path, "\x00")
 }
 
-// remember records that statement name was analysed in the current context.
-func (m *maskedSession) remember(name string) {
+// prepInfo is what the proxy knows of a prepared statement: the
+// name-resolution context and the policy it was analysed under, and for
+// protocol-level statements the client's text and parameter types, so it
+// can be prepared again under a reloaded policy.
+type prepInfo struct {
+	context, policy string
+	sql             string
+	types           []byte
+}
+
+// remember records that statement name was analysed in the current
+// context under the current policy; sql and types are the client's Parse
+// (empty for SQL PREPARE).
+func (m *maskedSession) remember(name, sql string, types []byte) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if len(m.prepared) > 100000 {
-		m.prepared = map[string]string{}
+		m.prepared = map[string]prepInfo{}
 	}
-	m.prepared[name] = m.contextKey
+	m.prepared[name] = prepInfo{context: m.contextKey, policy: m.policy.Hash, sql: sql, types: types}
 }
 
-// stale reports whether statement name was analysed in another context.
+// stale reports whether statement name was analysed in another context,
+// or under another policy when it cannot be prepared again (SQL PREPARE).
 func (m *maskedSession) stale(name string) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	prev, ok := m.prepared[name]
-	return ok && prev != m.contextKey
+	if !ok {
+		return false
+	}
+	if prev.context != m.contextKey {
+		return true
+	}
+	return prev.sql == "" && prev.policy != m.currentPolicyHash()
+}
+
+// currentPolicyHash is the hash of the policy in force now.
+func (m *maskedSession) currentPolicyHash() string {
+	if p, _ := m.s.srv.cfg.Masking.Current(); p != nil {
+		return p.Hash
+	}
+	return ""
+}
+
+// reprepare returns the messages that prepare statement name again under
+// the policy in force, when it was analysed under an older one: a Close
+// and a Parse of the new rewrite, whose answers (CloseComplete,
+// ParseComplete) the server side drops. Masks keep each column's type, so
+// the client's view of the statement does not change. It returns nil when
+// nothing is to be done.
+func (m *maskedSession) reprepare(name string) []byte {
+	m.mu.Lock()
+	info, ok := m.prepared[name]
+	m.mu.Unlock()
+	if !ok || info.sql == "" || info.policy == m.currentPolicyHash() || info.context != m.contextKey {
+		return nil
+	}
+	plan, err := m.analyse(info.sql)
+	sql := info.sql
+	switch {
+	case err != nil:
+		sql = m.refuse(err)
+	case plan.Rewritten:
+		m.s.srv.cfg.Observer.Rewritten()
+		sql = plan.SQL
+	}
+	m.remember(name, info.sql, info.types)
+	m.mu.Lock()
+	m.changers[name] = plan != nil && changesContext(plan)
+	m.mu.Unlock()
+	out, _ := (&pgproto3.Close{ObjectType: 'S', Name: name}).Encode(nil)
+	out = appendParse(out, name, sql, info.types)
+	m.s.swallow(1, 1)
+	m.s.srv.log.Info("statement prepared again under the reloaded policy", "session", m.s.id)
+	return out
+}
+
+// appendParse appends a Parse message; types is the raw parameter-type
+// part of the client's Parse (count and OIDs).
+func appendParse(out []byte, name, sql string, types []byte) []byte {
+	start := len(out)
+	out = append(out, 'P', 0, 0, 0, 0)
+	out = append(out, name...)
+	out = append(out, 0)
+	out = append(out, sql...)
+	out = append(out, 0)
+	out = append(out, types...)
+	putLength(out[start:])
+	return out
 }
 
 // bind checks a Bind message: binding a statement analysed under another
@@ -240,10 +314,13 @@ func (m *maskedSession) bind(msg []byte) ([]byte, error) {
 	if changes {
 		m.dirty, m.changedInTx = true, true
 	}
+	if re := m.reprepare(stmt); re != nil {
+		return append(re, msg...), nil
+	}
 	if !m.stale(stmt) {
 		return msg, nil
 	}
-	marker := m.refuse(&rewrite.Refusal{Rule: "stale-statement", Message: "prepared statement " + strconv.Quote(stmt) + " was analysed under another search_path or role; prepare it again"})
+	marker := m.refuse(&rewrite.Refusal{Rule: "stale-statement", Message: "prepared statement " + strconv.Quote(stmt) + " was analysed under another search_path, role or policy; prepare it again"})
 	return (&pgproto3.Parse{Query: marker}).Encode(nil)
 }
 
@@ -390,6 +467,7 @@ func (m *maskedSession) parse(msg []byte, atBoundary bool) ([]byte, error) {
 			return nil, err
 		}
 	}
+	sql0 := sql
 	plan, err := m.analyse(sql)
 	changed := true
 	switch {
@@ -401,22 +479,14 @@ func (m *maskedSession) parse(msg []byte, atBoundary bool) ([]byte, error) {
 	default:
 		changed = false
 	}
-	m.remember(name)
+	m.remember(name, sql0, append([]byte(nil), types...))
 	m.mu.Lock()
 	m.changers[name] = plan != nil && changesContext(plan)
 	m.mu.Unlock()
 	if !changed {
 		return msg, nil
 	}
-	out := make([]byte, 5, 5+len(name)+len(sql)+2+len(types))
-	out[0] = 'P'
-	out = append(out, name...)
-	out = append(out, 0)
-	out = append(out, sql...)
-	out = append(out, 0)
-	out = append(out, types...)
-	putLength(out)
-	return out, nil
+	return appendParse(make([]byte, 0, 5+len(name)+len(sql)+2+len(types)), name, sql, types), nil
 }
 
 // putLength writes a message's length field from its size.

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -113,6 +114,15 @@ type session struct {
 	// admitted is set when the session counts against MaxClientConn;
 	// console marks an admin console session.
 	admitted, console bool
+	// syncsSent and syncsDone count sync points sent and answered.
+	syncsSent, syncsDone atomic.Uint64
+	// swallows lists answers the proxy caused itself (CloseComplete and
+	// ParseComplete of a statement prepared again) that the server side
+	// drops, per batch (the sync point they precede); swallowing says
+	// the list is not empty.
+	swallowMu  sync.Mutex
+	swallows   []swallowEntry
+	swallowing atomic.Bool
 	// idleBytes and idleSince belong to the server's idle janitor.
 	idleBytes int64
 	idleSince time.Time
@@ -199,9 +209,62 @@ func (s *session) serve() {
 		"bytes_in", s.bytesIn.Load(), "bytes_out", s.bytesOut.Load(), "queries", s.queries.Load())
 }
 
+// swallowEntry counts answers to drop in one batch.
+type swallowEntry struct {
+	batch        uint64
+	parse, close int
+}
+
+// swallow arranges for the server side to drop parse ParseComplete and
+// close CloseComplete messages of the batch the client is sending now
+// (called from the client side before the messages are sent). Within a
+// batch these answers carry no data, so dropping any of them leaves the
+// client exactly the stream it expects.
+func (s *session) swallow(parse, close int) {
+	s.swallowMu.Lock()
+	defer s.swallowMu.Unlock()
+	batch := s.syncsSent.Load() + 1
+	if n := len(s.swallows); n > 0 && s.swallows[n-1].batch == batch {
+		s.swallows[n-1].parse += parse
+		s.swallows[n-1].close += close
+	} else {
+		s.swallows = append(s.swallows, swallowEntry{batch: batch, parse: parse, close: close})
+	}
+	s.swallowing.Store(true)
+}
+
+// swallowed reports whether the answer typ ('1' or '3') of the batch being
+// answered is one the proxy caused, and if so counts it dropped.
+func (s *session) swallowed(typ byte) bool {
+	s.swallowMu.Lock()
+	defer s.swallowMu.Unlock()
+	batch := s.syncsDone.Load() + 1
+	for i := range s.swallows {
+		e := &s.swallows[i]
+		if e.batch != batch {
+			continue
+		}
+		switch {
+		case typ == '1' && e.parse > 0:
+			e.parse--
+		case typ == '3' && e.close > 0:
+			e.close--
+		default:
+			return false
+		}
+		if e.parse == 0 && e.close == 0 {
+			s.swallows = slices.Delete(s.swallows, i, i+1)
+			s.swallowing.Store(len(s.swallows) > 0)
+		}
+		return true
+	}
+	return false
+}
+
 // syncSent records a sync point (Query, Sync, FunctionCall) sent to the
 // server; its ReadyForQuery calls syncDone.
 func (s *session) syncSent() {
+	s.syncsSent.Add(1)
 	if s.pending.Add(1) == 1 {
 		s.busySince.Store(int64(time.Since(s.start)))
 	}
@@ -216,6 +279,14 @@ func (s *session) syncDone(outcome string) {
 		n = 0
 	}
 	s.queries.Add(1)
+	done := s.syncsDone.Add(1)
+	if s.swallowing.Load() {
+		// Answers the server skipped after an error are not coming.
+		s.swallowMu.Lock()
+		s.swallows = slices.DeleteFunc(s.swallows, func(e swallowEntry) bool { return e.batch <= done })
+		s.swallowing.Store(len(s.swallows) > 0)
+		s.swallowMu.Unlock()
+	}
 	d := time.Duration(-1)
 	if n == 0 {
 		d = time.Since(s.start) - time.Duration(s.busySince.Load())
