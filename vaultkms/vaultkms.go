@@ -78,6 +78,9 @@ func (c Column) Validate() error {
 	if c.Key == "" {
 		return fmt.Errorf("%w: encrypted column %s has no key", ErrConfig, c.ID)
 	}
+	if !validKeyName(c.Key) {
+		return fmt.Errorf("%w: encrypted column %s: invalid key name %q (letters, digits, '-', '_', '.')", ErrConfig, c.ID, c.Key)
+	}
 	m, err := ParseMode(string(c.Mode))
 	if err != nil {
 		return fmt.Errorf("column %s: %w", c.ID, err)
