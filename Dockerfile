@@ -16,5 +16,9 @@ COPY --from=build /out/pgveil /usr/local/bin/pgveil
 USER 65532:65532
 EXPOSE 6432 9187
 ENV PGVEIL_LISTEN=0.0.0.0:6432 PGVEIL_ADMIN_LISTEN=0.0.0.0:9187
+# The image has no shell or curl: pgveil asks its own /healthz (it reads
+# PGVEIL_ADMIN_LISTEN like serve does).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+	CMD ["/usr/local/bin/pgveil", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/pgveil"]
 CMD ["serve"]
