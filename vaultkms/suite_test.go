@@ -363,4 +363,3 @@ func runSuite(t *testing.T, fixtures []fixture) {
 		})
 	}
 }
-
