@@ -84,9 +84,10 @@ var reportTemplate = template.Must(template.New("report").Funcs(template.FuncMap
 :root { --ink:#1d2733; --muted:#5f6b7a; --line:#e3e7ec; --raw:#d9480f; --dec:#7048e8; --mask:#2b8a3e; --ref:#868e96; }
 * { box-sizing: border-box; }
 body { margin:0; font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif; color:var(--ink); background:#f7f8fa; }
-header { background:linear-gradient(135deg,#12263f,#1f4e79); color:#fff; padding:28px 40px 24px; }
+header { background:linear-gradient(135deg,#12263f,#1f4e79); color:#fff; padding:28px 40px 64px; }
 header h1 { margin:0 0 4px; font-size:24px; font-weight:650; letter-spacing:.2px; }
-header p { margin:0; opacity:.85; }
+header p { margin:0 auto; opacity:.85; max-width:1120px; }
+header h1, header p { max-width:1120px; margin-left:auto; margin-right:auto; }
 main { max-width:1200px; margin:0 auto; padding:24px 40px 48px; }
 .cards { display:flex; gap:14px; flex-wrap:wrap; margin:-44px 0 24px; }
 .card { background:#fff; border-radius:10px; box-shadow:0 1px 3px rgba(16,24,40,.12); padding:14px 18px; min-width:170px; flex:1; }

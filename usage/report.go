@@ -150,7 +150,7 @@ func BuildReport(cfg ReportConfig) (*Report, error) {
 		now = time.Now()
 	}
 	r := &Report{
-		Generated: now.UTC(), Since: cfg.Since.UTC(), Window: now.Sub(cfg.Since).Round(time.Hour).String(),
+		Generated: now.UTC(), Since: cfg.Since.UTC(), Window: windowString(now.Sub(cfg.Since)),
 		Policy: pol.Source, PolicyHash: pol.Hash,
 	}
 	var text *policyText
@@ -194,7 +194,7 @@ func BuildReport(cfg ReportConfig) (*Report, error) {
 		held := heldRoles(pol, row.RoleList())
 		if len(held) == 0 {
 			held = []string{OtherRoles}
-			other = true
+			other = other || row.Reads > 0
 		}
 		for _, role := range held {
 			seen[role] += row.Reads
@@ -547,4 +547,16 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// windowString renders a window length as days or hours ("30 days",
+// "36h", "45m").
+func windowString(d time.Duration) string {
+	switch {
+	case d >= 48*time.Hour && d%(24*time.Hour) < time.Minute:
+		return fmt.Sprintf("%d days", d/(24*time.Hour))
+	case d >= time.Hour:
+		return fmt.Sprintf("%dh", (d+30*time.Minute)/time.Hour)
+	}
+	return fmt.Sprintf("%dm", (d+30*time.Second)/time.Minute)
 }
