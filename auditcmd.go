@@ -154,11 +154,7 @@ func runAuditVerify(ctx context.Context, args []string, stdout, stderr io.Writer
 // verifySummary is the one line verify prints for an intact log.
 func verifySummary(log string, res audit.Result, opts audit.VerifyOptions) string {
 	var b strings.Builder
-	files := "files"
-	if len(res.Files) == 1 {
-		files = "file"
-	}
-	fmt.Fprintf(&b, "%s: intact: %d %s, %d records", log, len(res.Files), files, res.Records)
+	fmt.Fprintf(&b, "%s: intact: %s, %d records", log, auditCount(len(res.Files), "file"), res.Records)
 	if res.Records == 0 {
 		b.WriteString(" (empty)")
 	} else {
@@ -190,10 +186,10 @@ func verifySummary(log string, res audit.Result, opts audit.VerifyOptions) strin
 		}
 	}
 	if gaps > 0 {
-		fmt.Fprintf(&b, ", %d gap markers (%d records lost)", gaps, res.Lost)
+		fmt.Fprintf(&b, ", %s (%d records lost)", auditCount(gaps, "gap marker"), res.Lost)
 	}
 	if torn > 0 {
-		fmt.Fprintf(&b, ", %d torn markers", torn)
+		fmt.Fprintf(&b, ", %s", auditCount(torn, "torn marker"))
 	}
 	if res.IncompleteTail > 0 {
 		fmt.Fprintf(&b, ", incomplete last line ignored (%d bytes: a write in progress, or a crash not yet sealed by a restart)", res.IncompleteTail)
@@ -202,4 +198,12 @@ func verifySummary(log string, res audit.Result, opts audit.VerifyOptions) strin
 		fmt.Fprintf(&b, ", head %s", res.Head)
 	}
 	return b.String()
+}
+
+// auditCount returns "1 file", "2 files".
+func auditCount(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }

@@ -160,7 +160,7 @@ func TestAuditVerifyShowsMarkers(t *testing.T) {
 	}
 	path, _ = auditLog(t, dir, "", 5, 0)
 	code, stdout, stderr = runAuditArgs("verify", path)
-	if code != 0 || !strings.Contains(stdout, "16 records (seq 1-16 from genesis)") || !strings.Contains(stdout, "1 torn markers") ||
+	if code != 0 || !strings.Contains(stdout, "16 records (seq 1-16 from genesis)") || !strings.Contains(stdout, "1 torn marker,") ||
 		!strings.Contains(stdout, path+":11: torn marker: an incomplete line of 13 bytes") {
 		t.Fatalf("after restart: exit %d\n%s%s", code, stdout, stderr)
 	}

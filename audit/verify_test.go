@@ -290,3 +290,17 @@ func TestParseAnchor(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkVerify measures Verify per line on a 10,000-line keyed log.
+func BenchmarkVerify(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "audit.log")
+	writeLog(b, path, testKey, 10_000)
+	b.ResetTimer()
+	for range b.N {
+		res, err := Verify(context.Background(), []string{path}, VerifyOptions{Key: testKey})
+		if err != nil || res.Records != 10_000 {
+			b.Fatal(res, err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/10_000, "ns/line")
+}
