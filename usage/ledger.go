@@ -100,12 +100,18 @@ type FlushStats struct {
 	DroppedKeys, DroppedStatements int64
 }
 
-// mapKey is the in-memory counter key. Hour is Unix seconds.
-type mapKey struct {
+// sessKey is the session half of a counter key; Hour is Unix seconds.
+// The ledger's maps are two-level (session, then column) so that Record
+// hashes the session's strings once per statement, not once per column.
+type sessKey struct {
 	hour                       int64
 	database, user, roles, app string
-	schema, table, column      string
-	treatment                  Treatment
+}
+
+// colKey is the column half of a counter key.
+type colKey struct {
+	schema, table, column string
+	treatment             Treatment
 }
 
 // counter is the in-memory form of Counts; times are Unix microseconds
@@ -133,18 +139,39 @@ func (c *counter) add(o *counter) {
 	c.lastRead = max(c.lastRead, o.lastRead)
 }
 
-// counters maps keys to counters.
-type counters map[mapKey]*counter
+// colCounters maps the columns of one session key to counters.
+type colCounters map[colKey]*counter
 
-// merge adds src into dst.
-func (dst counters) merge(src counters) {
-	for k, c := range src {
-		if d := dst[k]; d != nil {
-			d.add(c)
-		} else {
-			dst[k] = c
+// counters maps session keys, then columns, to counters.
+type counters map[sessKey]colCounters
+
+// mergeCopy adds src into dst, copying counters so that dst and src share
+// none.
+func (dst counters) mergeCopy(src counters) {
+	for sk, cols := range src {
+		d := dst[sk]
+		if d == nil {
+			d = make(colCounters, len(cols))
+			dst[sk] = d
+		}
+		for ck, c := range cols {
+			if x := d[ck]; x != nil {
+				x.add(c)
+			} else {
+				cc := *c
+				d[ck] = &cc
+			}
 		}
 	}
+}
+
+// keys returns the number of (session, column) keys.
+func (c counters) keys() int {
+	n := 0
+	for _, cols := range c {
+		n += len(cols)
+	}
+	return n
 }
 
 // Ledger counts column use in memory and flushes it to a Store. It is safe
@@ -163,7 +190,7 @@ type Ledger struct {
 	roleSets map[string]string
 	roleBuf  []byte
 	roleTmp  []string
-	written  counters // per column and treatment (session fields empty), totals written
+	written  colCounters // per column and treatment, totals written
 	stats    Stats
 
 	// Flusher state, owned by the flusher (or Flush caller under flushMu).
@@ -223,7 +250,7 @@ func New(cfg Config) (*Ledger, error) {
 		cfg:         cfg,
 		live:        counters{},
 		roleSets:    map[string]string{},
-		written:     counters{},
+		written:     colCounters{},
 		stop:        make(chan struct{}),
 		flusherDone: make(chan struct{}),
 	}
@@ -255,17 +282,23 @@ func (l *Ledger) Record(st *Statement) {
 	if l.closed {
 		return
 	}
-	roles := l.roleSet(st.Roles)
+	sk := sessKey{hour: hour, database: st.Database, user: st.User, roles: l.roleSet(st.Roles), app: st.Application}
+	cols := l.live[sk]
+	if cols == nil {
+		cols = make(colCounters, len(st.Columns))
+		sk.database = strings.Clone(sk.database)
+		sk.user = strings.Clone(sk.user)
+		sk.app = strings.Clone(sk.app)
+		l.live[sk] = cols
+	}
 	for i := range st.Columns {
 		cu := &st.Columns[i]
-		k := mapKey{
-			hour: hour, database: st.Database, user: st.User, roles: roles, app: st.Application,
-			schema: cu.Schema, table: cu.Table, column: cu.Column, treatment: cu.Treatment,
-		}
-		c := l.live[k]
+		k := colKey{schema: cu.Schema, table: cu.Table, column: cu.Column, treatment: cu.Treatment}
+		c := cols[k]
 		if c == nil {
 			c = &counter{}
-			l.live[cloneKey(k)] = c
+			k.schema, k.table, k.column = strings.Clone(k.schema), strings.Clone(k.table), strings.Clone(k.column)
+			cols[k] = c
 		}
 		c.statements++
 		cl := cu.Clauses
@@ -299,18 +332,6 @@ func (l *Ledger) Record(st *Statement) {
 		}
 		c.lastSeen = max(c.lastSeen, micros)
 	}
-}
-
-// cloneKey copies the key's strings so the ledger keeps no reference into
-// the caller's buffers.
-func cloneKey(k mapKey) mapKey {
-	k.database = strings.Clone(k.database)
-	k.user = strings.Clone(k.user)
-	k.app = strings.Clone(k.app)
-	k.schema = strings.Clone(k.schema)
-	k.table = strings.Clone(k.table)
-	k.column = strings.Clone(k.column)
-	return k
 }
 
 // roleSet returns the canonical, interned form of roles: sorted,
@@ -394,14 +415,7 @@ func (l *Ledger) flush(ctx context.Context) error {
 		batch = l.pending
 		l.pending = nil
 		// fresh is still reported to the observer below, so merge copies.
-		for k, c := range fresh {
-			if d := batch[k]; d != nil {
-				d.add(c)
-			} else {
-				cc := *c
-				batch[k] = &cc
-			}
-		}
+		batch.mergeCopy(fresh)
 	}
 	l.inflight = batch
 	l.mu.Unlock()
@@ -428,14 +442,15 @@ func (l *Ledger) flush(ctx context.Context) error {
 		l.stats.KeysWritten += int64(len(rows))
 		l.stats.LastFlush = l.cfg.Now()
 		l.stats.LastError = ""
-		for k, c := range batch {
-			ck := mapKey{schema: k.schema, table: k.table, column: k.column, treatment: k.treatment}
-			l.stats.StatementsWritten += c.statements
-			if d := l.written[ck]; d != nil {
-				d.add(c)
-			} else {
-				cc := *c
-				l.written[ck] = &cc
+		for _, cols := range batch {
+			for ck, c := range cols {
+				l.stats.StatementsWritten += c.statements
+				if d := l.written[ck]; d != nil {
+					d.add(c)
+				} else {
+					cc := *c
+					l.written[ck] = &cc
+				}
 			}
 		}
 	} else {
@@ -444,18 +459,25 @@ func (l *Ledger) flush(ctx context.Context) error {
 		// Keep the batch for the next flush, which merges in whatever was
 		// recorded meanwhile; beyond MaxPending keys, drop (map order is
 		// as good as any: every key is a loss).
-		for k := range batch {
-			if len(batch) <= l.cfg.MaxPending {
-				break
+		n := batch.keys()
+		for sk, cols := range batch {
+			for ck, c := range cols {
+				if n <= l.cfg.MaxPending {
+					break
+				}
+				fs.DroppedKeys++
+				fs.DroppedStatements += c.statements
+				delete(cols, ck)
+				n--
 			}
-			fs.DroppedKeys++
-			fs.DroppedStatements += batch[k].statements
-			delete(batch, k)
+			if len(cols) == 0 {
+				delete(batch, sk)
+			}
 		}
 		l.pending = batch
 		l.stats.DroppedKeys += fs.DroppedKeys
 		l.stats.DroppedStatements += fs.DroppedStatements
-		fs.PendingKeys = len(batch)
+		fs.PendingKeys = n
 	}
 	l.mu.Unlock()
 
@@ -495,16 +517,14 @@ func (l *Ledger) logFlush(fs FlushStats) {
 
 // reportColumnUse tells o the statements per (column, treatment) in c.
 func reportColumnUse(o Observer, c counters) {
-	type colKey struct {
-		schema, table, column string
-		t                     Treatment
-	}
 	sums := map[colKey]int64{}
-	for k, v := range c {
-		sums[colKey{k.schema, k.table, k.column, k.treatment}] += v.statements
+	for _, cols := range c {
+		for k, v := range cols {
+			sums[k] += v.statements
+		}
 	}
 	for k, n := range sums {
-		o.ColumnUse(k.schema, k.table, k.column, k.t, n)
+		o.ColumnUse(k.schema, k.table, k.column, k.treatment, n)
 	}
 }
 
@@ -574,16 +594,9 @@ func (l *Ledger) Snapshot() Snapshot {
 	l.mu.Lock()
 	all := counters{}
 	for _, src := range []counters{l.pending, l.inflight, l.live} {
-		for k, c := range src {
-			cc := *c
-			if d := all[k]; d != nil {
-				d.add(&cc)
-			} else {
-				all[k] = &cc
-			}
-		}
+		all.mergeCopy(src)
 	}
-	written := make(counters, len(l.written))
+	written := make(colCounters, len(l.written))
 	for k, c := range l.written {
 		cc := *c
 		written[k] = &cc
@@ -592,18 +605,17 @@ func (l *Ledger) Snapshot() Snapshot {
 	l.mu.Unlock()
 
 	s.Unwritten = toRows(all)
-	cols := map[mapKey]*ColumnTotal{}
-	get := func(k mapKey) *ColumnTotal {
-		ck := mapKey{schema: k.schema, table: k.table, column: k.column, treatment: k.treatment}
-		ct := cols[ck]
+	cols := map[colKey]*ColumnTotal{}
+	get := func(k colKey) *ColumnTotal {
+		ct := cols[k]
 		if ct == nil {
 			ct = &ColumnTotal{Schema: k.schema, Table: k.table, Column: k.column, Treatment: k.treatment}
-			cols[ck] = ct
+			cols[k] = ct
 		}
 		return ct
 	}
 	for _, r := range s.Unwritten {
-		ct := get(mapKey{schema: r.Schema, table: r.Table, column: r.Column, treatment: r.Treatment})
+		ct := get(colKey{schema: r.Schema, table: r.Table, column: r.Column, treatment: r.Treatment})
 		ct.Unwritten.Add(&r.Counts)
 	}
 	for k, c := range written {
@@ -652,15 +664,17 @@ func (c *counter) counts() Counts {
 
 // toRows converts counters to rows sorted by key.
 func toRows(c counters) []Row {
-	rows := make([]Row, 0, len(c))
-	for k, v := range c {
-		rows = append(rows, Row{
-			Key: Key{
-				Hour: time.Unix(k.hour, 0).UTC(), Database: k.database, User: k.user, Roles: k.roles,
-				Application: k.app, Schema: k.schema, Table: k.table, Column: k.column, Treatment: k.treatment,
-			},
-			Counts: v.counts(),
-		})
+	rows := make([]Row, 0, c.keys())
+	for sk, cols := range c {
+		for k, v := range cols {
+			rows = append(rows, Row{
+				Key: Key{
+					Hour: time.Unix(sk.hour, 0).UTC(), Database: sk.database, User: sk.user, Roles: sk.roles,
+					Application: sk.app, Schema: k.schema, Table: k.table, Column: k.column, Treatment: k.treatment,
+				},
+				Counts: v.counts(),
+			})
+		}
 	}
 	SortRows(rows)
 	return rows
