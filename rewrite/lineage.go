@@ -117,11 +117,11 @@ type analyzer struct {
 	uses    map[rules.ColumnKey]*ColumnUse
 	pending []*colState
 	ctes    []map[string]*cteDef
-	relCols map[uint32][]lin
+	relCols map[uint32][]rcol
 }
 
 func newAnalyzer(s *Session) *analyzer {
-	return &analyzer{s: s, path: catalog.SearchPath{Schemas: s.SearchPath, User: s.User}, uses: map[rules.ColumnKey]*ColumnUse{}, relCols: map[uint32][]lin{}}
+	return &analyzer{s: s, path: catalog.SearchPath{Schemas: s.SearchPath, User: s.User}, uses: map[rules.ColumnKey]*ColumnUse{}, relCols: map[uint32][]rcol{}}
 }
 
 // record attributes the columns of l to the statement with clause.
@@ -201,43 +201,60 @@ func (a *analyzer) outputs(res qres) []Output {
 	return out
 }
 
-// relationColumns returns the lineage of each column of rel, in order.
-func (a *analyzer) relationColumns(rel *catalog.Relation) []lin {
-	if ls, ok := a.relCols[rel.OID]; ok {
-		return ls
+// relationColumns returns the columns of rel with their lineage, in
+// order. They are shared by every reference to rel in the statement.
+func (a *analyzer) relationColumns(rel *catalog.Relation) []rcol {
+	if cols, ok := a.relCols[rel.OID]; ok {
+		return cols
 	}
-	ls := make([]lin, len(rel.Columns))
+	cols := make([]rcol, len(rel.Columns))
+	states := make([]colState, len(rel.Columns))
+	view := rel.Kind == catalog.KindView || rel.Kind == catalog.KindMatView
+	var anc, desc []catalog.Name
+	if !view {
+		anc, desc = a.s.Catalog.Ancestors(rel), a.s.Catalog.Descendants(rel.Name)
+	}
 	for i, c := range rel.Columns {
-		if rel.Kind == catalog.KindView || rel.Kind == catalog.KindMatView {
-			ls[i] = a.viewColumn(rel, c.Name)
+		if view {
+			states[i].l = a.viewColumn(rel, c.Name)
 		} else {
-			ls[i] = a.baseColumn(rel, c.Name)
+			states[i].l = a.tableColumn(rel, anc, desc, c.Name)
 		}
+		states[i].used = true
+		cols[i] = rcol{name: c.Name, st: &states[i]}
 	}
-	a.relCols[rel.OID] = ls
-	return ls
+	a.relCols[rel.OID] = cols
+	return cols
 }
 
-// baseColumn is the lineage of column col of table rel: the column as
-// the policy names it (the classified ancestor for partitions and
-// inheritance children, the partition root for unclassified columns).
+// baseColumn is the lineage of column col of table rel.
 func (a *analyzer) baseColumn(rel *catalog.Relation, col string) lin {
+	return a.tableColumn(rel, a.s.Catalog.Ancestors(rel), a.s.Catalog.Descendants(rel.Name), col)
+}
+
+// tableColumn is the lineage of column col of table rel, whose ancestors
+// and descendants are given: the column as the policy names it (the
+// classified ancestor for partitions and inheritance children, the
+// partition root for unclassified columns). The rule is ColumnRule's.
+func (a *analyzer) tableColumn(rel *catalog.Relation, anc, desc []catalog.Name, col string) lin {
 	p := a.s.Policy
 	key := rules.ColumnKey{Schema: rel.Name.Schema, Table: rel.Name.Name, Column: col}
 	rule := p.Column(key)
-	if rule == nil {
-		for _, anc := range a.s.Catalog.Ancestors(rel) {
-			k := rules.ColumnKey{Schema: anc.Schema, Table: anc.Name, Column: col}
-			if rule = p.Column(k); rule != nil {
-				key = k
-				break
-			}
+	for i := 0; rule == nil && i < len(anc); i++ {
+		k := rules.ColumnKey{Schema: anc[i].Schema, Table: anc[i].Name, Column: col}
+		if rule = p.Column(k); rule != nil {
+			key = k
 		}
 	}
 	if rule == nil {
 		// The strictest rule on a descendant governs reading a parent
 		// (ColumnRule); the column keeps the parent's name.
-		rule = ColumnRule(p, a.s.Catalog, a.s.Grants, rel, col)
+		for _, d := range desc {
+			if r := p.Column(rules.ColumnKey{Schema: d.Schema, Table: d.Name, Column: col}); r != nil &&
+				(rule == nil || a.s.Grants.Treatment(r.Class.Name) < a.s.Grants.Treatment(rule.Class.Name)) {
+				rule = r
+			}
+		}
 		root := rel
 		for !root.Parent.IsZero() {
 			pr := a.s.Catalog.Relation(root.Parent)
@@ -771,9 +788,7 @@ func (a *analyzer) rangeVar(rv *pg_query.RangeVar) *item {
 	if rv.Alias == nil {
 		r.schema = rel.Name.Schema
 	}
-	for i, l := range a.relationColumns(rel) {
-		r.cols = append(r.cols, rcol{name: rel.Columns[i].Name, st: &colState{l: l, used: true}})
-	}
+	r.cols = a.relationColumns(rel)
 	return a.aliased(r, rv.Alias)
 }
 
@@ -1101,6 +1116,35 @@ func (a *analyzer) expr(n *pg_query.Node, sc *scope) lin {
 		return lin{deps: consume(res.cols).deps}
 	case *pg_query.Node_RangeVar:
 		return lin{}
+	case *pg_query.Node_AExpr:
+		// Operators, IN, LIKE, BETWEEN, ...
+		l := a.expr(x.AExpr.Lexpr, sc)
+		l.add(a.expr(x.AExpr.Rexpr, sc), 0)
+		l.direct = false
+		return l
+	case *pg_query.Node_BoolExpr:
+		var l lin
+		for _, arg := range x.BoolExpr.Args {
+			l.add(a.expr(arg, sc), 0)
+		}
+		l.direct = false
+		return l
+	case *pg_query.Node_TypeCast:
+		// A cast changes the bytes: never direct.
+		l := a.expr(x.TypeCast.Arg, sc)
+		l.direct = false
+		return l
+	case *pg_query.Node_NullTest:
+		l := a.expr(x.NullTest.Arg, sc)
+		l.direct = false
+		return l
+	case *pg_query.Node_List:
+		var l lin
+		for _, it := range x.List.Items {
+			l.add(a.expr(it, sc), 0)
+		}
+		l.direct = false
+		return l
 	}
 	var l lin
 	a.walk(innerMessage(n), sc, &l)
