@@ -25,6 +25,10 @@ const (
 // while more records are queued.
 const flushSize = 64 << 10
 
+// fileCheckEvery is how often the writer checks that Path is still the
+// file it writes to.
+const fileCheckEvery = time.Second
+
 // logEvery rate-limits the writer's log lines about losses and errors.
 const logEvery = 10 * time.Second
 
@@ -77,7 +81,8 @@ type Observer interface {
 	// Dropped counts records lost (queue full, write error, close timeout).
 	Dropped(n int)
 	// Error counts a failed write or rotation by kind: "enospc", "eio",
-	// "edquot", "efbig", "io", "rotate".
+	// "edquot", "efbig", "io", "rotate", "reopen" (the log was moved or
+	// deleted under the writer).
 	Error(kind string)
 	// Rotated counts rotations.
 	Rotated()
@@ -181,6 +186,8 @@ type Writer struct {
 	lastTry     time.Time
 	needTrunc   bool // a partial write must be cut off before the next
 	aborted     bool
+	rotateAfter time.Time // no rotation attempt before, after a failure
+	lastCheck   time.Time // when checkFile last ran
 	errLog      limiter
 	lossLog     limiter
 	okLog       limiter
@@ -538,6 +545,10 @@ func (w *Writer) flush() {
 	if len(w.buf) == 0 {
 		return
 	}
+	if now := time.Now(); now.Sub(w.lastCheck) >= fileCheckEvery {
+		w.lastCheck = now
+		w.checkFile()
+	}
 	w.writeOut(len(w.buf), head{w.chain.seq, w.chain.hash}, w.inBuf)
 }
 
@@ -637,36 +648,58 @@ func (w *Writer) discard() {
 
 // rotate renames Path to Path.1 (shifting older files up and deleting the
 // one beyond Keep) and opens a new Path. On failure it logs, counts, and
-// goes on writing to the current file.
+// goes on writing to the current file, trying again after RetryInterval.
+// When Path is no longer the file being written (someone moved or deleted
+// it), nothing is shifted: the writer starts a new Path and the chain
+// continues in it.
 func (w *Writer) rotate() {
+	if time.Now().Before(w.rotateAfter) {
+		return
+	}
+	w.rotateAfter = time.Time{}
+	fail := func(err error) {
+		w.rotateAfter = time.Now().Add(w.cfg.RetryInterval)
+		w.noteError("rotate", err)
+	}
 	path := w.cfg.Path
 	tmp := path + ".new"
 	nf, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
 	if err != nil {
-		w.noteError("rotate", err)
+		fail(err)
 		return
 	}
-	if err := os.Remove(path + "." + strconv.Itoa(w.cfg.Keep)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		w.noteError("rotate", err)
+	cur, err := w.f.Stat()
+	if err != nil {
+		nf.Close()
+		os.Remove(tmp)
+		fail(err)
+		return
 	}
-	for i := w.cfg.Keep - 1; i >= 1; i-- {
-		from, to := path+"."+strconv.Itoa(i), path+"."+strconv.Itoa(i+1)
-		if err := os.Rename(from, to); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if onDisk, err := os.Stat(path); err == nil && os.SameFile(cur, onDisk) {
+		if err := os.Remove(path + "." + strconv.Itoa(w.cfg.Keep)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			w.noteError("rotate", err)
 		}
-	}
-	if err := os.Rename(path, path+".1"); err != nil {
-		nf.Close()
-		os.Remove(tmp)
-		w.noteError("rotate", err)
-		return
+		for i := w.cfg.Keep - 1; i >= 1; i-- {
+			from, to := path+"."+strconv.Itoa(i), path+"."+strconv.Itoa(i+1)
+			if err := os.Rename(from, to); err != nil && !errors.Is(err, os.ErrNotExist) {
+				w.noteError("rotate", err)
+			}
+		}
+		if err := os.Rename(path, path+".1"); err != nil {
+			nf.Close()
+			os.Remove(tmp)
+			fail(err)
+			return
+		}
+	} else {
+		w.noteError("rotate", fmt.Errorf("%s was moved or deleted while being written; starting a new file", path))
 	}
 	if err := os.Rename(tmp, path); err != nil {
-		// The current file is now Path.1; keep writing to it and retry
-		// at the next rotation.
+		// The current file keeps its name (Path.1 if the rename above
+		// succeeded); keep writing to it and retry later.
 		nf.Close()
 		os.Remove(tmp)
-		w.noteError("rotate", err)
+		fail(err)
 		return
 	}
 	if err := w.f.Sync(); err != nil {
@@ -676,6 +709,34 @@ func (w *Writer) rotate() {
 	w.f, w.size = nf, 0
 	w.rotations.Add(1)
 	w.obs.Rotated()
+}
+
+// checkFile makes sure Path is still the file being written. When it was
+// moved or deleted, lines written to the old file would be lost from the
+// log; the writer logs it, counts an error, and goes on in a new file at
+// Path, chained to the last line written.
+func (w *Writer) checkFile() {
+	cur, err := w.f.Stat()
+	if err != nil {
+		return
+	}
+	if onDisk, err := os.Stat(w.cfg.Path); err == nil && os.SameFile(cur, onDisk) {
+		return
+	}
+	nf, err := os.OpenFile(w.cfg.Path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		w.noteError("reopen", fmt.Errorf("%s was moved or deleted while being written, and cannot be created again: %w", w.cfg.Path, err))
+		return
+	}
+	fi, err := nf.Stat()
+	if err != nil {
+		nf.Close()
+		w.noteError("reopen", err)
+		return
+	}
+	w.noteError("reopen", fmt.Errorf("%s was moved or deleted while being written; continuing in a new file", w.cfg.Path))
+	w.f.Close()
+	w.f, w.size = nf, fi.Size()
 }
 
 // errKind labels a write error for metrics and logs.

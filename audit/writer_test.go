@@ -528,3 +528,93 @@ func BenchmarkWriteCall(b *testing.B) {
 	b.StopTimer()
 	w.Close(context.Background())
 }
+
+// TestCurrentFileDeleted deletes the log under a running writer: the next
+// rotation must not shift the rotated files over it but start a new file,
+// and Verify must then show the deleted records as missing.
+func TestCurrentFileDeleted(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	logs := &logBuffer{}
+	w := newTestWriter(t, Config{Path: path, MaxSize: 4096, Keep: 100, OnFull: OnFullBlock, Logger: logs.logger()})
+	ctx := context.Background()
+	for i := 1; i <= 30; i++ {
+		w.Write(testRecord(i))
+	}
+	if err := w.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before, err := Files(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	for i := 31; i <= 120; i++ {
+		w.Write(testRecord(i))
+	}
+	if err := w.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "moved or deleted") {
+		t.Fatalf("no log line about the deleted file:\n%s", logs.String())
+	}
+	files, err := Files(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) <= len(before) {
+		t.Fatalf("files before %v, after %v", before, files)
+	}
+	_, err = Verify(ctx, files, VerifyOptions{})
+	var be *BreakError
+	if !errors.As(err, &be) || !strings.Contains(be.Reason, "missing between") {
+		t.Fatalf("Verify: %v, want the deleted records reported missing", err)
+	}
+}
+
+// TestCurrentFileDeletedNoRotation deletes the log under a writer that
+// never rotates: within fileCheckEvery the writer notices, logs, and goes
+// on in a new file chained to the deleted one.
+func TestCurrentFileDeletedNoRotation(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	logs := &logBuffer{}
+	obs := &countingObserver{}
+	w := newTestWriter(t, Config{Path: path, OnFull: OnFullBlock, Logger: logs.logger(), Observer: obs})
+	ctx := context.Background()
+	for i := 1; i <= 10; i++ {
+		w.Write(testRecord(i))
+	}
+	if err := w.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, deletedHead := w.Head()
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(fileCheckEvery + 100*time.Millisecond)
+	for i := 11; i <= 20; i++ {
+		w.Write(testRecord(i))
+	}
+	if err := w.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	obs.mu.Lock()
+	reopened := obs.kinds["reopen"]
+	obs.mu.Unlock()
+	if !strings.Contains(logs.String(), "moved or deleted") || reopened != 1 {
+		t.Fatalf("reopen errors %d; log:\n%s", reopened, logs.String())
+	}
+	res, err := Verify(ctx, []string{path}, VerifyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := readLines(t, path)
+	var first Line
+	if err := json.Unmarshal([]byte(lines[0]), &first); err != nil {
+		t.Fatal(err)
+	}
+	if res.FromGenesis || res.FirstSeq != 11 || res.LastSeq != 20 || first.Prev != deletedHead {
+		t.Fatalf("result %+v, first prev %s, deleted head %s", res, first.Prev, deletedHead)
+	}
+}
