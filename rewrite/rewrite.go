@@ -1,8 +1,14 @@
-// Package rewrite owns the analysis of SQL for masked sessions: it parses a
+// Package rewrite owns the analysis of SQL: for masked sessions it parses a
 // statement with the PostgreSQL parser (pg_query_go), checks it against the
 // statement and function allow-lists, replaces every reference to a
 // relation the session may not read raw with a sub-query that projects the
 // masked columns under their own names and types, and deparses the result.
+// For every analysed statement, of masked and (with Session.Track) raw
+// sessions alike, it reports the base columns the statement touches and
+// how (Statement.Uses, for the usage ledger), and the lineage of each
+// result column (Statement.Outputs: whether it is a direct reference to a
+// base column, and what the proxy must do to its values: decrypt, or
+// decrypt then mask).
 //
 // Rewrite is a pure function of (SQL text, Session): no I/O, no logging, no
 // globals beyond read-only tables. A Plan, once returned, is immutable and
