@@ -90,8 +90,19 @@ func (s *PostgresStore) migrate(ctx context.Context) error {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(pgSchemaLock)); err != nil {
 			return fmt.Errorf("usage: postgres store: lock schema: %w", err)
 		}
-		if _, err := tx.Exec(ctx, pgSchema); err != nil {
-			return fmt.Errorf("usage: postgres store: create schema pgveil: %w", err)
+		// Create only what is missing: CREATE SCHEMA IF NOT EXISTS checks
+		// the CREATE privilege even when the schema exists, and a proxy or
+		// a report may run with an account that only reads and writes the
+		// table.
+		var exists bool
+		if err := tx.QueryRow(ctx, `SELECT to_regclass('pgveil.usage_schema') IS NOT NULL
+			AND to_regclass('pgveil.column_usage') IS NOT NULL`).Scan(&exists); err != nil {
+			return fmt.Errorf("usage: postgres store: look for schema pgveil: %w", err)
+		}
+		if !exists {
+			if _, err := tx.Exec(ctx, pgSchema); err != nil {
+				return fmt.Errorf("usage: postgres store: create schema pgveil: %w", err)
+			}
 		}
 		var v *int
 		if err := tx.QueryRow(ctx, `SELECT max(version) FROM pgveil.usage_schema`).Scan(&v); err != nil {

@@ -487,8 +487,12 @@ func unclassifiedColumn(pol *rules.Policy, text *policyText, a *colAgg, sample S
 		}
 	}
 	slices.Sort(roles)
-	f.Evidence = append(f.Evidence, fmt.Sprintf("read %d times by %d users (roles: %s), %d rows returned, %s",
-		reads, len(a.users), strings.Join(roles, ", "), c.Rows, window))
+	users := fmt.Sprintf("%d users", len(a.users))
+	if len(a.users) == 1 {
+		users = "1 user"
+	}
+	f.Evidence = append(f.Evidence, fmt.Sprintf("read %d times by %s (roles: %s), %d rows returned, %s",
+		reads, users, strings.Join(roles, ", "), c.Rows, window))
 	if pol.Classes[class] != nil {
 		f.Recommendation = fmt.Sprintf("classify it as %s", class)
 	} else {

@@ -115,7 +115,7 @@ func TestReportFindings(t *testing.T) {
 		t.Errorf("unread evidence: %q", unread.Evidence)
 	}
 	phone := r.Findings[4]
-	if !strings.Contains(strings.Join(phone.Evidence, "\n"), "read 30 times by 1 users (roles: analyst), 300 rows returned") {
+	if !strings.Contains(strings.Join(phone.Evidence, "\n"), "read 30 times by 1 user (roles: analyst), 300 rows returned") {
 		t.Errorf("phone evidence: %q", phone.Evidence)
 	}
 	if r.Users != 6 || r.ColumnUses != 30*4+20+5+7+2*3+4+3 {

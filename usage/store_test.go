@@ -212,3 +212,40 @@ func TestTwoLedgersShareOnePostgresStore(t *testing.T) {
 		t.Fatalf("stored statements=%d (id %d) rows=%d; want %d (%d) %d", stmts, idStmts, rows, 4*perLedger, 2*perLedger, 2*perLedger)
 	}
 }
+
+// TestPostgresStoreWithoutCreatePrivilege opens an existing store as an
+// account that may only use the table, as docs/usage.md promises.
+func TestPostgresStoreWithoutCreatePrivilege(t *testing.T) {
+	url := testDatabase(t)
+	ctx := context.Background()
+	s, err := OpenPostgres(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := url[strings.LastIndex(url, "/")+1 : strings.Index(url, "?")]
+	if _, err := s.pool.Exec(ctx, `DO $$ BEGIN
+			IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'usage_writer') THEN CREATE ROLE usage_writer LOGIN; END IF;
+		END $$;
+		REVOKE CREATE ON DATABASE `+db+` FROM PUBLIC;
+		GRANT USAGE ON SCHEMA pgveil TO usage_writer;
+		GRANT SELECT ON pgveil.usage_schema TO usage_writer;
+		GRANT SELECT, INSERT, UPDATE ON pgveil.column_usage TO usage_writer`); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	writerURL := strings.Replace(url, "postgres://postgres@", "postgres://usage_writer@", 1)
+	w, err := OpenPostgres(ctx, writerURL)
+	if err != nil {
+		t.Fatalf("open as usage_writer: %v", err)
+	}
+	defer w.Close()
+	h := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	for range 2 {
+		if err := w.Add(ctx, []Row{delta(h, "ann", "email", Raw, 1, h)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rows := queryAll(t, w); len(rows) != 1 || rows[0].Statements != 2 {
+		t.Fatalf("rows = %+v", rows)
+	}
+}
