@@ -450,7 +450,7 @@ func (w *Writer) finish() {
 		w.pendingLost += n
 	}
 	var errs []error
-	if w.aborted {
+	if w.aborted && w.dropped.Load() > 0 {
 		errs = append(errs, fmt.Errorf("audit: close gave up waiting for the log to be writable; %d records lost since start", w.dropped.Load()))
 	}
 	if w.pendingLost > 0 {
@@ -469,29 +469,35 @@ func (w *Writer) finish() {
 }
 
 // take encodes one record into the buffer, or drops it while the log is
-// failing under OnFullDrop.
+// failing under OnFullDrop (trying the log again every RetryInterval).
 func (w *Writer) take(r *Record) {
-	if w.failing && (w.cfg.OnFull == OnFullDrop || w.aborted) {
-		if time.Since(w.lastTry) >= w.cfg.RetryInterval {
-			w.lastTry = time.Now()
-			w.emitMarkers()
-			w.flush()
-		}
-		if w.failing {
-			w.pendingLost++
-			w.pendingWhy |= reasonIO
-			if w.aborted {
-				w.pendingWhy |= reasonClose
-			}
-			w.dropped.Add(1)
-			w.obs.Dropped(1)
-			return
-		}
+	switch {
+	case !w.dropping():
+		w.emitMarkers()
+	case time.Since(w.lastTry) >= w.cfg.RetryInterval:
+		w.lastTry = time.Now()
+		w.emitMarkers()
+		w.flush()
 	}
-	w.emitMarkers()
+	if w.dropping() {
+		w.pendingLost++
+		w.pendingWhy |= reasonIO
+		if w.aborted {
+			w.pendingWhy |= reasonClose
+		}
+		w.dropped.Add(1)
+		w.obs.Dropped(1)
+		return
+	}
 	preSeq, preHash, start := w.chain.seq, w.chain.hash, len(w.buf)
 	w.buf = w.chain.appendStatement(w.buf, r)
 	w.placed(start, head{preSeq, preHash}, pending{stmts: 1})
+}
+
+// dropping says records are dropped rather than encoded: the log is
+// failing and the policy (or a Close that gave up) does not wait.
+func (w *Writer) dropping() bool {
+	return w.failing && (w.cfg.OnFull == OnFullDrop || w.aborted)
 }
 
 // emitMarkers appends the torn marker and the gap marker that are due.
