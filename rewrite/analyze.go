@@ -13,19 +13,25 @@ import (
 // nothing is refused (raw sessions are not deny-by-default). Text the
 // parser rejects yields a plan with Analyzed false and no statements: the
 // server will answer with its own error.
-//
-// Rewrite calls it for sessions whose grants see everything raw when
-// Session.Track is set.
 func Analyze(sql string, s *Session) (*Plan, error) {
 	if s == nil || s.Policy == nil || s.Grants == nil || s.Catalog == nil {
 		return nil, ErrNoSession
 	}
+	return analyzeText(sql, s, false)
+}
+
+// analyzeText analyses a raw session's text. With encrypt it also applies
+// the write-path encryption rules, which may refuse the text or replace
+// literals by placeholders (the plan's SQL is then the deparsed text and
+// Rewritten is set).
+func analyzeText(sql string, s *Session, encrypt bool) (*Plan, error) {
 	plan := &Plan{SQL: sql}
 	tree, err := pg_query.Parse(sql)
 	if err != nil {
 		return plan, nil
 	}
 	plan.Analyzed = true
+	literals := 0
 	cur := *s
 	for _, raw := range tree.Stmts {
 		st := Statement{}
@@ -33,10 +39,34 @@ func Analyze(sql string, s *Session) (*Plan, error) {
 			st.Kind = string(m.Descriptor().Name())
 		}
 		contextChanges(raw.Stmt, &st)
-		analyzeStatement(raw.Stmt, &cur, &st)
+		var enc *encState
+		if encrypt {
+			enc = &encState{}
+		}
+		analyzeStatement(raw.Stmt, &cur, &st, enc)
+		if enc != nil {
+			if err := encryptFacts(raw.Stmt, enc, &literals, &st); err != nil {
+				return nil, err
+			}
+			st.CopyEncrypt = enc.copy
+		}
 		plan.Statements = append(plan.Statements, st)
 		advance(&cur, s, st)
 	}
+	if literals == 0 {
+		return plan, nil
+	}
+	out, err := pg_query.Deparse(tree)
+	if err == nil {
+		_, err = pg_query.Parse(out)
+	}
+	if err != nil {
+		return nil, refuse("deparse", "the statement cannot be re-serialised safely to encrypt its literals")
+	}
+	if out, err = splice(out, nil, plan.Statements, literals); err != nil {
+		return nil, err
+	}
+	plan.SQL, plan.Rewritten = out, true
 	return plan, nil
 }
 
@@ -124,11 +154,12 @@ var noRows = map[string]bool{
 // analyzeStatement fills st.Uses, st.Outputs, st.OutputsKnown, st.Declares
 // and st.Fetches for one top-level statement parsed from the client's
 // text. It reads n and never modifies it.
-func analyzeStatement(n *pg_query.Node, s *Session, st *Statement) {
+func analyzeStatement(n *pg_query.Node, s *Session, st *Statement, enc *encState) {
 	if m := innerMessage(n); m != nil && st.Kind == "" {
 		st.Kind = string(m.Descriptor().Name())
 	}
 	a := newAnalyzer(s)
+	a.enc = enc
 	top := &scope{}
 	var res qres
 	rows := false
@@ -151,7 +182,7 @@ func analyzeStatement(n *pg_query.Node, s *Session, st *Statement) {
 		// EXPLAIN returns one text column ("QUERY PLAN"); EXPLAIN ANALYZE
 		// runs the statement, whose uses are recorded as if it ran.
 		inner := Statement{}
-		analyzeStatement(x.ExplainStmt.Query, s, &inner)
+		analyzeStatement(x.ExplainStmt.Query, s, &inner, enc)
 		st.Uses = inner.Uses
 		st.Outputs, st.OutputsKnown = []Output{{}}, true
 		return
@@ -206,6 +237,9 @@ func (a *analyzer) copyStmt(c *pg_query.CopyStmt, top *scope) (qres, bool) {
 		}
 	}
 	if c.IsFrom {
+		if a.enc != nil {
+			a.copyFrom(c, cols)
+		}
 		a.record(consume(cols), ClauseWriteTarget)
 		a.record(a.expr(c.WhereClause, &scope{parent: top, items: []*item{it}}), ClauseFilter)
 		return qres{known: true}, false
@@ -252,13 +286,25 @@ func (a *analyzer) insertStmt(s *pg_query.InsertStmt, parent *scope) qres {
 		defer a.popCTEs()
 	}
 	it := a.target(s.Relation)
+	targets := it.cols
 	if len(s.Cols) == 0 {
 		a.record(consume(it.cols), ClauseWriteTarget)
 	} else {
 		a.writeTargets(it, s.Cols)
+		targets = nil
+		for _, t := range s.Cols {
+			c, _ := findCol(it.cols, t.GetResTarget().GetName())
+			if c.st == nil || len(t.GetResTarget().GetIndirection()) > 0 {
+				c = rcol{st: &colState{}}
+			}
+			targets = append(targets, c)
+		}
 	}
 	if s.SelectStmt != nil {
 		res := a.query(s.SelectStmt, parent)
+		if a.enc != nil {
+			a.insertSource(targets, s.SelectStmt, res)
+		}
 		a.record(consume(res.cols), ClauseWriteSource)
 	}
 	sc := &scope{parent: parent, items: []*item{it}}
@@ -281,6 +327,9 @@ func (a *analyzer) insertStmt(s *pg_query.InsertStmt, parent *scope) qres {
 		ex := &rte{name: "excluded", cols: it.cols, known: it.known, fallback: it.fallback}
 		withEx := &scope{parent: parent, items: []*item{it, {rtes: []*rte{ex}}}}
 		a.setList(it, oc.TargetList, withEx)
+		if a.enc != nil {
+			a.setValues(it, oc.TargetList, withEx)
+		}
 		a.record(a.expr(oc.WhereClause, withEx), ClauseFilter)
 	}
 	return a.targets(s.ReturningList, sc)
@@ -295,6 +344,9 @@ func (a *analyzer) updateStmt(s *pg_query.UpdateStmt, parent *scope) qres {
 	sc := &scope{parent: parent, items: []*item{it}}
 	a.fromList(s.FromClause, sc)
 	a.setList(it, s.TargetList, sc)
+	if a.enc != nil {
+		a.setValues(it, s.TargetList, sc)
+	}
 	a.record(a.expr(s.WhereClause, sc), ClauseFilter)
 	return a.targets(s.ReturningList, sc)
 }
@@ -330,11 +382,31 @@ func (a *analyzer) mergeStmt(s *pg_query.MergeStmt, parent *scope) qres {
 		switch mw.CommandType {
 		case pg_query.CmdType_CMD_UPDATE:
 			a.setList(it, mw.TargetList, sc)
+			if a.enc != nil {
+				a.setValues(it, mw.TargetList, sc)
+			}
 		case pg_query.CmdType_CMD_INSERT:
+			targets := it.cols
 			if len(mw.TargetList) == 0 {
 				a.record(consume(it.cols), ClauseWriteTarget)
 			} else {
 				a.writeTargets(it, mw.TargetList)
+				targets = nil
+				for _, t := range mw.TargetList {
+					c, ok := findCol(it.cols, t.GetResTarget().GetName())
+					if !ok {
+						c = rcol{st: &colState{}}
+					}
+					targets = append(targets, c)
+				}
+			}
+			if a.enc != nil {
+				for i, t := range targets {
+					if col, ok := encryptedTarget(t); ok && i < len(mw.Values) {
+						l := a.expr(mw.Values[i], sc)
+						a.storeValue(col, mw.Values[i], &l)
+					}
+				}
 			}
 			for _, v := range mw.Values {
 				a.record(a.expr(v, sc), ClauseWriteSource)

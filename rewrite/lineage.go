@@ -118,6 +118,9 @@ type analyzer struct {
 	pending []*colState
 	ctes    []map[string]*cteDef
 	relCols map[uint32][]rcol
+	// enc collects the write-path encryption facts; nil when the
+	// policy has no encrypted column or the caller does not ask.
+	enc *encState
 }
 
 func newAnalyzer(s *Session) *analyzer {
@@ -476,7 +479,9 @@ func (a *analyzer) selectQuery(s *pg_query.SelectStmt, parent *scope) qres {
 func (a *analyzer) sortAndLimit(s *pg_query.SelectStmt, res qres, sc *scope) {
 	for _, o := range s.SortClause {
 		if sb := o.GetSortBy(); sb != nil {
-			a.record(a.sortKey(sb.Node, sc, res, true), ClauseGroupOrder)
+			l := a.sortKey(sb.Node, sc, res, true)
+			a.checkOrder(l)
+			a.record(l, ClauseGroupOrder)
 		} else {
 			a.generic(o, sc, ClauseGroupOrder)
 		}
@@ -1119,7 +1124,11 @@ func (a *analyzer) expr(n *pg_query.Node, sc *scope) lin {
 	case *pg_query.Node_AExpr:
 		// Operators, IN, LIKE, BETWEEN, ...
 		l := a.expr(x.AExpr.Lexpr, sc)
-		l.add(a.expr(x.AExpr.Rexpr, sc), 0)
+		r := a.expr(x.AExpr.Rexpr, sc)
+		if a.enc != nil {
+			a.checkCompare(x.AExpr, l, r)
+		}
+		l.add(r, 0)
 		l.direct = false
 		return l
 	case *pg_query.Node_BoolExpr:
@@ -1208,7 +1217,9 @@ func (a *analyzer) funcCall(f *pg_query.FuncCall, sc *scope) lin {
 	}
 	for _, o := range f.AggOrder {
 		if sb := o.GetSortBy(); sb != nil {
-			a.record(a.expr(sb.Node, sc), ClauseGroupOrder|bits)
+			ol := a.expr(sb.Node, sc)
+			a.checkOrder(ol)
+			a.record(ol, ClauseGroupOrder|bits)
 		}
 	}
 	if f.AggFilter != nil {
@@ -1253,7 +1264,9 @@ func (a *analyzer) windowDef(w *pg_query.WindowDef, sc *scope) {
 	}
 	for _, o := range w.OrderClause {
 		if sb := o.GetSortBy(); sb != nil {
-			a.record(a.expr(sb.Node, sc), ClauseGroupOrder)
+			l := a.expr(sb.Node, sc)
+			a.checkOrder(l)
+			a.record(l, ClauseGroupOrder)
 		}
 	}
 	a.record(a.expr(w.StartOffset, sc), ClauseOther)

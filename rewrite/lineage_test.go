@@ -472,7 +472,17 @@ func TestCacheTrack(t *testing.T) {
 		t.Skip("PostgreSQL not installed")
 	}
 	c := NewCache(16)
-	raw := trackedSession(t, "dpo")
+	// A policy without encrypted columns: raw sessions are analysed only
+	// when tracked.
+	plain, err := rules.Parse("plain.yaml", []byte("version: 1\nclasses:\n  email: { mask: email }\ncolumns:\n  public.customers.email: email\nroles:\n  dpo: { raw: all }\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := plain.Grants([]string{"dpo"})
+	if err != nil || !g.AllRaw() {
+		t.Fatal(err)
+	}
+	raw := &Session{Policy: plain, Grants: g, Catalog: fx.snap, SearchPath: []string{"$user", "public"}, User: "dpo", Track: true}
 	untracked := *raw
 	untracked.Track = false
 	const sql = "SELECT email FROM customers"
@@ -489,6 +499,13 @@ func TestCacheTrack(t *testing.T) {
 	}
 	if p4, _ := c.Rewrite(sql, &untracked); p4 != p1 {
 		t.Fatal("untracked plan not cached apart from the tracked one")
+	}
+	// With encrypted columns in the policy, a raw session's text is
+	// always analysed (values stored into them must be encrypted).
+	encRaw := trackedSession(t, "dpo")
+	encRaw.Track = false
+	if p, err := c.Rewrite(sql, encRaw); err != nil || !p.Analyzed || p.SQL != sql {
+		t.Fatalf("raw session, encrypted policy: %+v %v", p, err)
 	}
 	// Masked sessions are analysed whether or not Track is set, under one
 	// key.
@@ -532,7 +549,7 @@ func BenchmarkAnalysis(b *testing.B) {
 	b.Run("analysis-only", func(b *testing.B) {
 		for i := 0; i < b.N; i++ {
 			var st Statement
-			analyzeStatement(tree.Stmts[0].Stmt, masked, &st)
+			analyzeStatement(tree.Stmts[0].Stmt, masked, &st, nil)
 		}
 	})
 	b.Run("raw-analyze", func(b *testing.B) {

@@ -108,6 +108,18 @@ type Statement struct {
 	// the proxy then applies no output transform.
 	Outputs      []Output
 	OutputsKnown bool
+
+	// Encrypt lists the values the proxy must encrypt before the server
+	// sees them, when the policy has encrypted columns: bound parameters
+	// (by number) and literals (by placeholder in Plan.SQL) stored into an
+	// encrypted column (INSERT, UPDATE SET, ON CONFLICT DO UPDATE SET,
+	// MERGE) or compared with one in an equality predicate of a session
+	// that reads it decrypted. What cannot be encrypted correctly is
+	// refused with rule "encryption".
+	Encrypt []EncryptValue
+	// CopyEncrypt lists the fields of COPY FROM STDIN rows the proxy must
+	// encrypt.
+	CopyEncrypt []CopyField
 }
 
 // Refusal is a statement a masked session may not run. The proxy sends it
@@ -143,9 +155,10 @@ func Rewrite(sql string, s *Session) (*Plan, error) {
 	if s == nil || s.Policy == nil || s.Grants == nil || s.Catalog == nil {
 		return nil, ErrNoSession
 	}
+	encrypting := hasEncrypted(s.Policy)
 	if s.Grants.AllRaw() {
-		if s.Track {
-			return Analyze(sql, s)
+		if s.Track || encrypting {
+			return analyzeText(sql, s, encrypting)
 		}
 		return &Plan{SQL: sql}, nil
 	}
@@ -155,17 +168,28 @@ func Rewrite(sql string, s *Session) (*Plan, error) {
 	}
 	plan := &Plan{Rewritten: true, Analyzed: true}
 	var placeholders []placeholder
+	literals := 0
 	cur := *s
 	for _, raw := range tree.Stmts {
 		// The facts are read from the client's tree before the walker
 		// rewrites it in place; the substitution keeps every column's
 		// name and position, so they hold for the rewritten text too.
 		var facts Statement
-		analyzeStatement(raw.Stmt, &cur, &facts)
+		var enc *encState
+		if encrypting {
+			enc = &encState{}
+		}
+		analyzeStatement(raw.Stmt, &cur, &facts, enc)
 		w := newWalker(&cur, &placeholders)
 		st, err := w.statement(raw.Stmt)
 		if err != nil {
 			return nil, err
+		}
+		if enc != nil {
+			if err := encryptFacts(raw.Stmt, enc, &literals, &st); err != nil {
+				return nil, err
+			}
+			st.CopyEncrypt = enc.copy
 		}
 		st.Masked = w.masked
 		st.Uses, st.Outputs, st.OutputsKnown = facts.Uses, facts.Outputs, facts.OutputsKnown
@@ -192,15 +216,41 @@ func Rewrite(sql string, s *Session) (*Plan, error) {
 	if _, err := pg_query.Parse(out); err != nil {
 		return nil, refuse("deparse", "the statement cannot be re-serialised safely")
 	}
-	if len(placeholders) > 0 && strings.Count(out, placeholderPrefix) != len(placeholders) {
-		return nil, refuse("unsupported-syntax", "the text may not contain %q", placeholderPrefix)
-	}
-	for _, p := range placeholders {
-		if strings.Count(out, p.name) != 1 {
-			return nil, refuse("unsupported-syntax", "the text may not contain %q", placeholderPrefix)
-		}
-		out = strings.Replace(out, p.name, "("+p.sql+")", 1)
+	out, err = splice(out, placeholders, plan.Statements, literals)
+	if err != nil {
+		return nil, err
 	}
 	plan.SQL = out
 	return plan, nil
+}
+
+// splice replaces the masking placeholders of a deparsed text by their
+// sub-queries and checks that the text carries each placeholder exactly
+// once (the literal placeholders of encrypted values stay, for the proxy
+// to replace).
+func splice(out string, placeholders []placeholder, sts []Statement, literals int) (string, error) {
+	if len(placeholders)+literals == 0 {
+		return out, nil
+	}
+	bad := refuse("unsupported-syntax", "the text may not contain %q", placeholderPrefix)
+	if strings.Count(out, placeholderPrefix) != len(placeholders)+literals {
+		return "", bad
+	}
+	for _, st := range sts {
+		for _, e := range st.Encrypt {
+			if e.Placeholder != "" && strings.Count(out, e.Placeholder) != 1 {
+				return "", bad
+			}
+		}
+	}
+	// Highest number first, so that pgveil_subst_1 is not found inside
+	// pgveil_subst_10.
+	for i := len(placeholders) - 1; i >= 0; i-- {
+		p := placeholders[i]
+		if strings.Count(out, p.name) != 1 {
+			return "", bad
+		}
+		out = strings.Replace(out, p.name, "("+p.sql+")", 1)
+	}
+	return out, nil
 }
