@@ -111,6 +111,20 @@ encrypted_dpo_raw|-- roles: dpo
 SELECT * FROM cards
 encrypted_view_unclassified|SELECT * FROM card_holders
 encrypted_write_refused|UPDATE cards SET pan = 'ct:v1:CCCC' WHERE id = 1
+encrypted_insert_literals|-- roles: dpo
+INSERT INTO cards (id, pan, cvv, token) VALUES (2, '4111111111111111', NULL, 'tok-2'), (3, 4222, '123'::text, 'tok-3')
+encrypted_insert_select_plaintext|-- roles: dpo
+INSERT INTO cards (id, pan) SELECT id, email FROM customers
+encrypted_update_decrypt_role|-- roles: cardholder
+UPDATE cards SET pan = '4222222222222222', holder = 'Bob' WHERE token = 'tok-1' RETURNING id, pan
+encrypted_search_in|-- roles: cardholder
+SELECT id, pan FROM cards WHERE token IN ('tok-1', 'tok-2')
+encrypted_search_not_searchable|-- roles: cardholder
+SELECT id FROM cards WHERE pan = '4111111111111111'
+encrypted_like_refused|-- roles: dpo
+SELECT id FROM cards WHERE pan LIKE '4111%'
+encrypted_order_refused|SELECT id FROM cards ORDER BY pan
+many_substitutions|SELECT a.id FROM customers a, customers b, customers c, customers d, customers e, customers f, customers g, customers h, customers i, customers j, customers k WHERE a.id = k.id
 encrypted_join_subquery|SELECT c.name, k.pan FROM customers c JOIN (SELECT customer_id, pan FROM cards) k ON k.customer_id = c.id
 role_unknown_masks|-- roles: somebody
 SELECT email FROM customers

@@ -48,6 +48,6 @@ INSERT INTO public.events VALUES (1, 'ada@example.com', '2024-05-01'), (2, 'alan
 GRANT USAGE ON SCHEMA crm TO PUBLIC;
 CREATE TABLE public.vip_customers (tier int) INHERITS (public.customers);
 -- Encrypted columns hold ciphertext (here stand-in text).
-CREATE TABLE public.cards (id int PRIMARY KEY, customer_id int, pan text, cvv text, holder text);
-INSERT INTO public.cards VALUES (1, 1, 'ct:v1:AAAA', 'ct:v1:BBBB', 'Ada');
+CREATE TABLE public.cards (id int PRIMARY KEY, customer_id int, pan text, cvv text, holder text, token text);
+INSERT INTO public.cards VALUES (1, 1, 'ct:v1:AAAA', 'ct:v1:BBBB', 'Ada', 'dt:v1:CCCC');
 CREATE VIEW public.card_holders AS SELECT id, holder, pan FROM public.cards;

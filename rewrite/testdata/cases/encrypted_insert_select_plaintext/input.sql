@@ -1,0 +1,2 @@
+-- roles: dpo
+INSERT INTO cards (id, pan) SELECT id, email FROM customers

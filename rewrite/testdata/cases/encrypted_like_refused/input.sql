@@ -1,0 +1,2 @@
+-- roles: dpo
+SELECT id FROM cards WHERE pan LIKE '4111%'

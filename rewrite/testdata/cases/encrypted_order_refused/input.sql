@@ -1,0 +1,1 @@
+SELECT id FROM cards ORDER BY pan

@@ -1,0 +1,2 @@
+-- roles: cardholder
+SELECT id, pan FROM cards WHERE token IN ('tok-1', 'tok-2')

@@ -1,0 +1,2 @@
+-- roles: cardholder
+SELECT id FROM cards WHERE pan = '4111111111111111'
