@@ -49,6 +49,9 @@ Usage:
   pgveil check   --policy policy.yaml [--upstream URL]      validate a policy, optionally against the live schema
   pgveil harden  --policy policy.yaml [--upstream URL]      print defence-in-depth SQL for the masked roles
   pgveil demo    [flags]                                    a throwaway PostgreSQL with sample data behind the proxy
+  pgveil report  --usage-store S --policy P [--since 720h]  the minimisation report (text, json, csv, html)
+  pgveil audit verify audit.log [--key-file F]              check the audit log's hash chain
+  pgveil keyring init|rotate keys.json ...                  local encryption keys (the embedded key service)
   pgveil healthcheck [--path /readyz]                      ask a running pgveil's admin endpoint (for containers)
   pgveil version                                            print the version
 
@@ -75,6 +78,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runHarden(ctx, args[1:], stdout, stderr)
 	case "healthcheck":
 		err = runHealthcheck(ctx, args[1:], stdout, stderr)
+	case "report":
+		return runReport(ctx, args[1:], stdout, stderr)
+	case "audit":
+		return runAudit(ctx, args[1:], stdout, stderr)
+	case "keyring":
+		return runKeyring(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "pgveil", versionString())
 	case "help", "-h", "--help":

@@ -232,6 +232,7 @@ type consoleHooks struct {
 	r        *reloader
 	shutdown func()
 	started  time.Time
+	sink     *statementSink // nil without --usage-store and --audit-log
 }
 
 func (c *consoleHooks) Reload() (string, error) { return c.r.reload("console") }
@@ -239,7 +240,25 @@ func (c *consoleHooks) Reload() (string, error) { return c.r.reload("console") }
 func (c *consoleHooks) Shutdown() { c.shutdown() }
 
 func (c *consoleHooks) Usage() ([]string, [][]string, error) {
-	return nil, nil, errors.New("no usage ledger is configured (--usage-store)")
+	if c.sink == nil || c.sink.ledger == nil {
+		return nil, nil, errors.New("no usage ledger is configured (--usage-store)")
+	}
+	snap := c.sink.ledger.Snapshot()
+	cols := []string{"table", "column", "treatment", "statements", "reads", "output", "filter", "join", "group_order", "aggregate_arg", "write_target", "ok", "failed", "rows", "last_read", "unwritten"}
+	var rows [][]string
+	for _, ct := range snap.Columns {
+		n := ct.Written
+		n.Add(&ct.Unwritten)
+		last := ""
+		if !n.LastRead.IsZero() {
+			last = n.LastRead.UTC().Format(time.RFC3339)
+		}
+		f := func(v int64) string { return strconv.FormatInt(v, 10) }
+		rows = append(rows, []string{ct.Schema + "." + ct.Table, ct.Column, ct.Treatment.String(), f(n.Statements), f(n.Reads),
+			f(n.Output), f(n.Filter), f(n.Join), f(n.GroupOrder), f(n.AggregateArg), f(n.WriteTarget), f(n.OK), f(n.Failed), f(n.Rows),
+			last, f(ct.Unwritten.Statements)})
+	}
+	return cols, rows, nil
 }
 
 func (c *consoleHooks) Stats() [][]string {

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/pgveil/pgveil/admin"
+	"github.com/pgveil/pgveil/audit"
 	"github.com/pgveil/pgveil/proxy"
 )
 
@@ -44,6 +45,12 @@ type serveFlags struct {
 	adminDatabase   string
 	adminAuthDB     string
 	watchInterval   time.Duration
+	usageStore      string
+	usageFlush      time.Duration
+	auditLog        string
+	auditKeyFile    string
+	auditMaxSize    int64
+	auditOnFull     audit.OnFull
 
 	certs *certStore // set by proxyConfig when TLS is configured
 }
@@ -70,6 +77,12 @@ func (f *serveFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.adminDatabase, "admin-database", "pgveil", "database name that reaches the admin console instead of the upstream; empty disables the console")
 	fs.StringVar(&f.adminAuthDB, "admin-auth-database", "", "upstream database that admin console logins authenticate against (default: the database of --upstream, else postgres)")
 	fs.DurationVar(&f.watchInterval, "reload-interval", 2*time.Second, "how often the --policy and --tls-cert/--tls-key files are checked for changes and reloaded (0: only on SIGHUP and the console's RELOAD)")
+	fs.StringVar(&f.usageStore, "usage-store", "", "count per-column usage of every statement into sqlite:FILE or postgres://... (needs --policy); empty disables the ledger")
+	fs.DurationVar(&f.usageFlush, "usage-flush", 10*time.Second, "how often usage counts are written to --usage-store (a crash loses at most this much)")
+	fs.StringVar(&f.auditLog, "audit-log", "", "append one hash-chained JSON line per statement to this file (needs --policy); empty disables it")
+	fs.StringVar(&f.auditKeyFile, "audit-key-file", "", "HMAC key file (mode 0600) that signs every audit line")
+	fs.Int64Var(&f.auditMaxSize, "audit-max-size", 100<<20, "rotate the audit log after this many bytes (0: never); the chain continues across files")
+	fs.Var(&f.auditOnFull, "audit-on-full", "when the audit queue or disk is full: drop (count, log and mark the gap in the chain; sessions never stall) or block (sessions wait)")
 	fs.IntVar(&f.procs, "procs", 1, "CPU cores the relay may use at once (GOMAXPROCS); 0 uses Go's default, one per available core. One core gives the lowest latency and CPU per query on small machines (see bench/README.md)")
 }
 
@@ -181,7 +194,20 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	// The console's SHUTDOWN ends serving as SIGTERM does.
 	serveCtx, shutdown := context.WithCancel(ctx)
 	defer shutdown()
-	hooks := &consoleHooks{shutdown: shutdown, started: time.Now()}
+	sink, closeTracking, err := startTracking(ctx, &f, metrics, log)
+	if err != nil {
+		return err
+	}
+	// The ledger and the audit log are flushed after the last session.
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		closeTracking(cctx)
+	}()
+	if sink != nil {
+		cfg.Statements = sink
+	}
+	hooks := &consoleHooks{shutdown: shutdown, started: time.Now(), sink: sink}
 	cfg.Console = hooks
 	srv, err := proxy.New(cfg)
 	if err != nil {

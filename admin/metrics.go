@@ -24,6 +24,12 @@ type Metrics struct {
 	reloads        *prometheus.CounterVec
 	policyInfo     *prometheus.GaugeVec
 	lastReload     prometheus.Gauge
+	columnUse      *prometheus.CounterVec
+	usageFlushes   *prometheus.CounterVec
+	usagePending   prometheus.Gauge
+	usageDropped   prometheus.Counter
+	audit          *prometheus.CounterVec
+	auditErrors    *prometheus.CounterVec
 }
 
 // Totals are running totals the proxy keeps itself; Metrics reads them
@@ -80,9 +86,28 @@ func NewMetrics() *Metrics {
 		lastReload: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pgveil_policy_loaded_timestamp_seconds", Help: "When the policy in force was loaded (Unix time).",
 		}),
+		columnUse: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgveil_column_statements_total", Help: "Statements that touched a column, by table, column and treatment (raw, masked, decrypted, refused); updated at each usage flush.",
+		}, []string{"table", "column", "treatment"}),
+		usageFlushes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgveil_usage_flushes_total", Help: "Flushes of the usage ledger to its store, by result (ok, error).",
+		}, []string{"result"}),
+		usagePending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pgveil_usage_pending_keys", Help: "Usage counter keys kept for the next flush after the store failed.",
+		}),
+		usageDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pgveil_usage_dropped_statements_total", Help: "Statement counts dropped because too many keys waited for a failing store.",
+		}),
+		audit: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgveil_audit_records_total", Help: "Audit log events: written, dropped (queue or disk full), rotated.",
+		}, []string{"event"}),
+		auditErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgveil_audit_errors_total", Help: "Failed audit log writes by kind (enospc, eio, io, rotate, ...).",
+		}, []string{"kind"}),
 	}
 	r.MustRegister(m.connections, m.active, m.ended, m.refused, m.upstream, m.upstreamErrors,
 		m.queries, m.queryLatency, m.rejected, m.rewrites, m.reloads, m.policyInfo, m.lastReload,
+		m.columnUse, m.usageFlushes, m.usagePending, m.usageDropped, m.audit, m.auditErrors,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }
@@ -156,3 +181,25 @@ func (m *Metrics) WatchTotals(f func() Totals) {
 			func() float64 { return float64(f().PlanCacheMisses) }),
 	)
 }
+
+// ColumnUse adds n statements that touched table.column with a treatment.
+func (m *Metrics) ColumnUse(table, column, treatment string, n int64) {
+	m.columnUse.WithLabelValues(table, column, treatment).Add(float64(n))
+}
+
+// UsageFlushed records a flush of the usage ledger.
+func (m *Metrics) UsageFlushed(ok bool, pendingKeys int, dropped int64) {
+	if ok {
+		m.usageFlushes.WithLabelValues("ok").Inc()
+	} else {
+		m.usageFlushes.WithLabelValues("error").Inc()
+	}
+	m.usagePending.Set(float64(pendingKeys))
+	m.usageDropped.Add(float64(dropped))
+}
+
+// Audit counts audit log events (written, dropped, rotated).
+func (m *Metrics) Audit(event string, n int) { m.audit.WithLabelValues(event).Add(float64(n)) }
+
+// AuditError counts a failed audit write by kind.
+func (m *Metrics) AuditError(kind string) { m.auditErrors.WithLabelValues(kind).Inc() }

@@ -43,11 +43,23 @@ func (h *clientSide) class(typ byte) msgClass {
 			return classIntercept
 		}
 	}
+	if h.s.track != nil {
+		switch typ {
+		case 'Q', 'P', 'B', 'E', 'S', 'F', 'C':
+			return classPeek
+		}
+	}
 	return classStream
 }
 
 func (h *clientSide) header(typ byte, length int) error {
-	h.inBatch = typ != 'S'
+	return h.note(typ)
+}
+
+// note keeps the bookkeeping every client message needs, streamed or not.
+func (h *clientSide) note(typ byte) error {
+	// Query and FunctionCall are sync points of their own.
+	h.inBatch = typ != 'S' && typ != 'Q' && typ != 'F'
 	switch typ {
 	case 'Q', 'S', 'F':
 		h.s.syncSent()
@@ -57,28 +69,79 @@ func (h *clientSide) header(typ byte, length int) error {
 	return nil
 }
 
-// message rewrites the statements of masked sessions, and checks the
-// SASLInitialResponse.
+// message rewrites the statements of masked sessions, checks the
+// SASLInitialResponse, and shows the statement tracker what is sent.
 func (h *clientSide) message(typ byte, msg []byte) error {
+	if typ == 'p' {
+		return h.saslInitial(msg)
+	}
+	if h.masked == nil {
+		// A peeked message of a tracked session: it passes unchanged.
+		t := h.s.track
+		switch typ {
+		case 'Q':
+			sql, _, _ := cutNul(msg[5:])
+			t.query(sql, nil, nil)
+		case 'P':
+			name, rest, _ := cutNul(msg[5:])
+			sql, _, _ := cutNul(rest)
+			t.parse(name, sql, nil, nil)
+		case 'B':
+			t.bind(msg)
+		case 'E':
+			t.execute(msg)
+		case 'S', 'F':
+			t.syncPoint(typ == 'F')
+		case 'C':
+			t.close(msg)
+		}
+		return h.note(typ)
+	}
 	var out []byte
 	var err error
+	t := h.s.track
 	switch typ {
-	case 'p':
-		return h.saslInitial(msg)
 	case 'Q':
 		out, err = h.masked.query(msg)
-		h.s.syncSent()
+		if t != nil && err == nil {
+			sql, _, _ := cutNul(msg[5:])
+			t.query(sql, h.masked.lastPlan, h.masked.lastErr)
+		}
+		h.note(typ)
 	case 'P':
-		out, err = h.masked.parse(msg, !h.inBatch)
-		h.inBatch = true
+		atBoundary := !h.inBatch
+		out, err = h.masked.parse(msg, atBoundary)
+		if t != nil && err == nil {
+			name, rest, _ := cutNul(msg[5:])
+			sql, _, _ := cutNul(rest)
+			t.parse(name, sql, h.masked.lastPlan, h.masked.lastErr)
+		}
+		h.note(typ)
 	case 'B':
 		out, err = h.masked.bind(msg)
-		h.inBatch = true
+		if t != nil {
+			t.bind(msg)
+		}
+		h.note(typ)
 	case 'F':
 		// A function call by OID could run any function, including
 		// those denied by name.
-		h.s.syncSent()
+		if t != nil {
+			t.syncPoint(true)
+		}
+		h.note(typ)
 		out, err = (&pgproto3.Query{String: h.masked.refuse(&rewriteRefusalFunctionCall)}).Encode(nil)
+	case 'E', 'S', 'C':
+		// Peeked for the tracker only.
+		switch typ {
+		case 'E':
+			t.execute(msg)
+		case 'S':
+			t.syncPoint(false)
+		case 'C':
+			t.close(msg)
+		}
+		return h.note(typ)
 	default:
 		return fmt.Errorf("unexpected intercepted message %q", typ)
 	}
@@ -145,6 +208,16 @@ func (h *serverSide) class(typ byte) msgClass {
 	if h.internal || h.masked != nil && h.masked.refreshing.Load() {
 		return classIntercept
 	}
+	if h.s.track != nil {
+		switch typ {
+		case 'C', 'I', 's', 'V':
+			return classPeek
+		case 'E':
+			if h.masked == nil {
+				return classPeek
+			}
+		}
+	}
 	switch typ {
 	case 'Z':
 		if !h.ready && h.s.srv.cfg.Masking != nil {
@@ -190,9 +263,15 @@ func (h *serverSide) message(typ byte, msg []byte) error {
 	case 'S':
 		return h.parameterStatus(msg)
 	case 'C':
-		if ddlTag(msg[5:]) {
+		if ddlTag(msg[5:]) && s.srv.cfg.Masking != nil {
 			s.srv.cfg.Masking.Invalidate()
 		}
+		if s.track != nil {
+			s.track.answered(typ, msg)
+		}
+		return nil
+	case 'I', 's', 'V':
+		s.track.answered(typ, msg)
 		return nil
 	case 'N':
 		out, _, err := h.masked.serverError(typ, msg)
@@ -229,6 +308,9 @@ func (h *serverSide) message(typ byte, msg []byte) error {
 			_ = s.server.SetDeadline(time.Time{})
 			s.markDecided()
 		} else {
+			if s.track != nil {
+				s.track.ready()
+			}
 			s.syncDone(outcome)
 		}
 		if s.srv.draining.Load() && s.pending.Load() == 0 && msg[5] == 'I' {
@@ -239,12 +321,19 @@ func (h *serverSide) message(typ byte, msg []byte) error {
 		s.lastWasFatal.Store(isFatal(msg[5:]))
 		h.failed = true
 		if h.masked != nil {
-			out, refused, err := h.masked.serverError(typ, msg)
+			out, refusal, err := h.masked.serverError(typ, msg)
 			if err != nil {
 				return err
 			}
-			h.refused = h.refused || refused
+			h.refused = h.refused || refusal != nil
+			if s.track != nil {
+				code := errorCode(out)
+				s.track.failed(code, refusal)
+			}
 			return h.write(out)
+		}
+		if s.track != nil {
+			s.track.failed(errorCode(msg), nil)
 		}
 		return nil
 	case 'R':
@@ -363,14 +452,18 @@ func (h *serverSide) decide(msg []byte) error {
 	if err != nil {
 		return err
 	}
-	if m == nil {
+	if m == nil && s.track == nil {
 		_ = s.client.SetDeadline(time.Time{})
 		_ = s.server.SetDeadline(time.Time{})
 		s.markDecided()
 		return h.write(msg)
 	}
-	h.masked = m
-	s.masked.Store(m)
+	// Masked sessions, and relayed ones whose statements are tracked,
+	// need the name-resolution context first.
+	if m != nil {
+		h.masked = m
+		s.masked.Store(m)
+	}
 	h.internal = true
 	h.held = append([]byte(nil), msg...)
 	if err := s.toSrv.write(contextQuery, false); err != nil {
@@ -397,7 +490,12 @@ func (h *serverSide) internalReply(typ byte, msg []byte) error {
 		if err != nil {
 			return err
 		}
-		h.masked.setContext(path, user)
+		if h.masked != nil {
+			h.masked.setContext(path, user)
+		}
+		if s.track != nil {
+			s.track.setContext(path, user)
+		}
 		return nil
 	case 'E':
 		return &clientError{code: codeConnectionFailure, msg: "pgveil: the session's search_path could not be read"}
@@ -406,7 +504,9 @@ func (h *serverSide) internalReply(typ byte, msg []byte) error {
 		_ = s.client.SetDeadline(time.Time{})
 		_ = s.server.SetDeadline(time.Time{})
 		s.markDecided()
-		s.srv.log.Info("session masked", "session", s.id, "user", s.user, "grants", h.masked.grants.Key())
+		if h.masked != nil {
+			s.srv.log.Info("session masked", "session", s.id, "user", s.user, "grants", h.masked.grants.Key())
+		}
 		return h.write(h.held)
 	}
 	return &protocolError{fmt.Sprintf("unexpected message %q during startup query", typ)}

@@ -76,6 +76,10 @@ type maskedSession struct {
 	refreshed  chan struct{}
 	// idle receives a token at every ReadyForQuery.
 	idle chan struct{}
+	// lastPlan and lastErr are the outcome of the last analysis (client
+	// side only), for the statement tracker.
+	lastPlan *rewrite.Plan
+	lastErr  error
 }
 
 // decideMode runs at the first ReadyForQuery: it resolves the session's
@@ -90,31 +94,41 @@ func (s *session) decideMode() (*maskedSession, error) {
 	if policy == nil {
 		return nil, nil
 	}
+	m, roles, grants, err := s.decideMasking(policy, snap)
+	if err == nil && s.srv.cfg.Statements != nil && grants != nil {
+		s.track = newTracker(s, s.srv.cfg.Statements, roles, grants, m != nil)
+	}
+	return m, err
+}
+
+// decideMasking resolves the session's roles and grants and returns its
+// masking state (nil when it sees everything raw).
+func (s *session) decideMasking(policy *rules.Policy, snap *catalog.Snapshot) (*maskedSession, []string, *rules.Grants, error) {
 	if snap == nil {
-		return nil, &clientError{code: codeCannotConnectNow, msg: "pgveil: the catalog is not loaded yet; retry in a moment"}
+		return nil, nil, nil, &clientError{code: codeCannotConnectNow, msg: "pgveil: the catalog is not loaded yet; retry in a moment"}
 	}
 	if snap.Database != s.database {
-		return nil, &clientError{code: codeInvalidAuthSpec, msg: fmt.Sprintf("pgveil: this proxy enforces its policy on database %q only", snap.Database)}
+		return nil, nil, nil, &clientError{code: codeInvalidAuthSpec, msg: fmt.Sprintf("pgveil: this proxy enforces its policy on database %q only", snap.Database)}
 	}
 	roles := snap.RolesOf(s.user)
 	grants, err := policy.Grants(roles)
 	if err != nil {
 		if errors.Is(err, rules.ErrUnknownRole) {
-			return nil, &clientError{code: codeInvalidAuthSpec, msg: "pgveil: " + err.Error()}
+			return nil, nil, nil, &clientError{code: codeInvalidAuthSpec, msg: "pgveil: " + err.Error()}
 		}
-		return nil, err
+		return nil, nil, nil, err
 	}
 	if grants.AllRaw() {
-		return nil, nil
+		return nil, roles, grants, nil
 	}
 	if v := s.params["client_encoding"]; !utf8Encoding(v) {
-		return nil, &clientError{code: codeInvalidAuthSpec, msg: fmt.Sprintf("pgveil: masked sessions must use client_encoding UTF8 (this session uses %s)", v)}
+		return nil, nil, nil, &clientError{code: codeInvalidAuthSpec, msg: fmt.Sprintf("pgveil: masked sessions must use client_encoding UTF8 (this session uses %s)", v)}
 	}
 	if v := s.params["standard_conforming_strings"]; v != "on" {
-		return nil, &clientError{code: codeInvalidAuthSpec, msg: "pgveil: masked sessions need standard_conforming_strings=on"}
+		return nil, nil, nil, &clientError{code: codeInvalidAuthSpec, msg: "pgveil: masked sessions need standard_conforming_strings=on"}
 	}
 	return &maskedSession{s: s, cache: s.srv.cache, policy: policy, grants: grants, roles: roles, refusals: map[uint64]error{},
-		user: s.user, prepared: map[string]prepInfo{}, changers: map[string]bool{}, refreshed: make(chan struct{}, 1), idle: make(chan struct{}, 1)}, nil
+		user: s.user, prepared: map[string]prepInfo{}, changers: map[string]bool{}, refreshed: make(chan struct{}, 1), idle: make(chan struct{}, 1)}, roles, grants, nil
 }
 
 func utf8Encoding(v string) bool {
@@ -262,6 +276,10 @@ func (m *maskedSession) reprepare(name string) []byte {
 		return nil
 	}
 	plan, err := m.analyse(info.sql)
+	m.lastPlan, m.lastErr = plan, err
+	if t := m.s.track; t != nil {
+		t.parse(name, info.sql, plan, err)
+	}
 	sql := info.sql
 	switch {
 	case err != nil:
@@ -441,6 +459,7 @@ func (m *maskedSession) query(msg []byte) ([]byte, error) {
 // marker, or sql itself (changed false).
 func (m *maskedSession) rewriteSQL(sql string) (string, bool) {
 	plan, err := m.analyse(sql)
+	m.lastPlan, m.lastErr = plan, err
 	switch {
 	case err != nil:
 		return m.refuse(err), true
@@ -469,6 +488,7 @@ func (m *maskedSession) parse(msg []byte, atBoundary bool) ([]byte, error) {
 	}
 	sql0 := sql
 	plan, err := m.analyse(sql)
+	m.lastPlan, m.lastErr = plan, err
 	changed := true
 	switch {
 	case err != nil:
@@ -500,11 +520,12 @@ func putLength(msg []byte) {
 // quote data or SQL (detail, hint, context, internal query) is dropped
 // (DESIGN.md §2 rule 5).
 //
-// refused reports whether the message was a refusal marker's error.
-func (m *maskedSession) serverError(typ byte, msg []byte) (out []byte, refused bool, err error) {
+// refusal is the refusal a marker's error stands for, nil for any other
+// message.
+func (m *maskedSession) serverError(typ byte, msg []byte) (out []byte, refusal error, err error) {
 	var e pgproto3.ErrorResponse
 	if err := e.Decode(msg[5:]); err != nil {
-		return nil, false, &protocolError{"malformed error message from server"}
+		return nil, nil, &protocolError{"malformed error message from server"}
 	}
 	if typ == 'E' {
 		if r := m.takeRefusal(&e); r != nil {
@@ -517,7 +538,7 @@ func (m *maskedSession) serverError(typ byte, msg []byte) (out []byte, refused b
 			if se != nil {
 				out = errorMessage("ERROR", code, se.Message)
 			}
-			return out, true, nil
+			return out, r, nil
 		}
 	}
 	e.Detail, e.Hint, e.Where, e.InternalQuery, e.InternalPosition = "", "", "", "", 0
@@ -526,5 +547,5 @@ func (m *maskedSession) serverError(typ byte, msg []byte) (out []byte, refused b
 	} else {
 		out, err = e.Encode(nil)
 	}
-	return out, false, err
+	return out, nil, err
 }

@@ -65,6 +65,10 @@ type Config struct {
 	AdminDatabase     string
 	AdminUsers        []string
 	AdminAuthDatabase string
+	// Statements, when set with Masking, receives one event per statement
+	// of every session (raw ones included), for the usage ledger and the
+	// audit log.
+	Statements StatementSink
 	// Console serves the console commands that reach beyond the proxy
 	// (RELOAD, SHUTDOWN, SHOW POLICY, SHOW USAGE); nil answers them with
 	// an error.
@@ -118,6 +122,7 @@ type Server struct {
 	nextID   atomic.Uint64
 	wg       sync.WaitGroup
 	cache    *rewrite.Cache
+	facts    *factsCache
 
 	// admitted counts the sessions that count against MaxClientConn.
 	admitted atomic.Int64
@@ -184,6 +189,7 @@ func New(cfg Config) (*Server, error) {
 		sessions:  make(map[*session]struct{}),
 		cancels:   make(map[cancelKey]*session),
 		cache:     rewrite.NewCache(cfg.PlanCacheSize),
+		facts:     newFactsCache(10000),
 
 		stopJanitor: make(chan struct{}),
 	}, nil

@@ -95,7 +95,10 @@ type session struct {
 	// is made, and the client side waits for it before relaying queries.
 	masked      atomic.Pointer[maskedSession]
 	modeDecided chan struct{}
-	decideOnce  sync.Once
+	// track, set with the mode, follows statements to their outcome for
+	// Config.Statements; nil when no sink is configured.
+	track      *tracker
+	decideOnce sync.Once
 	// endedCh is closed when the session ends.
 	endedCh chan struct{}
 	// lastWasFatal is set when the last ErrorResponse from the server was FATAL.

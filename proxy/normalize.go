@@ -1,0 +1,325 @@
+package proxy
+
+import "strings"
+
+// normalizeSQL appends to dst the statement text with every literal
+// replaced by "?" and whitespace and comments collapsed, so that texts that
+// differ only in their constants share one analysis (usage facts) and one
+// audit fingerprint. It reports false when it cannot scan the text with
+// certainty (an unterminated string or comment, a byte it does not know):
+// the caller then keys on the exact text.
+//
+// Literals are PostgreSQL's (documentation §4.1.2): '...' strings (two quotes
+// stand for one; with standard_conforming_strings off, or after an E prefix, a
+// backslash escapes the next byte), B'...', X'...', N'...', U&'...',
+// dollar-quoted strings, and numeric constants. Quoted identifiers,
+// parameters ($1) and everything else are kept. Numbers that may be
+// positional references to output columns (right after ORDER BY, GROUP
+// BY, DISTINCT ON ( or a comma in those lists) are kept, because they
+// change which columns a statement uses.
+func normalizeSQL(dst []byte, sql string, standardStrings bool) ([]byte, bool) {
+	var (
+		prev      string // the previous significant token, lower-cased for keywords
+		space     bool   // whitespace or a comment since the last token
+		depth     int    // parenthesis depth
+		listDepth = -1   // depth of an ORDER BY / GROUP BY / DISTINCT ON list
+		pendingOn bool   // DISTINCT ON seen, its "(" opens a list
+	)
+	emit := func(tok string) {
+		if space && len(dst) > 0 {
+			dst = append(dst, ' ')
+		}
+		space = false
+		dst = append(dst, tok...)
+	}
+	emitLiteral := func() {
+		emit("?")
+		prev = "?"
+	}
+	i := 0
+	n := len(sql)
+	for i < n {
+		c := sql[i]
+		switch {
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
+			space = true
+			i++
+		case c == '-' && i+1 < n && sql[i+1] == '-':
+			for i < n && sql[i] != '\n' {
+				i++
+			}
+			space = true
+		case c == '/' && i+1 < n && sql[i+1] == '*':
+			// Block comments nest (§4.1.5).
+			level := 0
+			for i < n {
+				if sql[i] == '/' && i+1 < n && sql[i+1] == '*' {
+					level++
+					i += 2
+				} else if sql[i] == '*' && i+1 < n && sql[i+1] == '/' {
+					level--
+					i += 2
+					if level == 0 {
+						break
+					}
+				} else {
+					i++
+				}
+			}
+			if level != 0 {
+				return dst, false
+			}
+			space = true
+		case c == '\'':
+			end, ok := scanString(sql, i, !standardStrings)
+			if !ok {
+				return dst, false
+			}
+			i = end
+			emitLiteral()
+		case c == '"':
+			j := i + 1
+			for {
+				k := indexByteFrom(sql, j, '"')
+				if k < 0 {
+					return dst, false
+				}
+				if k+1 < n && sql[k+1] == '"' {
+					j = k + 2
+					continue
+				}
+				j = k + 1
+				break
+			}
+			emit(sql[i:j])
+			prev = "\""
+			i = j
+		case c == '$':
+			if i+1 < n && sql[i+1] >= '0' && sql[i+1] <= '9' {
+				j := i + 1
+				for j < n && sql[j] >= '0' && sql[j] <= '9' {
+					j++
+				}
+				emit(sql[i:j])
+				prev = "$"
+				i = j
+				continue
+			}
+			// A dollar-quoted string: $tag$ ... $tag$.
+			j := i + 1
+			for j < n && isIdentChar(sql[j]) && sql[j] != '$' {
+				j++
+			}
+			if j >= n || sql[j] != '$' || j > i+1 && sql[i+1] >= '0' && sql[i+1] <= '9' {
+				return dst, false
+			}
+			tag := sql[i : j+1]
+			end := indexFrom(sql, j+1, tag)
+			if end < 0 {
+				return dst, false
+			}
+			i = end + len(tag)
+			emitLiteral()
+		case c >= '0' && c <= '9' || c == '.' && i+1 < n && sql[i+1] >= '0' && sql[i+1] <= '9':
+			j := scanNumber(sql, i)
+			if depth == listDepth && (prev == "by" || prev == "," || prev == "(") {
+				emit(sql[i:j]) // a positional reference (ORDER BY 2)
+				prev = "#"
+			} else {
+				emitLiteral()
+			}
+			i = j
+		case isIdentStart(c):
+			j := i + 1
+			for j < n && isIdentChar(sql[j]) {
+				j++
+			}
+			word := sql[i:j]
+			// Prefixed strings: E'..', B'..', X'..', N'..', U&'..'.
+			if j < n && sql[j] == '\'' && len(word) == 1 {
+				switch word[0] | 0x20 {
+				case 'e', 'b', 'x', 'n':
+					end, ok := scanString(sql, j, word[0]|0x20 == 'e' || !standardStrings)
+					if !ok {
+						return dst, false
+					}
+					i = end
+					emitLiteral()
+					continue
+				}
+			}
+			if len(word) == 1 && word[0]|0x20 == 'u' && j+1 < n && sql[j] == '&' && sql[j+1] == '\'' {
+				end, ok := scanString(sql, j+1, !standardStrings)
+				if !ok {
+					return dst, false
+				}
+				i = end
+				emitLiteral()
+				continue
+			}
+			emit(word)
+			kw := keyword(word)
+			switch kw {
+			case "by":
+				if prev == "order" || prev == "group" {
+					listDepth = depth
+				}
+			case "on":
+				pendingOn = prev == "distinct"
+			case "end-of-list":
+				if depth == listDepth {
+					listDepth = -1
+				}
+			}
+			prev = kw
+			i = j
+		default:
+			tok := sql[i : i+1]
+			switch c {
+			case '(':
+				depth++
+				if pendingOn {
+					listDepth = depth
+					pendingOn = false
+				}
+			case ')':
+				if depth == listDepth {
+					listDepth = -1
+				}
+				depth--
+			case ';':
+				listDepth, depth = -1, 0
+			}
+			if c < 0x20 || c >= 0x80 {
+				return dst, false
+			}
+			emit(tok)
+			prev = tok
+			i++
+		}
+	}
+	return dst, true
+}
+
+// scanString returns the index after the quoted string starting at the
+// quote sql[i]; backslash says whether a backslash escapes the next byte.
+func scanString(sql string, i int, backslash bool) (int, bool) {
+	n := len(sql)
+	j := i + 1
+	for j < n {
+		switch sql[j] {
+		case '\\':
+			if backslash {
+				j += 2
+				continue
+			}
+		case '\'':
+			if j+1 < n && sql[j+1] == '\'' {
+				j += 2
+				continue
+			}
+			return j + 1, true
+		}
+		j++
+	}
+	return 0, false
+}
+
+// scanNumber returns the index after the numeric constant at sql[i]:
+// digits with underscores, a fraction, an exponent, or a 0x/0o/0b prefix.
+func scanNumber(sql string, i int) int {
+	n := len(sql)
+	j := i
+	if sql[j] == '0' && j+1 < n && (sql[j+1]|0x20 == 'x' || sql[j+1]|0x20 == 'o' || sql[j+1]|0x20 == 'b') {
+		j += 2
+		for j < n && (isHexDigit(sql[j]) || sql[j] == '_') {
+			j++
+		}
+		return j
+	}
+	for j < n && (sql[j] >= '0' && sql[j] <= '9' || sql[j] == '_') {
+		j++
+	}
+	if j < n && sql[j] == '.' && !(j+1 < n && sql[j+1] == '.') {
+		j++
+		for j < n && (sql[j] >= '0' && sql[j] <= '9' || sql[j] == '_') {
+			j++
+		}
+	}
+	if j < n && sql[j]|0x20 == 'e' {
+		k := j + 1
+		if k < n && (sql[k] == '+' || sql[k] == '-') {
+			k++
+		}
+		if k < n && sql[k] >= '0' && sql[k] <= '9' {
+			for k < n && sql[k] >= '0' && sql[k] <= '9' {
+				k++
+			}
+			j = k
+		}
+	}
+	return j
+}
+
+func isIdentStart(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || c >= 0x80
+}
+
+func isIdentChar(c byte) bool { return isIdentStart(c) || c >= '0' && c <= '9' || c == '$' }
+
+func isHexDigit(c byte) bool {
+	return c >= '0' && c <= '9' || c|0x20 >= 'a' && c|0x20 <= 'f'
+}
+
+func indexByteFrom(s string, from int, c byte) int {
+	for i := from; i < len(s); i++ {
+		if s[i] == c {
+			return i
+		}
+	}
+	return -1
+}
+
+func indexFrom(s string, from int, sub string) int {
+	for i := from; i+len(sub) <= len(s); i++ {
+		if s[i:i+len(sub)] == sub {
+			return i
+		}
+	}
+	return -1
+}
+
+// keyword classifies an identifier for the positional-reference rule:
+// the few keywords it needs, "end-of-list" for those that end an ORDER
+// BY or GROUP BY list, and "id" for anything else. It does not allocate.
+func keyword(w string) string {
+	switch len(w) {
+	case 2:
+		switch {
+		case strings.EqualFold(w, "by"):
+			return "by"
+		case strings.EqualFold(w, "on"):
+			return "on"
+		}
+	case 5:
+		switch {
+		case strings.EqualFold(w, "order"):
+			return "order"
+		case strings.EqualFold(w, "group"):
+			return "group"
+		}
+	case 8:
+		if strings.EqualFold(w, "distinct") {
+			return "distinct"
+		}
+	}
+	for _, k := range endOfList {
+		if len(k) == len(w) && strings.EqualFold(w, k) {
+			return "end-of-list"
+		}
+	}
+	return "id"
+}
+
+// endOfList are the keywords that can follow an ORDER BY or GROUP BY list.
+var endOfList = [...]string{"limit", "offset", "having", "window", "for", "union", "intersect", "except", "fetch", "returning", "where", "from", "select"}

@@ -1,0 +1,515 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/pgveil/pgveil/rewrite"
+	"github.com/pgveil/pgveil/rules"
+)
+
+// StatementSink receives one event per statement a session ran, for the
+// usage ledger and the audit log. Statement is called on the session's
+// server-side goroutine, in the order the statements ran; it must not
+// block, and must copy whatever it keeps: the event is reused.
+type StatementSink interface {
+	Statement(ev *StatementEvent)
+}
+
+// StatementEvent describes one statement and its outcome.
+type StatementEvent struct {
+	Session                               uint64
+	User, Database, Application, ClientIP string
+	// Roles are the session's roles: the login user and, recursively, the
+	// roles it is a member of.
+	Roles []string
+	// Start is when the statement was sent to the server; Duration runs
+	// until its answer.
+	Start    time.Time
+	Duration time.Duration
+	// Normalized is the client's text with every literal replaced by "?"
+	// (the whole text for a multi-statement simple query); "" when the
+	// text could not be scanned. Kind is the statement's node type
+	// (SelectStmt, ...), "" when unknown.
+	Normalized string
+	Kind       string
+	// Uses are the base columns the statement touched, with the clause
+	// kinds and the session's treatment; nil when unknown.
+	Uses []rewrite.ColumnUse
+	// Rows is the row count of the command tag (SELECT n, INSERT 0 n,
+	// COPY n, ...), or the rows of a suspended portal.
+	Rows int64
+	// Outcome is ok, error or refused; SQLState is the error's code and
+	// Rule the refusal's rule.
+	Outcome, SQLState, Rule string
+}
+
+// trackedStmt is what the tracker knows of one statement before it runs.
+type trackedStmt struct {
+	st         *rewrite.Statement // nil when not analysed
+	normalized string
+	refusal    *rewrite.Refusal
+	syntax     bool
+}
+
+// pending is a statement sent to the server and not yet answered, or (sync
+// set) the marker of a sync point.
+type pending struct {
+	ts      *trackedStmt
+	start   time.Time
+	maxRows int64
+	sync    bool
+}
+
+// tracker follows the statements of a session to their outcome and hands
+// each to the StatementSink. The client side registers what it sends;
+// the server side matches the answers (CommandComplete, ErrorResponse,
+// EmptyQueryResponse, PortalSuspended, ReadyForQuery) in order.
+type tracker struct {
+	s       *session
+	sink    StatementSink
+	masked  bool
+	grants  *rules.Grants
+	base    StatementEvent
+	scratch []byte
+	ev      StatementEvent
+
+	mu      sync.Mutex
+	queue   []pending
+	stmts   map[string]*trackedStmt // protocol-level prepared statements
+	portals map[string]*trackedStmt
+	sqlPrep map[string]*trackedStmt // SQL PREPARE, for EXECUTE
+	// path and user are the name-resolution context of a relayed
+	// (unmasked) session: read at its start, then followed through the
+	// SET search_path and SET ROLE statements the analysis sees.
+	path []string
+	user string
+}
+
+func newTracker(s *session, sink StatementSink, roles []string, grants *rules.Grants, masked bool) *tracker {
+	host := s.client.RemoteAddr().String()
+	if h, _, ok := cutLastColon(host); ok {
+		host = h
+	}
+	return &tracker{s: s, sink: sink, masked: masked, grants: grants, user: s.user,
+		base:  StatementEvent{Session: s.id, User: s.user, Database: s.database, Application: s.appName, ClientIP: host, Roles: roles},
+		stmts: map[string]*trackedStmt{}, portals: map[string]*trackedStmt{}, sqlPrep: map[string]*trackedStmt{}}
+}
+
+func cutLastColon(s string) (string, string, bool) {
+	for i := len(s) - 1; i >= 0; i-- {
+		if s[i] == ':' {
+			h := s[:i]
+			if len(h) > 1 && h[0] == '[' && h[len(h)-1] == ']' {
+				h = h[1 : len(h)-1]
+			}
+			return h, s[i+1:], true
+		}
+	}
+	return s, "", false
+}
+
+// setContext records the session's search_path and current user.
+func (t *tracker) setContext(path []string, user string) {
+	t.mu.Lock()
+	t.path, t.user = path, user
+	t.mu.Unlock()
+}
+
+// normalize returns the normalized text of sql.
+func (t *tracker) normalize(sql string) (string, bool) {
+	var ok bool
+	t.scratch, ok = normalizeSQL(t.scratch[:0], sql, t.s.params["standard_conforming_strings"] != "off")
+	if !ok {
+		return "", false
+	}
+	return string(t.scratch), true
+}
+
+// analyse returns the statements of sql as the tracker records them: from
+// plan (a masked session's rewrite) or, for a relayed session, from the
+// shared facts cache keyed by the normalized text.
+func (t *tracker) analyse(sql string, plan *rewrite.Plan, refusal error) []*trackedStmt {
+	if refusal != nil {
+		// A refused text still names the columns it tried to reach: the
+		// plain analysis finds them, and they are recorded as refused.
+		facts := t.s.srv.facts.lookup(t, sql)
+		out := stmtsOf(nil, refusal, "")
+		ts := *out[0]
+		if len(facts) > 0 {
+			ts.normalized = facts[0].normalized
+			for _, f := range facts {
+				if f.st != nil {
+					st := *f.st
+					if ts.st != nil {
+						st.Uses = append(append([]rewrite.ColumnUse(nil), ts.st.Uses...), f.st.Uses...)
+					}
+					ts.st = &st
+				}
+			}
+		}
+		return []*trackedStmt{&ts}
+	}
+	if t.masked || plan != nil {
+		norm, _ := t.normalize(sql)
+		return stmtsOf(plan, nil, norm)
+	}
+	return t.s.srv.facts.lookup(t, sql)
+}
+
+// stmtsOf turns a plan (or a refusal) into tracked statements.
+func stmtsOf(plan *rewrite.Plan, refusal error, norm string) []*trackedStmt {
+	if refusal != nil {
+		ts := &trackedStmt{normalized: norm}
+		var re *rewrite.Refusal
+		if errors.As(refusal, &re) {
+			ts.refusal = re
+		} else {
+			ts.syntax = true
+		}
+		return []*trackedStmt{ts}
+	}
+	if plan == nil || !plan.Analyzed || len(plan.Statements) == 0 {
+		return []*trackedStmt{{normalized: norm}}
+	}
+	out := make([]*trackedStmt, len(plan.Statements))
+	for i := range plan.Statements {
+		out[i] = &trackedStmt{st: &plan.Statements[i], normalized: norm}
+	}
+	return out
+}
+
+// follow updates a relayed session's name-resolution context from the
+// statements it sends.
+func (t *tracker) follow(stmts []*trackedStmt) {
+	if t.masked {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, ts := range stmts {
+		if ts.st == nil {
+			continue
+		}
+		switch {
+		case ts.st.SearchPath != nil:
+			t.path = ts.st.SearchPath
+		case ts.st.ResetSearchPath:
+			t.path = nil
+		}
+		switch {
+		case ts.st.Role != "":
+			t.user = ts.st.Role
+		case ts.st.ResetRole:
+			t.user = t.s.user
+		}
+	}
+}
+
+// query registers a simple Query message.
+func (t *tracker) query(sql string, plan *rewrite.Plan, refusal error) {
+	stmts := t.analyse(sql, plan, refusal)
+	t.follow(stmts)
+	now := time.Now()
+	t.mu.Lock()
+	for _, ts := range stmts {
+		if ts.st != nil && ts.st.Prepares != "" {
+			t.sqlPrep[ts.st.Prepares] = ts
+		}
+		t.queue = append(t.queue, pending{ts: t.executed(ts), start: now})
+	}
+	t.queue = append(t.queue, pending{sync: true})
+	t.mu.Unlock()
+}
+
+// executed returns the statement to record for ts: an SQL EXECUTE counts
+// the uses of the statement it runs.
+func (t *tracker) executed(ts *trackedStmt) *trackedStmt {
+	if ts.st == nil || ts.st.Executes == "" {
+		return ts
+	}
+	if p := t.sqlPrep[ts.st.Executes]; p != nil && p.st != nil {
+		st := *ts.st
+		st.Uses = p.st.Uses
+		return &trackedStmt{st: &st, normalized: ts.normalized}
+	}
+	return ts
+}
+
+// parse registers a Parse message.
+func (t *tracker) parse(name, sql string, plan *rewrite.Plan, refusal error) {
+	stmts := t.analyse(sql, plan, refusal)
+	t.follow(stmts)
+	t.mu.Lock()
+	if len(t.stmts) > 10000 {
+		clear(t.stmts)
+	}
+	t.stmts[name] = stmts[0]
+	t.mu.Unlock()
+}
+
+// bind registers a Bind message.
+func (t *tracker) bind(msg []byte) {
+	portal, rest, ok := cutNul(msg[5:])
+	if !ok {
+		return
+	}
+	stmt, _, ok := cutNul(rest)
+	if !ok {
+		return
+	}
+	t.mu.Lock()
+	if len(t.portals) > 10000 {
+		clear(t.portals)
+	}
+	t.portals[portal] = t.stmts[stmt]
+	t.mu.Unlock()
+}
+
+// execute registers an Execute message.
+func (t *tracker) execute(msg []byte) {
+	portal, rest, ok := cutNul(msg[5:])
+	var maxRows int64
+	if ok && len(rest) >= 4 {
+		maxRows = int64(int32(uint32(rest[0])<<24 | uint32(rest[1])<<16 | uint32(rest[2])<<8 | uint32(rest[3])))
+	}
+	now := time.Now()
+	t.mu.Lock()
+	ts := t.portals[portal]
+	if ts == nil {
+		ts = &trackedStmt{}
+	} else {
+		ts = t.executed(ts)
+	}
+	t.queue = append(t.queue, pending{ts: ts, start: now, maxRows: maxRows})
+	t.mu.Unlock()
+}
+
+// close registers a Close message.
+func (t *tracker) close(msg []byte) {
+	if len(msg) < 6 {
+		return
+	}
+	name, _, _ := cutNul(msg[6:])
+	t.mu.Lock()
+	if msg[5] == 'S' {
+		delete(t.stmts, name)
+	} else {
+		delete(t.portals, name)
+	}
+	t.mu.Unlock()
+}
+
+// syncPoint registers a Sync (or the end of a FunctionCall).
+func (t *tracker) syncPoint(functionCall bool) {
+	t.mu.Lock()
+	if functionCall {
+		t.queue = append(t.queue, pending{ts: &trackedStmt{normalized: "<function call>"}, start: time.Now()})
+	}
+	t.queue = append(t.queue, pending{sync: true})
+	t.mu.Unlock()
+}
+
+// next removes and returns the oldest unanswered statement, if any before
+// the next sync point.
+func (t *tracker) next() (pending, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.queue) == 0 || t.queue[0].sync {
+		return pending{}, false
+	}
+	p := t.queue[0]
+	t.queue = t.queue[1:]
+	return p, true
+}
+
+// answered handles a server message that ends a statement: 'C'
+// CommandComplete, 'I' EmptyQueryResponse, 's' PortalSuspended, 'V'
+// FunctionCallResponse.
+func (t *tracker) answered(typ byte, msg []byte) {
+	p, ok := t.next()
+	if !ok || typ == 'I' {
+		return
+	}
+	rows := int64(0)
+	switch typ {
+	case 'C':
+		rows = tagRows(msg[5:])
+	case 's':
+		rows = p.maxRows
+	}
+	t.emit(p, rows, "ok", "", "")
+}
+
+// failed handles an ErrorResponse: the statement it answers failed (or
+// was refused), and the server skips the rest until the sync point.
+func (t *tracker) failed(code string, refusal error) {
+	p, ok := t.next()
+	t.mu.Lock()
+	i := 0
+	for i < len(t.queue) && !t.queue[i].sync {
+		i++
+	}
+	t.queue = t.queue[i:]
+	t.mu.Unlock()
+	if !ok {
+		return
+	}
+	var re *rewrite.Refusal
+	switch {
+	case errors.As(refusal, &re):
+		t.emit(p, 0, "refused", code, re.Rule)
+	case refusal != nil:
+		t.emit(p, 0, "refused", code, "syntax")
+	default:
+		t.emit(p, 0, "error", code, "")
+	}
+}
+
+// ready handles a ReadyForQuery: everything up to the sync point it
+// answers is over.
+func (t *tracker) ready() {
+	t.mu.Lock()
+	i := 0
+	for i < len(t.queue) && !t.queue[i].sync {
+		i++
+	}
+	if i < len(t.queue) {
+		i++
+	}
+	t.queue = t.queue[i:]
+	if len(t.queue) == 0 && cap(t.queue) > 64 {
+		t.queue = nil
+	}
+	t.mu.Unlock()
+}
+
+// emit sends one event to the sink.
+func (t *tracker) emit(p pending, rows int64, outcome, code, rule string) {
+	ev := &t.ev
+	*ev = t.base
+	ev.Start = p.start
+	ev.Duration = time.Since(p.start)
+	ev.Rows, ev.Outcome, ev.SQLState, ev.Rule = rows, outcome, code, rule
+	if ts := p.ts; ts != nil {
+		ev.Normalized = ts.normalized
+		if ts.st != nil {
+			ev.Kind = ts.st.Kind
+			ev.Uses = ts.st.Uses
+		}
+		if ts.refusal != nil {
+			ev.Outcome, ev.Rule = "refused", ts.refusal.Rule
+		}
+	}
+	t.sink.Statement(ev)
+}
+
+// tagRows returns the row count at the end of a CommandComplete tag
+// ("SELECT 5", "INSERT 0 5", "COPY 10"), or 0.
+func tagRows(body []byte) int64 {
+	if i := bytes.IndexByte(body, 0); i >= 0 {
+		body = body[:i]
+	}
+	sp := bytes.LastIndexByte(body, ' ')
+	if sp < 0 {
+		return 0
+	}
+	n, err := strconv.ParseInt(string(body[sp+1:]), 10, 64)
+	if err != nil {
+		return 0
+	}
+	return n
+}
+
+// factsCache shares the analyses of relayed sessions' texts between
+// sessions: the key is the session's context (grants, search_path, user,
+// policy and catalog versions) and the normalized text, so texts that
+// differ only in their constants are analysed once.
+type factsCache struct {
+	mu      sync.Mutex
+	entries map[string][]*trackedStmt
+	max     int
+	key     []byte
+}
+
+func newFactsCache(max int) *factsCache {
+	return &factsCache{entries: map[string][]*trackedStmt{}, max: max}
+}
+
+// lookup returns the analysis of sql for t's session.
+func (c *factsCache) lookup(t *tracker, sql string) []*trackedStmt {
+	mk := t.s.srv.cfg.Masking
+	policy, snap := mk.Current()
+	if policy == nil || snap == nil {
+		return []*trackedStmt{{}}
+	}
+	t.mu.Lock()
+	path, user := t.path, t.user
+	t.mu.Unlock()
+	var ok bool
+	t.scratch = t.scratch[:0]
+	t.scratch = append(t.scratch, policy.Hash...)
+	t.scratch = strconv.AppendUint(append(t.scratch, 0), snap.Version, 10)
+	t.scratch = append(append(t.scratch, 0), t.grants.Key()...)
+	t.scratch = append(append(t.scratch, 0), user...)
+	for _, p := range path {
+		t.scratch = append(append(t.scratch, 0), p...)
+	}
+	t.scratch = append(t.scratch, 1)
+	prefix := len(t.scratch)
+	t.scratch, ok = normalizeSQL(t.scratch, sql, t.s.params["standard_conforming_strings"] != "off")
+	if !ok {
+		// Not scannable: key on the exact text.
+		t.scratch = append(t.scratch[:prefix], sql...)
+	}
+	c.mu.Lock()
+	hit, found := c.entries[string(t.scratch)]
+	c.mu.Unlock()
+	if found {
+		return hit
+	}
+	norm := ""
+	if ok {
+		norm = string(t.scratch[prefix:])
+	}
+	grants := t.grants
+	if g, err := policy.Grants(t.base.Roles); err == nil {
+		grants = g
+	}
+	var sp []string = path
+	if sp == nil {
+		sp = []string{"$user", "public"}
+	}
+	plan, err := rewrite.Analyze(sql, &rewrite.Session{Policy: policy, Grants: grants, Catalog: snap, SearchPath: sp, User: user, Track: true})
+	if err != nil {
+		plan = nil
+	}
+	stmts := stmtsOf(plan, nil, norm)
+	c.mu.Lock()
+	if len(c.entries) >= c.max {
+		clear(c.entries)
+	}
+	c.entries[string(t.scratch)] = stmts
+	c.mu.Unlock()
+	return stmts
+}
+
+// errorCode returns the SQLSTATE of an ErrorResponse message.
+func errorCode(msg []byte) string {
+	body := msg[5:]
+	for len(body) > 1 {
+		field := body[0]
+		v, rest, ok := cutNul(body[1:])
+		if !ok {
+			return ""
+		}
+		if field == 'C' {
+			return v
+		}
+		body = rest
+	}
+	return ""
+}
