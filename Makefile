@@ -15,6 +15,7 @@ test: deps lint unit integration
 
 deps:
 	bash scripts/install-deps.sh
+	bash scripts/install-browser.sh
 
 lint:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
