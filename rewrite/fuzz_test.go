@@ -3,6 +3,7 @@ package rewrite
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
@@ -36,6 +37,30 @@ func FuzzRewrite(f *testing.F) {
 			t.Fatalf("raw analysis: %v", err)
 		}
 		checkOutputs(t, sql, rp)
+		// With the write-path encryption rules, a raw session's text is
+		// either refused, sent as it is, or deparsed with exactly one
+		// placeholder per encrypted literal.
+		if ep, err := Rewrite(sql, raw); err == nil && ep.Rewritten {
+			if _, err := pg_query.Parse(ep.SQL); err != nil {
+				t.Fatalf("encrypted text does not re-parse: %v\n%s", err, ep.SQL)
+			}
+			n := 0
+			for _, st := range ep.Statements {
+				for _, e := range st.Encrypt {
+					if e.Placeholder != "" {
+						n++
+						if strings.Count(ep.SQL, e.Placeholder) != 1 {
+							t.Fatalf("placeholder %s not once in\n%s", e.Placeholder, ep.SQL)
+						}
+					}
+				}
+			}
+			if n == 0 || strings.Count(ep.SQL, literalPrefix) != n {
+				t.Fatalf("%d literal placeholders listed for\n%s", n, ep.SQL)
+			}
+		} else if err == nil && ep.SQL != sql {
+			t.Fatalf("raw text changed without a rewrite")
+		}
 		plan, err := Rewrite(sql, s)
 		if err != nil || !plan.Rewritten {
 			return
