@@ -53,6 +53,7 @@ func analyzeText(sql string, s *Session, encrypt bool) (*Plan, error) {
 		plan.Statements = append(plan.Statements, st)
 		advance(&cur, s, st)
 	}
+	plan.summarise()
 	if literals == 0 {
 		return plan, nil
 	}

@@ -149,3 +149,39 @@ func TestAnalyzeNeverEncrypts(t *testing.T) {
 		t.Fatalf("%+v %v", p, err)
 	}
 }
+
+// TestPlanFlags checks the plan-level summary the proxy tests before any
+// per-column work, and the type an output transform masks with.
+func TestPlanFlags(t *testing.T) {
+	if fx == nil {
+		t.Skip("PostgreSQL not installed")
+	}
+	cases := []struct {
+		role, sql            string
+		transforms, encrypts bool
+	}{
+		{"analyst", "SELECT id, pan FROM cards", true, false},
+		{"analyst", "SELECT id, upper(pan) FROM cards", false, false},
+		{"analyst", "SELECT email FROM customers", false, false},
+		{"cardholder", "SELECT 1; SELECT token FROM cards", true, false},
+		{"dpo", "SELECT pan FROM cards", false, false},
+		{"dpo", "INSERT INTO cards (id, pan) VALUES (1, $1)", false, true},
+		{"dpo", "COPY cards (id, token) FROM STDIN", false, true},
+	}
+	for _, c := range cases {
+		p, err := Rewrite(c.sql, trackedSession(t, c.role))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Transforms != c.transforms || p.Encrypts != c.encrypts {
+			t.Errorf("%s %s: transforms %v encrypts %v", c.role, c.sql, p.Transforms, p.Encrypts)
+		}
+		for _, st := range p.Statements {
+			for _, o := range st.Outputs {
+				if o.Transform != TransformNone && o.Type != "text" {
+					t.Errorf("%s: output type %q", c.sql, o.Type)
+				}
+			}
+		}
+	}
+}

@@ -130,6 +130,9 @@ type Output struct {
 	Source *rules.ColumnKey
 	// Rule is Source's policy rule (nil when unclassified or no Source).
 	Rule *rules.ColumnRule
+	// Type is Source's type as the catalog formats it (format_type, e.g.
+	// "text"), the typ argument of rules.Mask.Apply.
+	Type string
 	// Transform is what the proxy must do to the column's values.
 	Transform Transform
 }

@@ -199,6 +199,11 @@ func (a *analyzer) outputs(res qres) []Output {
 			d := l.deps[0]
 			key := d.key
 			out[i] = Output{Source: &key, Rule: d.rule, Transform: transformFor(a.s.Grants, d.rule)}
+			if rel := a.s.Catalog.Relation(catalog.Name{Schema: key.Schema, Name: key.Table}); rel != nil {
+				if c := rel.Column(key.Column); c != nil {
+					out[i].Type = c.Type
+				}
+			}
 		}
 	}
 	return out

@@ -58,6 +58,11 @@ type Plan struct {
 	// usage facts and output lineage; it is false for a raw session's
 	// text without Track, and for text the parser rejects in Analyze.
 	Analyzed bool
+	// Transforms is set when some output of some statement needs a
+	// transform (Output.Transform), Encrypts when some statement lists
+	// values to encrypt (Statement.Encrypt, CopyEncrypt): the proxy can
+	// skip the per-column work when they are false.
+	Transforms, Encrypts bool
 	// Statements describes each statement of the text, in order.
 	Statements []Statement
 }
@@ -221,6 +226,7 @@ func Rewrite(sql string, s *Session) (*Plan, error) {
 		return nil, err
 	}
 	plan.SQL = out
+	plan.summarise()
 	return plan, nil
 }
 
@@ -253,4 +259,14 @@ func splice(out string, placeholders []placeholder, sts []Statement, literals in
 		out = strings.Replace(out, p.name, "("+p.sql+")", 1)
 	}
 	return out, nil
+}
+
+// summarise sets the plan's Transforms and Encrypts flags.
+func (p *Plan) summarise() {
+	for _, st := range p.Statements {
+		p.Encrypts = p.Encrypts || len(st.Encrypt) > 0 || len(st.CopyEncrypt) > 0
+		for _, o := range st.Outputs {
+			p.Transforms = p.Transforms || o.Transform != TransformNone
+		}
+	}
 }
