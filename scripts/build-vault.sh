@@ -14,9 +14,14 @@ OUT=$CACHE/vault-$VERSION/vault
 MOD=integration/tools/vault
 
 if [[ -x $OUT ]]; then
-	echo "build-vault: present: $("$OUT" version 2>/dev/null | head -1)" >&2
-	echo "$OUT"
-	exit 0
+	got=$("$OUT" version 2>&1 | head -1 || true)
+	if [[ $got == "Vault $VERSION"* ]]; then
+		echo "build-vault: present: $got" >&2
+		echo "$OUT"
+		exit 0
+	fi
+	echo "build-vault: $OUT does not run ($got); rebuilding" >&2
+	rm -f "$OUT"
 fi
 
 # Only Vault releases up to 1.14.x are open source; check what we build.
@@ -32,6 +37,13 @@ mkdir -p "$(dirname "$OUT")"
 tmp=$OUT.tmp.$$
 trap 'rm -f "$tmp"' EXIT
 (cd "$MOD" && go build -trimpath -ldflags="-s -w" -o "$tmp" .)
+# The binary must run: a bad build panics at start (see the godebug line
+# in integration/tools/vault/go.mod).
+got=$("$tmp" version 2>&1 | head -1 || true)
+if [[ $got != "Vault $VERSION"* ]]; then
+	echo "build-vault: the built binary does not run: $got" >&2
+	exit 1
+fi
 mv "$tmp" "$OUT"
-echo "build-vault: built: $("$OUT" version | head -1)" >&2
+echo "build-vault: built: $got" >&2
 echo "$OUT"

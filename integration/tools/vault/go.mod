@@ -2,6 +2,11 @@ module github.com/pgveil/pgveil/integration/tools/vault
 
 go 1.26.8
 
+// Vault v1.14.1 links gosnowflake, whose embedded CA certificates have
+// negative serial numbers; Go 1.23+ rejects those unless told otherwise,
+// and the binary would panic at start ("failed to parse CA certificate").
+godebug x509negativeserial=1
+
 require github.com/hashicorp/vault v1.14.1
 
 require (
