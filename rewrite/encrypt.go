@@ -49,9 +49,21 @@ const literalPrefix = placeholderPrefix + "lit_"
 // encSite is a value the analysis found must be encrypted.
 type encSite struct {
 	konst   *pg_query.A_Const
+	pref    *pg_query.ParamRef
 	param   int32
 	col     dep
 	compare bool
+}
+
+// add records a site once (a query may be analysed more than once, e.g.
+// the terms of a recursive CTE).
+func (e *encState) add(s encSite) {
+	for _, o := range e.sites {
+		if (s.konst != nil && o.konst == s.konst) || (s.pref != nil && o.pref == s.pref) {
+			return
+		}
+	}
+	e.sites = append(e.sites, s)
 }
 
 // encState collects the write-path encryption facts of one statement.
@@ -102,7 +114,7 @@ const (
 
 // classify unwraps casts ('x'::text, $1::text) and returns what a value
 // is, with its constant or parameter.
-func classify(n *pg_query.Node) (valueKind, *pg_query.A_Const, int32) {
+func classify(n *pg_query.Node) (valueKind, *pg_query.A_Const, *pg_query.ParamRef) {
 	for {
 		tc := n.GetTypeCast()
 		if tc == nil {
@@ -113,18 +125,18 @@ func classify(n *pg_query.Node) (valueKind, *pg_query.A_Const, int32) {
 	switch x := n.GetNode().(type) {
 	case *pg_query.Node_AConst:
 		if x.AConst.Isnull {
-			return valueNull, nil, 0
+			return valueNull, nil, nil
 		}
 		switch x.AConst.Val.(type) {
 		case *pg_query.A_Const_Sval, *pg_query.A_Const_Ival, *pg_query.A_Const_Fval:
-			return valueConst, x.AConst, 0
+			return valueConst, x.AConst, nil
 		}
 	case *pg_query.Node_ParamRef:
-		return valueParam, nil, x.ParamRef.Number
+		return valueParam, nil, x.ParamRef
 	case *pg_query.Node_SetToDefault:
-		return valueDefault, nil, 0
+		return valueDefault, nil, nil
 	}
-	return valueOther, nil, 0
+	return valueOther, nil, nil
 }
 
 // storeValue records a value stored into encrypted column col: a
@@ -136,10 +148,10 @@ func (a *analyzer) storeValue(col dep, n *pg_query.Node, l *lin) {
 	kind, c, p := classify(n)
 	switch kind {
 	case valueConst:
-		a.enc.sites = append(a.enc.sites, encSite{konst: c, col: col})
+		a.enc.add(encSite{konst: c, col: col})
 		return
 	case valueParam:
-		a.enc.sites = append(a.enc.sites, encSite{param: p, col: col})
+		a.enc.add(encSite{pref: p, param: p.Number, col: col})
 		return
 	case valueNull, valueDefault:
 		return
@@ -221,12 +233,28 @@ func (a *analyzer) checkCompare(e *pg_query.A_Expr, l, r lin) {
 		kind, c, p := classify(v)
 		switch kind {
 		case valueConst:
-			a.enc.sites = append(a.enc.sites, encSite{konst: c, col: col, compare: true})
+			a.enc.add(encSite{konst: c, col: col, compare: true})
 		case valueParam:
-			a.enc.sites = append(a.enc.sites, encSite{param: p, col: col, compare: true})
+			a.enc.add(encSite{pref: p, param: p.Number, col: col, compare: true})
 		case valueNull:
 		default:
 			a.enc.refuse("encrypted column %s can be compared only with parameters, literals or another encrypted column", keyString(col.key))
+		}
+	}
+}
+
+// checkSubLink applies the equality rules to x IN (SELECT ...) and x op
+// ANY/ALL (SELECT ...): a session that reads x decrypted compares it with
+// plaintext, so the sub-query must return ciphertext of the same key.
+func (a *analyzer) checkSubLink(test lin, res qres) {
+	col, ok := encryptedDirect(test)
+	if !ok || a.s.Grants.ColumnTreatment(col.rule) != rules.TreatDecrypt {
+		return
+	}
+	for _, c := range res.cols {
+		if src, ok := encryptedDirect(c.st.l); !ok || src.rule.Encrypted.Key != col.rule.Encrypted.Key {
+			a.enc.refuse("encrypted column %s can be compared with a sub-query only when it returns a column encrypted with the same key", keyString(col.key))
+			return
 		}
 	}
 }
@@ -262,12 +290,19 @@ func (a *analyzer) insertSource(targets []rcol, src *pg_query.Node, res qres) {
 		for _, r := range sel.ValuesLists {
 			rows = append(rows, r.GetList().GetItems())
 		}
-	case sel != nil && sel.Op == pg_query.SetOperation_SETOP_NONE && len(sel.FromClause) == 0 && sel.WithClause == nil:
-		var row []*pg_query.Node
+	}
+	// The target list of a plain SELECT, when it has no *: its values
+	// line up with the targets.
+	var plain []*pg_query.Node
+	if sel != nil && sel.Op == pg_query.SetOperation_SETOP_NONE && len(sel.ValuesLists) == 0 {
 		for _, t := range sel.TargetList {
-			row = append(row, t.GetResTarget().GetVal())
+			v := t.GetResTarget().GetVal()
+			if c := v.GetColumnRef(); c != nil && isStar(c) {
+				plain = nil
+				break
+			}
+			plain = append(plain, v)
 		}
-		rows = append(rows, row)
 	}
 	for i, t := range targets {
 		col, ok := encryptedTarget(t)
@@ -275,8 +310,14 @@ func (a *analyzer) insertSource(targets []rcol, src *pg_query.Node, res qres) {
 			continue
 		}
 		if rows == nil {
-			// INSERT ... SELECT: only ciphertext of the same key may be
-			// copied.
+			// INSERT ... SELECT: a parameter or literal is encrypted;
+			// otherwise only ciphertext of the same key may be copied.
+			if i < len(plain) && i < len(res.cols) {
+				if kind, _, _ := classify(plain[i]); kind != valueOther {
+					a.storeValue(col, plain[i], &res.cols[i].st.l)
+					continue
+				}
+			}
 			if i < len(res.cols) {
 				l := res.cols[i].st.l
 				if src, ok := encryptedDirect(l); ok && src.rule.Encrypted.Key == col.rule.Encrypted.Key {
@@ -295,11 +336,18 @@ func (a *analyzer) insertSource(targets []rcol, src *pg_query.Node, res qres) {
 }
 
 // setValues stores the values of a SET list into encrypted columns of it.
+// In SET (a, b) = (x, y) every target carries a copy of the source; the
+// deparser prints the first one's, so that is the copy used.
 func (a *analyzer) setValues(it *item, list []*pg_query.Node, sc *scope) {
+	var group *pg_query.Node
 	for _, t := range list {
 		rt := t.GetResTarget()
 		if rt == nil {
 			continue
+		}
+		mar := rt.Val.GetMultiAssignRef()
+		if mar != nil && mar.Colno == 1 {
+			group = mar.Source
 		}
 		c, ok := findCol(it.cols, rt.Name)
 		if !ok {
@@ -314,8 +362,8 @@ func (a *analyzer) setValues(it *item, list []*pg_query.Node, sc *scope) {
 			continue
 		}
 		val := rt.Val
-		if mar := val.GetMultiAssignRef(); mar != nil {
-			row := mar.Source.GetRowExpr()
+		if mar != nil {
+			row := group.GetRowExpr()
 			if row == nil || int(mar.Colno) > len(row.Args) || mar.Colno < 1 {
 				a.enc.refuse("encrypted column %s must be assigned a parameter or a literal", keyString(col.key))
 				continue
@@ -420,9 +468,15 @@ func constText(c *pg_query.A_Const) string {
 func countParams(n *pg_query.Node, out map[int32]int) {
 	var visit func(m protoreflect.Message)
 	visit = func(m protoreflect.Message) {
-		if p, ok := m.Interface().(*pg_query.ParamRef); ok {
-			out[p.Number]++
+		switch x := m.Interface().(type) {
+		case *pg_query.ParamRef:
+			out[x.Number]++
 			return
+		case *pg_query.MultiAssignRef:
+			if x.Colno > 1 {
+				// A copy of the first target's source (see setValues).
+				return
+			}
 		}
 		m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
 			if fd.Kind() != protoreflect.MessageKind {

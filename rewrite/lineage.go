@@ -1118,6 +1118,9 @@ func (a *analyzer) expr(n *pg_query.Node, sc *scope) lin {
 			return lin{}
 		}
 		l := a.expr(sl.Testexpr, sc)
+		if a.enc != nil && (sl.SubLinkType == pg_query.SubLinkType_ANY_SUBLINK || sl.SubLinkType == pg_query.SubLinkType_ALL_SUBLINK) {
+			a.checkSubLink(l, res)
+		}
 		l.add(consume(res.cols), 0)
 		l.direct = false
 		return l
