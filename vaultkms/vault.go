@@ -377,6 +377,9 @@ func (v *Vault) do(ctx context.Context, op, key, method, path string, body any, 
 			return fail(ErrDenied, fmt.Errorf("HTTP %d%s", status, vaultErrors(out.Errors)))
 		case status == http.StatusNotFound:
 			return fail(ErrKeyNotFound, fmt.Errorf("HTTP %d%s", status, vaultErrors(out.Errors)))
+		case op == "auth/login":
+			// Vault answers a bad role_id or secret_id with 400.
+			return fail(ErrDenied, fmt.Errorf("HTTP %d%s", status, vaultErrors(out.Errors)))
 		default: // other 4xx
 			if len(out.Errors) > 0 && strings.Contains(out.Errors[0], "key not found") {
 				return fail(ErrKeyNotFound, fmt.Errorf("HTTP %d%s", status, vaultErrors(out.Errors)))

@@ -164,6 +164,7 @@ func TestVaultEnvelopeCallCount(t *testing.T) {
 	col := Column{ID: "public.customers.notes", Key: keyPlain, Mode: ModeEnvelope}
 	var wlog eventLog
 	w := newVault(t, VaultConfig{Addr: s.Addr(), Token: s.Token(), Observer: wlog.observe, Envelope: EnvelopeConfig{DataKeyUses: 10000}})
+	wlog.reset() // NewVault looked its token up
 	in := values(100000, "note %d")
 	var cts [][]byte
 	for lo := 0; lo < len(in); lo += 5000 {
