@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"net/url"
 	"strconv"
@@ -108,7 +106,7 @@ func auditRecord(ev *proxy.StatementEvent) *audit.Record {
 	r := &audit.Record{
 		Time: ev.Start, Session: strconv.FormatUint(ev.Session, 10), User: ev.User, Roles: ev.Roles,
 		Client: ev.ClientIP, Database: ev.Database, Application: ev.Application,
-		Fingerprint: fingerprint(ev.Normalized), SQL: ev.Normalized, Rows: ev.Rows, Duration: ev.Duration,
+		Fingerprint: ev.Fingerprint, SQL: ev.Normalized, Rows: ev.Rows, Duration: ev.Duration,
 		Outcome: audit.Outcome(ev.Outcome), SQLState: ev.SQLState, Rule: ev.Rule,
 	}
 	if ev.Outcome == "ok" {
@@ -133,16 +131,6 @@ func clauseList(c rewrite.ClauseSet) []string {
 		}
 	}
 	return out
-}
-
-// fingerprint identifies a normalized statement text (64-bit FNV-1a).
-func fingerprint(normalized string) string {
-	if normalized == "" {
-		return ""
-	}
-	h := fnv.New64a()
-	h.Write([]byte(normalized))
-	return fmt.Sprintf("%016x", h.Sum64())
 }
 
 // startTracking opens the usage store and ledger and the audit log that

@@ -34,8 +34,9 @@ type StatementEvent struct {
 	// (the whole text for a multi-statement simple query); "" when the
 	// text could not be scanned. Kind is the statement's node type
 	// (SelectStmt, ...), "" when unknown.
-	Normalized string
-	Kind       string
+	Normalized  string
+	Fingerprint string
+	Kind        string
 	// Uses are the base columns the statement touched, with the clause
 	// kinds and the session's treatment; nil when unknown.
 	Uses []rewrite.ColumnUse
@@ -49,10 +50,11 @@ type StatementEvent struct {
 
 // trackedStmt is what the tracker knows of one statement before it runs.
 type trackedStmt struct {
-	st         *rewrite.Statement // nil when not analysed
-	normalized string
-	refusal    *rewrite.Refusal
-	syntax     bool
+	st          *rewrite.Statement // nil when not analysed
+	normalized  string
+	fingerprint string
+	refusal     *rewrite.Refusal
+	syntax      bool
 }
 
 // pending is a statement sent to the server and not yet answered, or (sync
@@ -87,6 +89,13 @@ type tracker struct {
 	// SET search_path and SET ROLE statements the analysis sees.
 	path []string
 	user string
+	// ctxVersion counts changes of path and user; the facts-cache key
+	// prefix is rebuilt when it, the policy or the snapshot changes.
+	ctxVersion  uint64
+	prefix      []byte
+	prefixOf    [2]any
+	prefixCtxV  uint64
+	prefixValid bool
 }
 
 func newTracker(s *session, sink StatementSink, roles []string, grants *rules.Grants, masked bool) *tracker {
@@ -116,6 +125,7 @@ func cutLastColon(s string) (string, string, bool) {
 func (t *tracker) setContext(path []string, user string) {
 	t.mu.Lock()
 	t.path, t.user = path, user
+	t.ctxVersion++
 	t.mu.Unlock()
 }
 
@@ -140,7 +150,7 @@ func (t *tracker) analyse(sql string, plan *rewrite.Plan, refusal error) []*trac
 		out := stmtsOf(nil, refusal, "")
 		ts := *out[0]
 		if len(facts) > 0 {
-			ts.normalized = facts[0].normalized
+			ts.normalized, ts.fingerprint = facts[0].normalized, facts[0].fingerprint
 			for _, f := range facts {
 				if f.st != nil {
 					st := *f.st
@@ -163,7 +173,7 @@ func (t *tracker) analyse(sql string, plan *rewrite.Plan, refusal error) []*trac
 // stmtsOf turns a plan (or a refusal) into tracked statements.
 func stmtsOf(plan *rewrite.Plan, refusal error, norm string) []*trackedStmt {
 	if refusal != nil {
-		ts := &trackedStmt{normalized: norm}
+		ts := &trackedStmt{normalized: norm, fingerprint: fingerprint(norm)}
 		var re *rewrite.Refusal
 		if errors.As(refusal, &re) {
 			ts.refusal = re
@@ -172,12 +182,13 @@ func stmtsOf(plan *rewrite.Plan, refusal error, norm string) []*trackedStmt {
 		}
 		return []*trackedStmt{ts}
 	}
+	fp := fingerprint(norm)
 	if plan == nil || !plan.Analyzed || len(plan.Statements) == 0 {
-		return []*trackedStmt{{normalized: norm}}
+		return []*trackedStmt{{normalized: norm, fingerprint: fp}}
 	}
 	out := make([]*trackedStmt, len(plan.Statements))
 	for i := range plan.Statements {
-		out[i] = &trackedStmt{st: &plan.Statements[i], normalized: norm}
+		out[i] = &trackedStmt{st: &plan.Statements[i], normalized: norm, fingerprint: fp}
 	}
 	return out
 }
@@ -197,14 +208,18 @@ func (t *tracker) follow(stmts []*trackedStmt) {
 		switch {
 		case ts.st.SearchPath != nil:
 			t.path = ts.st.SearchPath
+			t.ctxVersion++
 		case ts.st.ResetSearchPath:
 			t.path = nil
+			t.ctxVersion++
 		}
 		switch {
 		case ts.st.Role != "":
 			t.user = ts.st.Role
+			t.ctxVersion++
 		case ts.st.ResetRole:
 			t.user = t.s.user
+			t.ctxVersion++
 		}
 	}
 }
@@ -395,7 +410,7 @@ func (t *tracker) emit(p pending, rows int64, outcome, code, rule string) {
 	ev.Duration = time.Since(p.start)
 	ev.Rows, ev.Outcome, ev.SQLState, ev.Rule = rows, outcome, code, rule
 	if ts := p.ts; ts != nil {
-		ev.Normalized = ts.normalized
+		ev.Normalized, ev.Fingerprint = ts.normalized, ts.fingerprint
 		if ts.st != nil {
 			ev.Kind = ts.st.Kind
 			ev.Uses = ts.st.Uses
@@ -405,6 +420,26 @@ func (t *tracker) emit(p pending, rows int64, outcome, code, rule string) {
 		}
 	}
 	t.sink.Statement(ev)
+}
+
+// fingerprint identifies a normalized statement text: 64-bit FNV-1a in
+// hex, computed once per analysed text.
+func fingerprint(normalized string) string {
+	if normalized == "" {
+		return ""
+	}
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(normalized); i++ {
+		h ^= uint64(normalized[i])
+		h *= 1099511628211
+	}
+	const hex = "0123456789abcdef"
+	var b [16]byte
+	for i := 15; i >= 0; i-- {
+		b[i] = hex[h&15]
+		h >>= 4
+	}
+	return string(b[:])
 }
 
 // tagRows returns the row count at the end of a CommandComplete tag
@@ -447,18 +482,22 @@ func (c *factsCache) lookup(t *tracker, sql string) []*trackedStmt {
 		return []*trackedStmt{{}}
 	}
 	t.mu.Lock()
-	path, user := t.path, t.user
+	path, user, ctxV := t.path, t.user, t.ctxVersion
 	t.mu.Unlock()
-	var ok bool
-	t.scratch = t.scratch[:0]
-	t.scratch = append(t.scratch, policy.Hash...)
-	t.scratch = strconv.AppendUint(append(t.scratch, 0), snap.Version, 10)
-	t.scratch = append(append(t.scratch, 0), t.grants.Key()...)
-	t.scratch = append(append(t.scratch, 0), user...)
-	for _, p := range path {
-		t.scratch = append(append(t.scratch, 0), p...)
+	if !t.prefixValid || t.prefixOf != [2]any{policy, snap} || t.prefixCtxV != ctxV {
+		p := t.prefix[:0]
+		p = append(p, policy.Hash...)
+		p = strconv.AppendUint(append(p, 0), snap.Version, 10)
+		p = append(append(p, 0), t.grants.Key()...)
+		p = append(append(p, 0), user...)
+		for _, e := range path {
+			p = append(append(p, 0), e...)
+		}
+		t.prefix = append(p, 1)
+		t.prefixOf, t.prefixCtxV, t.prefixValid = [2]any{policy, snap}, ctxV, true
 	}
-	t.scratch = append(t.scratch, 1)
+	var ok bool
+	t.scratch = append(t.scratch[:0], t.prefix...)
 	prefix := len(t.scratch)
 	t.scratch, ok = normalizeSQL(t.scratch, sql, t.s.params["standard_conforming_strings"] != "off")
 	if !ok {

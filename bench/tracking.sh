@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# tracking.sh measures what the usage ledger and the audit log cost: two
+# pgveil instances with the same policy in front of one PostgreSQL, one
+# plain (--policy) and one tracking every statement (--policy
+# --usage-store sqlite:... --audit-log ...), alternating runs of
+#   pass-through: pgbench's built-in select-only script as a role that sees
+#                 everything raw (relayed unchanged; tracked through the
+#                 literal-free facts cache), and
+#   masked:       a select by id from a protected table as a masked role.
+# Usage: bash bench/tracking.sh   (BENCH_SECONDS, BENCH_ROUNDS, BENCH_CLIENTS, BENCH_MODES;
+#        TRACK_PROFILE=cpu.out writes a CPU profile of the tracking instance)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+SECONDS_PER_RUN=${BENCH_SECONDS:-10}
+ROUNDS=${BENCH_ROUNDS:-3}
+CLIENTS=${BENCH_CLIENTS:-"1 16"}
+MODES=${BENCH_MODES:-"simple prepared"}
+
+WORK=$(mktemp -d /tmp/veiltrack.XXXXXX)
+chmod 755 "$WORK"
+as_pg=()
+if [[ $(id -u) == 0 ]]; then
+	chown postgres "$WORK"
+	as_pg=(runuser -u postgres --)
+fi
+cleanup() {
+	for p in ${PLAIN_PID:-} ${TRACK_PID:-}; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	"${as_pg[@]}" "$PGBIN/pg_ctl" -D "$WORK/data" -m fast stop >/dev/null 2>&1 || true
+	[[ ${BENCH_KEEP:-0} == 1 ]] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PGPORT=$(free_port)
+PLAIN=$(free_port)
+TRACK=$(free_port)
+
+"${as_pg[@]}" "$PGBIN/initdb" -D "$WORK/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >/dev/null
+"${as_pg[@]}" "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -w \
+	-o "-p $PGPORT -k $WORK -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c shared_buffers=256MB -c max_connections=100" start >/dev/null
+
+psql_su() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U postgres "$@"; }
+psql_su -d postgres <<SQL
+CREATE ROLE analyst LOGIN;
+CREATE ROLE app LOGIN;
+CREATE ROLE pgveil LOGIN;
+CREATE TABLE customers (id int PRIMARY KEY, name text, email text, ssn varchar(11), birth_date date, salary numeric(10,2), city text);
+INSERT INTO customers
+SELECT g, 'Name ' || g, 'user' || g || '@example.com', lpad((g * 7919 % 999999999)::text, 9, '0'),
+       date '1950-01-01' + g % 20000, 30000 + g % 90000, 'City ' || g % 100
+FROM generate_series(1, 100000) g;
+ANALYZE customers;
+GRANT SELECT ON customers TO analyst, app;
+SQL
+"$PGBIN/pgbench" -i -s 10 -q -h 127.0.0.1 -p "$PGPORT" -U postgres postgres >/dev/null 2>&1
+psql_su -d postgres -c "GRANT SELECT, UPDATE ON ALL TABLES IN SCHEMA public TO app"
+
+cat > "$WORK/policy.yaml" <<'YAML'
+version: 1
+classes:
+  email:       { mask: email }
+  national_id: { mask: "partial(last=4)" }
+  birth_date:  { mask: "truncate(year)" }
+  salary:      { mask: "round(-4)" }
+columns:
+  public.customers.email: email
+  public.customers.ssn: national_id
+  public.customers.birth_date: birth_date
+  public.customers.salary: salary
+roles:
+  analyst: {}
+  app: { raw: all }
+YAML
+
+go build -o "$WORK/veil" .
+up="postgres://pgveil@127.0.0.1:$PGPORT/postgres?sslmode=disable"
+"$WORK/veil" serve --listen "127.0.0.1:$PLAIN" --admin-listen "" --log-level warn --policy "$WORK/policy.yaml" --upstream "$up" \
+	>"$WORK/plain.log" 2>&1 &
+PLAIN_PID=$!
+PGVEIL_CPUPROFILE="${TRACK_PROFILE:-}" "$WORK/veil" serve --listen "127.0.0.1:$TRACK" --admin-listen "" --log-level warn --policy "$WORK/policy.yaml" --upstream "$up" \
+	--usage-store "sqlite:$WORK/usage.db" --audit-log "$WORK/audit.log" >"$WORK/track.log" 2>&1 &
+TRACK_PID=$!
+for p in $PLAIN $TRACK; do
+	for _ in $(seq 100); do "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$p" && break; sleep 0.1; done
+done
+
+printf '\\set id random(1, 100000)\nSELECT id, name, email, ssn, birth_date, salary FROM customers WHERE id = :id;\n' >"$WORK/masked.sql"
+
+tps() { # port user mode clients script|builtin
+	local j=$(( $4 < 2 ? $4 : 2 ))
+	local what=(-S)
+	[[ $5 != builtin ]] && what=(-f "$5")
+	"$PGBIN/pgbench" -n -h 127.0.0.1 -p "$1" -U "$2" "${what[@]}" -M "$3" -c "$4" -j "$j" -T "$SECONDS_PER_RUN" postgres 2>/dev/null |
+		awk '/^tps = /{print $3}'
+}
+best() { awk -v a="$1" -v b="$2" 'BEGIN{print (b>a)?b:a}'; }
+
+echo "| workload | mode | clients | pgveil TPS | pgveil + ledger + audit TPS | tracked / plain |"
+echo "|---|---|---|---|---|---|"
+for workload in ${BENCH_WORKLOADS:-pass-through masked}; do
+	user=app script=builtin
+	[[ $workload == masked ]] && user=analyst script="$WORK/masked.sql"
+	for mode in $MODES; do
+		for c in $CLIENTS; do
+			bp=0 bt=0
+			for r in $(seq "$ROUNDS"); do
+				if (( r % 2 )); then
+					p=$(tps "$PLAIN" "$user" "$mode" "$c" "$script"); t=$(tps "$TRACK" "$user" "$mode" "$c" "$script")
+				else
+					t=$(tps "$TRACK" "$user" "$mode" "$c" "$script"); p=$(tps "$PLAIN" "$user" "$mode" "$c" "$script")
+				fi
+				bp=$(best "$bp" "${p:-0}"); bt=$(best "$bt" "${t:-0}")
+			done
+			printf '| %s | %s | %s | %.0f | %.0f | %.3f |\n' "$workload" "$mode" "$c" "$bp" "$bt" "$(awk -v a="$bt" -v b="$bp" 'BEGIN{print (b>0)?a/b:0}')"
+		done
+	done
+done
+kill "$TRACK_PID"; wait "$TRACK_PID" 2>/dev/null || true
+TRACK_PID=
+lines=$(wc -l <"$WORK/audit.log")
+echo
+echo "audit log: $lines lines; $("$WORK/veil" audit verify "$WORK/audit.log" 2>&1 | head -1)"
