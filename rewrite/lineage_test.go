@@ -174,8 +174,27 @@ func TestLineageAttribution(t *testing.T) {
 	if fx == nil {
 		t.Skip("PostgreSQL not installed")
 	}
+	cases := lineageCases
+	// Every masked case also runs in the raw session dpo: the same
+	// columns and clauses, every treatment raw, no transform.
+	raw := strings.NewReplacer(" mask", " raw", " decrypt", " raw")
 	for _, c := range lineageCases {
-		t.Run(c.sql, func(t *testing.T) {
+		if c.role == "dpo" {
+			continue
+		}
+		var uses []string
+		for _, u := range c.uses {
+			uses = append(uses, raw.Replace(u))
+		}
+		outputs := strings.NewReplacer(" decrypt-mask", "", " decrypt", "").Replace(c.outputs)
+		cases = append(cases, struct {
+			role, sql string
+			uses      []string
+			outputs   string
+		}{"dpo", c.sql, uses, outputs})
+	}
+	for _, c := range cases {
+		t.Run(c.role+"/"+c.sql, func(t *testing.T) {
 			s := trackedSession(t, c.role)
 			plan, err := Rewrite(c.sql, s)
 			if err != nil {
