@@ -51,6 +51,9 @@ type VaultConfig struct {
 	// BatchSize is how many values go in one batch_input request; 0
 	// means 1000.
 	BatchSize int
+	// Concurrency is how many batch requests of one call run at once; 0
+	// means 4.
+	Concurrency int
 	// Envelope tunes envelope-mode columns; the zero value is usable.
 	Envelope EnvelopeConfig
 	// Observer, if not nil, receives an Event per operation and per
@@ -128,6 +131,9 @@ func NewVault(ctx context.Context, cfg VaultConfig) (*Vault, error) {
 	}
 	if cfg.BatchSize <= 0 {
 		cfg.BatchSize = 1000
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 4
 	}
 	ac := api.DefaultConfig()
 	if ac.Error != nil {
@@ -478,36 +484,79 @@ func (v *Vault) transitPath(kind, key string) string {
 
 func contextOf(col Column) string { return base64.StdEncoding.EncodeToString([]byte(col.ID)) }
 
-// batch sends items to transit/<kind>/<key> in chunks of BatchSize and
-// returns the batch results in order.
+// batch sends items to transit/<kind>/<key> in chunks of BatchSize, up to
+// Concurrency chunks at a time, and returns the batch results in order.
+// On failure it returns the error of the first failing chunk; a failed
+// item is named by its index in items.
 func (v *Vault) batch(ctx context.Context, kind string, col Column, items []map[string]any) ([]batchResult, error) {
-	out := make([]batchResult, 0, len(items))
-	for lo := 0; lo < len(items); lo += v.cfg.BatchSize {
+	out := make([]batchResult, len(items))
+	nchunks := (len(items) + v.cfg.BatchSize - 1) / v.cfg.BatchSize
+	errs := make([]error, nchunks)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sem := make(chan struct{}, v.cfg.Concurrency)
+	var wg sync.WaitGroup
+	for c := range nchunks {
+		lo := c * v.cfg.BatchSize
 		hi := min(lo+v.cfg.BatchSize, len(items))
-		var resp vaultResponse
-		err := v.do(ctx, "transit/"+kind, col.Key, http.MethodPut, v.transitPath(kind, col.Key),
-			map[string]any{"batch_input": items[lo:hi]}, hi-lo, true, &resp)
-		if err != nil {
-			var e *Error
-			if errors.As(err, &e) && lo > 0 && errors.Is(err, ErrInvalidCiphertext) {
-				e.Err = fmt.Errorf("in batch from value %d: %w", lo, e.Err)
+		sem <- struct{}{}
+		if ctx.Err() != nil {
+			<-sem
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if errs[c] = v.chunk(ctx, kind, col, items[lo:hi], lo, out[lo:hi]); errs[c] != nil {
+				cancel()
 			}
+		}()
+	}
+	wg.Wait()
+	// The first failing chunk's error; chunks cancelled because of it
+	// come later or report the cancellation, which is not the cause.
+	var first error
+	for _, err := range errs {
+		if err != nil && !errors.Is(err, context.Canceled) {
 			return nil, err
 		}
-		var d struct {
-			BatchResults []batchResult `json:"batch_results"`
+		if err != nil && first == nil {
+			first = err
 		}
-		if err := json.Unmarshal(resp.Data, &d); err != nil || len(d.BatchResults) != hi-lo {
-			return nil, &Error{Op: "vault transit/" + kind, Key: col.Key, Addr: v.cfg.Addr, Kind: ErrUnavailable, Err: errors.New("malformed batch response")}
-		}
-		for i, r := range d.BatchResults {
-			if r.Error != "" {
-				return nil, &Error{Op: "vault transit/" + kind, Key: col.Key, Addr: v.cfg.Addr, Kind: ErrInvalidCiphertext, Err: fmt.Errorf("value %d: %s", lo+i, r.Error)}
-			}
-		}
-		out = append(out, d.BatchResults...)
+	}
+	if first != nil {
+		return nil, first
 	}
 	return out, nil
+}
+
+// chunk sends one batch request for items (which start at index lo) and
+// fills out.
+func (v *Vault) chunk(ctx context.Context, kind string, col Column, items []map[string]any, lo int, out []batchResult) error {
+	op := "transit/" + kind
+	var resp vaultResponse
+	err := v.do(ctx, op, col.Key, http.MethodPut, v.transitPath(kind, col.Key),
+		map[string]any{"batch_input": items}, len(items), true, &resp)
+	if err != nil {
+		if i, msg, ok := firstBatchError(resp.Data); ok && errors.Is(err, ErrInvalidCiphertext) {
+			return &Error{Op: "vault " + op, Key: col.Key, Addr: v.cfg.Addr, Kind: ErrInvalidCiphertext, Err: fmt.Errorf("value %d: %s", lo+i, msg)}
+		}
+		return err
+	}
+	var d struct {
+		BatchResults []batchResult `json:"batch_results"`
+	}
+	if err := json.Unmarshal(resp.Data, &d); err != nil || len(d.BatchResults) != len(items) {
+		return &Error{Op: "vault " + op, Key: col.Key, Addr: v.cfg.Addr, Kind: ErrUnavailable, Err: errors.New("malformed batch response")}
+	}
+	for i, r := range d.BatchResults {
+		if r.Error != "" {
+			return &Error{Op: "vault " + op, Key: col.Key, Addr: v.cfg.Addr, Kind: ErrInvalidCiphertext, Err: fmt.Errorf("value %d: %s", lo+i, r.Error)}
+		}
+	}
+	copy(out, d.BatchResults)
+	return nil
 }
 
 // checkKey verifies once per key that it exists, is derived, and that its

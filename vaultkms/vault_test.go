@@ -102,6 +102,13 @@ func TestVaultTransitBatch(t *testing.T) {
 			t.Fatalf("value %d did not round-trip", i)
 		}
 	}
+	// A bad value deep in the batch is named by its index in the call.
+	bad := append([][]byte(nil), cts...)
+	bad[7500] = cts[7501]
+	bad[7501] = []byte("vault:v1:" + strings.Repeat("A", 40))
+	if _, err := v.Decrypt(ctx, col, bad); !errors.Is(err, ErrInvalidCiphertext) || !strings.Contains(err.Error(), "value 7501:") {
+		t.Errorf("bad value 7501: got %v", err)
+	}
 	// Derivation: the key's context is the column, so Vault itself
 	// refuses another column's context.
 	_, err = v.Decrypt(ctx, Column{ID: "public.other.col", Key: keyPlain}, cts[:3])
