@@ -31,6 +31,10 @@ type Metrics struct {
 	audit          *prometheus.CounterVec
 	auditErrors    *prometheus.CounterVec
 
+	keyOps     *prometheus.CounterVec
+	keyLatency *prometheus.HistogramVec
+	keyValues  *prometheus.CounterVec
+
 	// Resolved children of the vectors on hot paths (one label lookup
 	// per event is measurable at tens of thousands of queries a second).
 	queriesOK, queriesError, queriesRefused prometheus.Counter
@@ -110,6 +114,17 @@ func NewMetrics() *Metrics {
 			Name: "pgveil_audit_errors_total", Help: "Failed audit log writes by kind (enospc, eio, io, rotate, ...).",
 		}, []string{"kind"}),
 	}
+	m.keyOps = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgveil_key_service_calls_total", Help: "Key service operations (encrypt, decrypt, rewrap, keyinfo) and Vault requests (vault transit/decrypt, ...), by outcome (ok, unavailable, denied, not_found, invalid, ...).",
+	}, []string{"op", "outcome"})
+	m.keyLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "pgveil_key_service_seconds", Help: "Duration of key service operations and Vault requests.",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+	}, []string{"op"})
+	m.keyValues = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgveil_key_service_values_total", Help: "Values encrypted, decrypted or rewrapped, by operation.",
+	}, []string{"op"})
+	r.MustRegister(m.keyOps, m.keyLatency, m.keyValues)
 	m.queriesOK, m.queriesError, m.queriesRefused = m.queries.WithLabelValues("ok"), m.queries.WithLabelValues("error"), m.queries.WithLabelValues("refused")
 	m.auditWritten = m.audit.WithLabelValues("written")
 	r.MustRegister(m.connections, m.active, m.ended, m.refused, m.upstream, m.upstreamErrors,
@@ -225,3 +240,12 @@ func (m *Metrics) Audit(event string, n int) {
 
 // AuditError counts a failed audit write by kind.
 func (m *Metrics) AuditError(kind string) { m.auditErrors.WithLabelValues(kind).Inc() }
+
+// KeyService records one key-service operation or Vault request.
+func (m *Metrics) KeyService(op string, remote bool, outcome string, values int, d time.Duration) {
+	m.keyOps.WithLabelValues(op, outcome).Inc()
+	m.keyLatency.WithLabelValues(op).Observe(d.Seconds())
+	if !remote && values > 0 {
+		m.keyValues.WithLabelValues(op).Add(float64(values))
+	}
+}
