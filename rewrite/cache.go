@@ -20,6 +20,8 @@ type CacheKey struct {
 	// Track is Session.Track for sessions that see everything raw (for
 	// masked sessions, which are always analysed, it is false).
 	Track bool
+	// Encrypt is Session.Encrypt.
+	Encrypt bool
 }
 
 // KeyFor returns the cache key for sql in session s.
@@ -32,6 +34,7 @@ func KeyFor(s *Session, sql string) CacheKey {
 		Path:    strings.Join(w.searchPath(), "\x00"),
 		SQL:     sql,
 		Track:   s.Track && s.Grants.AllRaw(),
+		Encrypt: s.Encrypt,
 	}
 }
 

@@ -43,6 +43,13 @@ type Session struct {
 	// Rewrite then parses and analyses their text (see Analyze) instead of
 	// returning it without a look. Masked sessions are always analysed.
 	Track bool
+	// Encrypt turns on the write-path encryption analysis when the policy
+	// has encrypted columns (Statement.Encrypt, CopyEncrypt, and the
+	// refusals of rule "encryption"), for masked and raw sessions alike
+	// (raw sessions' texts are then always parsed). Set it only where the
+	// proxy applies the result: literals become placeholders that must be
+	// replaced by ciphertext before the text is sent.
+	Encrypt bool
 
 	// projections caches masking sub-queries; set by Cache.Rewrite.
 	projections *projectionCache
@@ -160,7 +167,7 @@ func Rewrite(sql string, s *Session) (*Plan, error) {
 	if s == nil || s.Policy == nil || s.Grants == nil || s.Catalog == nil {
 		return nil, ErrNoSession
 	}
-	encrypting := hasEncrypted(s.Policy)
+	encrypting := s.Encrypt && hasEncrypted(s.Policy)
 	if s.Grants.AllRaw() {
 		if s.Track || encrypting {
 			return analyzeText(sql, s, encrypting)
