@@ -349,6 +349,10 @@ func (a *analyzer) pushCTEs(wc *pg_query.WithClause, parent *scope) {
 			res = a.selectQuery(sel.Larg, parent)
 			for i := 0; i < 3; i++ {
 				def.cols, def.known = renamed(res.cols, cte.Aliascolnames), res.known
+				// The previous pass's columns are superseded, not unread.
+				for _, c := range res.cols {
+					c.st.used = true
+				}
 				res = a.selectQuery(sel, parent)
 			}
 		} else {
