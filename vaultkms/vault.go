@@ -2,6 +2,8 @@ package vaultkms
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -354,6 +356,11 @@ func (v *Vault) do(ctx context.Context, op, key, method, path string, body any, 
 		v.authMu.Unlock()
 		status, raw, err := v.roundTrip(ctx, method, path, payload)
 		if err != nil {
+			if isTLSVerifyError(err) {
+				// A certificate Vault presents and we do not trust is a
+				// configuration problem; retrying cannot fix it.
+				return fail(ErrConfig, err)
+			}
 			if ctx.Err() != nil {
 				return fail(ErrUnavailable, fmt.Errorf("%w (after %d attempts; last: %v)", ctx.Err(), attempt+1, err))
 			}
@@ -440,6 +447,15 @@ func (v *Vault) roundTrip(ctx context.Context, method, path string, payload []by
 		return 0, nil, scrubTransport(rerr)
 	}
 	return resp.StatusCode, raw, nil
+}
+
+// isTLSVerifyError reports a failed verification of Vault's certificate.
+func isTLSVerifyError(err error) bool {
+	var unknownCA x509.UnknownAuthorityError
+	var hostname x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	var verify *tls.CertificateVerificationError
+	return errors.As(err, &unknownCA) || errors.As(err, &hostname) || errors.As(err, &invalid) || errors.As(err, &verify)
 }
 
 // scrubTransport keeps a transport error's message short; it never holds

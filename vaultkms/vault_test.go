@@ -364,6 +364,11 @@ func TestVaultDownAndRecovery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	envCol := Column{ID: "s.t.env", Key: keyPlain, Mode: ModeEnvelope}
+	envCts, err := v.Encrypt(ctx, envCol, [][]byte{[]byte("cached")})
+	if err != nil {
+		t.Fatal(err)
+	}
 	// 3 attempts of 400ms and two backoffs of at most 200ms: under 2s.
 	const bound = 2500 * time.Millisecond
 	expectUnavailable := func(what string) {
@@ -387,6 +392,10 @@ func TestVaultDownAndRecovery(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectUnavailable("paused")
+	// Envelope values whose data key is cached still decrypt.
+	if pts, err := v.Decrypt(ctx, envCol, envCts); err != nil || string(pts[0]) != "cached" {
+		t.Errorf("envelope with a cached data key while Vault hangs: %v", err)
+	}
 	// The caller's deadline wins over retries.
 	dctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 	start := time.Now()
@@ -444,5 +453,39 @@ func TestNewVaultConfig(t *testing.T) {
 	_, err := NewVault(ctx, VaultConfig{Addr: "http://127.0.0.1:1", Token: "t", MaxAttempts: 2, BackoffMin: time.Millisecond})
 	if !errors.Is(err, ErrUnavailable) || time.Since(start) > 2*time.Second {
 		t.Errorf("unreachable Vault: %v after %v", err, time.Since(start))
+	}
+}
+
+// TestVaultTLS talks HTTPS to a -dev-tls server: trusting its CA works,
+// the system roots or a wrong server name are configuration errors (not
+// retried as outages).
+func TestVaultTLS(t *testing.T) {
+	s := vaultdev.StartT(t, vaultdev.Config{TLS: true, Setup: setupKeys})
+	if !strings.HasPrefix(s.Addr(), "https://") {
+		t.Fatalf("Addr = %s", s.Addr())
+	}
+	ctx := context.Background()
+	v := newVault(t, VaultConfig{Addr: s.Addr(), Token: s.Token(), TLS: VaultTLS{CAFile: s.CAFile()}})
+	col := Column{ID: "s.t.c", Key: keyPlain}
+	cts, err := v.Encrypt(ctx, col, [][]byte{[]byte("over TLS")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pts, err := v.Decrypt(ctx, col, cts); err != nil || string(pts[0]) != "over TLS" {
+		t.Fatalf("decrypt over TLS: %v", err)
+	}
+	v2 := newVault(t, VaultConfig{Addr: s.Addr(), Token: s.Token(), TLS: VaultTLS{CAFile: s.CAFile(), ServerName: "localhost"}})
+	if _, err := v2.Encrypt(ctx, col, [][]byte{[]byte("x")}); err != nil {
+		t.Fatalf("ServerName localhost: %v", err)
+	}
+	for name, tlsCfg := range map[string]VaultTLS{
+		"system roots": {},
+		"wrong name":   {CAFile: s.CAFile(), ServerName: "vault.invalid"},
+	} {
+		start := time.Now()
+		_, err := NewVault(ctx, VaultConfig{Addr: s.Addr(), Token: s.Token(), TLS: tlsCfg, BackoffMin: time.Second})
+		if !errors.Is(err, ErrConfig) || time.Since(start) > time.Second {
+			t.Errorf("%s: got %v after %v, want ErrConfig without retries", name, err, time.Since(start))
+		}
 	}
 }

@@ -17,6 +17,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -63,6 +65,9 @@ type Config struct {
 	// Setup, if not nil, runs after every start (Start and Restart), e.g.
 	// to create transit keys.
 	Setup func(ctx context.Context, s *Server) error
+	// TLS runs the server with -dev-tls: HTTPS with a generated CA,
+	// written to CAFile().
+	TLS bool
 }
 
 // Server is a running Vault dev server. Its methods are safe for
@@ -79,6 +84,7 @@ type Server struct {
 	mu     sync.Mutex
 	cmd    *exec.Cmd
 	exited chan struct{}
+	client *http.Client
 }
 
 // Binary returns the vault binary: $PGVEIL_VAULT_BIN, else the path
@@ -218,10 +224,23 @@ func (s *Server) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(s.bin, "server", "-dev",
-		"-dev-root-token-id="+s.token,
-		"-dev-listen-address=127.0.0.1:"+strconv.Itoa(s.port),
-		"-dev-no-store-token")
+	args := []string{"server", "-dev",
+		"-dev-root-token-id=" + s.token,
+		"-dev-listen-address=127.0.0.1:" + strconv.Itoa(s.port),
+		"-dev-no-store-token"}
+	if s.cfg.TLS {
+		certDir := filepath.Join(s.dir, "tls")
+		os.RemoveAll(certDir) // a restart makes a new CA
+		if err := os.MkdirAll(certDir, 0o700); err != nil {
+			logf.Close()
+			return err
+		}
+		args = append(args, "-dev-tls", "-dev-tls-cert-dir="+certDir)
+	}
+	s.mu.Lock()
+	s.client = nil
+	s.mu.Unlock()
+	cmd := exec.Command(s.bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = s.dir
 	// HOME is the scratch directory so nothing lands in the user's home;
@@ -264,10 +283,11 @@ func (s *Server) start(ctx context.Context) error {
 func (s *Server) waitHealthy(ctx context.Context, exited chan struct{}) error {
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
-	client := &http.Client{Timeout: time.Second}
 	for {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.Addr()+"/v1/sys/health", nil)
-		if resp, err := client.Do(req); err == nil {
+		if client, err := s.httpClient(); err != nil {
+			// The CA file is not written yet.
+		} else if resp, err := client.Do(req); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				return nil
@@ -291,8 +311,46 @@ func (s *Server) logTail() string {
 	return string(b)
 }
 
-// Addr returns the server's address, "http://127.0.0.1:PORT".
-func (s *Server) Addr() string { return "http://127.0.0.1:" + strconv.Itoa(s.port) }
+// Addr returns the server's address, "http://127.0.0.1:PORT" (https
+// with Config.TLS).
+func (s *Server) Addr() string {
+	if s.cfg.TLS {
+		return "https://127.0.0.1:" + strconv.Itoa(s.port)
+	}
+	return "http://127.0.0.1:" + strconv.Itoa(s.port)
+}
+
+// CAFile returns the PEM file of the CA that signed the server's
+// certificate with Config.TLS ("" without). Restart makes a new CA.
+func (s *Server) CAFile() string {
+	if !s.cfg.TLS {
+		return ""
+	}
+	return filepath.Join(s.dir, "tls", "vault-ca.pem")
+}
+
+// httpClient returns a client for the server, trusting its CA with TLS.
+func (s *Server) httpClient() (*http.Client, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.client != nil {
+		return s.client, nil
+	}
+	c := &http.Client{Timeout: 30 * time.Second}
+	if s.cfg.TLS {
+		pem, err := os.ReadFile(s.CAFile())
+		if err != nil {
+			return nil, err
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, errors.New("no certificate in the dev CA file")
+		}
+		c.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
+	}
+	s.client = c
+	return c, nil
+}
 
 // Port returns the API port (the cluster listener uses Port()+1).
 func (s *Server) Port() int { return s.port }
@@ -304,8 +362,45 @@ func (s *Server) Token() string { return s.token }
 func (s *Server) TransitMount() string { return s.cfg.TransitMount }
 
 // Pause stops the server process with SIGSTOP: it keeps its port and its
-// data but answers nothing (clients time out). Resume continues it.
-func (s *Server) Pause() error { return s.signal(syscall.SIGSTOP) }
+// data but answers nothing (clients time out). It returns once every
+// thread of the process is stopped. Resume continues it.
+func (s *Server) Pause() error {
+	if err := s.signal(syscall.SIGSTOP); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	pid := s.cmd.Process.Pid
+	s.mu.Unlock()
+	deadline := time.Now().Add(5 * time.Second)
+	for !allStopped(pid) {
+		if time.Now().After(deadline) {
+			return errors.New("vault did not stop after SIGSTOP")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return nil
+}
+
+// allStopped reports whether every thread of pid is in state T (stopped),
+// from /proc/PID/task/*/stat.
+func allStopped(pid int) bool {
+	tasks, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+	if err != nil || len(tasks) == 0 {
+		return false
+	}
+	for _, task := range tasks {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/task/" + task.Name() + "/stat")
+		if err != nil {
+			return false
+		}
+		// The state follows the command name, which is in parentheses.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 || i+2 >= len(b) || b[i+2] != 'T' {
+			return false
+		}
+	}
+	return true
+}
 
 // Resume continues a paused server with SIGCONT.
 func (s *Server) Resume() error { return s.signal(syscall.SIGCONT) }
@@ -404,7 +499,10 @@ func (s *Server) DoToken(ctx context.Context, token, method, path string, body a
 		return nil, err
 	}
 	req.Header.Set("X-Vault-Token", token)
-	client := &http.Client{Timeout: 30 * time.Second}
+	client, err := s.httpClient()
+	if err != nil {
+		return nil, fmt.Errorf("vault %s %s: %w", method, path, err)
+	}
 	resp, err := client.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("vault %s %s: %w", method, path, err)
