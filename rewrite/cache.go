@@ -20,21 +20,21 @@ type CacheKey struct {
 	// Track is Session.Track for sessions that see everything raw (for
 	// masked sessions, which are always analysed, it is false).
 	Track bool
-	// Encrypt is Session.Encrypt.
-	Encrypt bool
+	// SkipEncrypt is Session.SkipEncrypt.
+	SkipEncrypt bool
 }
 
 // KeyFor returns the cache key for sql in session s.
 func KeyFor(s *Session, sql string) CacheKey {
 	w := walker{s: s}
 	return CacheKey{
-		Policy:  s.Policy.Hash,
-		Grants:  s.Grants.Key(),
-		Catalog: s.Catalog.Version,
-		Path:    strings.Join(w.searchPath(), "\x00"),
-		SQL:     sql,
-		Track:   s.Track && s.Grants.AllRaw(),
-		Encrypt: s.Encrypt,
+		Policy:      s.Policy.Hash,
+		Grants:      s.Grants.Key(),
+		Catalog:     s.Catalog.Version,
+		Path:        strings.Join(w.searchPath(), "\x00"),
+		SQL:         sql,
+		Track:       s.Track && s.Grants.AllRaw(),
+		SkipEncrypt: s.SkipEncrypt,
 	}
 }
 

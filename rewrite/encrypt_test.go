@@ -197,27 +197,27 @@ func TestPlanFlags(t *testing.T) {
 	}
 }
 
-// TestEncryptOff checks that without Session.Encrypt nothing is encrypted
-// or refused for encryption's sake, and a raw session's untracked text is
-// not even parsed.
+// TestEncryptOff checks that with Session.SkipEncrypt nothing is
+// encrypted or refused for encryption's sake, and a raw session's
+// untracked text is not even parsed.
 func TestEncryptOff(t *testing.T) {
 	if fx == nil {
 		t.Skip("PostgreSQL not installed")
 	}
 	const sql = "INSERT INTO cards (id, pan) VALUES (1, '4111'); SELECT id FROM cards ORDER BY pan"
 	s := trackedSession(t, "dpo")
-	s.Encrypt, s.Track = false, false
+	s.SkipEncrypt, s.Track = true, false
 	p, err := Rewrite(sql, s)
 	if err != nil || p.SQL != sql || p.Analyzed {
 		t.Fatalf("raw: %+v %v", p, err)
 	}
 	m := trackedSession(t, "cardholder")
-	m.Encrypt = false
+	m.SkipEncrypt = true
 	p, err = Rewrite("INSERT INTO cards (id, pan) VALUES (1, '4111')", m)
 	if err != nil || strings.Contains(p.SQL, literalPrefix) || len(p.Statements[0].Encrypt) != 0 {
 		t.Fatalf("masked: %+v %v", p, err)
 	}
 	if KeyFor(s, sql) == KeyFor(trackedSession(t, "dpo"), sql) {
-		t.Fatal("Encrypt and Track do not split the cache key")
+		t.Fatal("SkipEncrypt and Track do not split the cache key")
 	}
 }

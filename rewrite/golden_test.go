@@ -128,7 +128,7 @@ func session(t testing.TB, h caseHeader) *Session {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Session{Policy: fx.policy, Grants: g, Catalog: fx.snap, SearchPath: h.searchPath, User: h.roles[0], Encrypt: true}
+	return &Session{Policy: fx.policy, Grants: g, Catalog: fx.snap, SearchPath: h.searchPath, User: h.roles[0]}
 }
 
 // outcome renders a rewrite result as the golden file holds it.

@@ -501,7 +501,7 @@ func TestCacheTrack(t *testing.T) {
 	if err != nil || !g.AllRaw() {
 		t.Fatal(err)
 	}
-	raw := &Session{Policy: plain, Grants: g, Catalog: fx.snap, SearchPath: []string{"$user", "public"}, User: "dpo", Track: true, Encrypt: true}
+	raw := &Session{Policy: plain, Grants: g, Catalog: fx.snap, SearchPath: []string{"$user", "public"}, User: "dpo", Track: true}
 	untracked := *raw
 	untracked.Track = false
 	const sql = "SELECT email FROM customers"

@@ -43,13 +43,14 @@ type Session struct {
 	// Rewrite then parses and analyses their text (see Analyze) instead of
 	// returning it without a look. Masked sessions are always analysed.
 	Track bool
-	// Encrypt turns on the write-path encryption analysis when the policy
-	// has encrypted columns (Statement.Encrypt, CopyEncrypt, and the
-	// refusals of rule "encryption"), for masked and raw sessions alike
-	// (raw sessions' texts are then always parsed). Set it only where the
-	// proxy applies the result: literals become placeholders that must be
-	// replaced by ciphertext before the text is sent.
-	Encrypt bool
+	// SkipEncrypt turns off the write-path encryption analysis that
+	// otherwise runs, for masked and raw sessions alike, whenever the
+	// policy has encrypted columns (Statement.Encrypt, CopyEncrypt, and
+	// the refusals of rule "encryption"; raw sessions' texts are then
+	// always parsed). Only a caller that does not send the text to the
+	// server (a check, a report) may set it: with encryption on, literals
+	// become placeholders the proxy must replace by ciphertext.
+	SkipEncrypt bool
 
 	// projections caches masking sub-queries; set by Cache.Rewrite.
 	projections *projectionCache
@@ -167,7 +168,7 @@ func Rewrite(sql string, s *Session) (*Plan, error) {
 	if s == nil || s.Policy == nil || s.Grants == nil || s.Catalog == nil {
 		return nil, ErrNoSession
 	}
-	encrypting := s.Encrypt && hasEncrypted(s.Policy)
+	encrypting := !s.SkipEncrypt && hasEncrypted(s.Policy)
 	if s.Grants.AllRaw() {
 		if s.Track || encrypting {
 			return analyzeText(sql, s, encrypting)
