@@ -130,3 +130,24 @@ func vaultObserver(m *admin.Metrics) vaultkms.Observer {
 		m.KeyService(e.Op, e.Remote, e.Kind, e.Values, e.Duration)
 	}
 }
+
+// keyAdapter is the proxy's view of a vaultkms service.
+type keyAdapter struct{ svc vaultkms.Service }
+
+func (k keyAdapter) Encrypt(ctx context.Context, col *rules.ColumnRule, plaintexts [][]byte) ([][]byte, error) {
+	return k.svc.Encrypt(ctx, columnOf(col), plaintexts)
+}
+
+func (k keyAdapter) Decrypt(ctx context.Context, col *rules.ColumnRule, ciphertexts [][]byte) ([][]byte, error) {
+	return k.svc.Decrypt(ctx, columnOf(col), ciphertexts)
+}
+
+// hasEncryptedColumns reports whether the policy stores a column encrypted.
+func hasEncryptedColumns(p *rules.Policy) bool {
+	for _, r := range p.Columns {
+		if r.Encrypted != nil {
+			return true
+		}
+	}
+	return false
+}

@@ -52,6 +52,7 @@ type serveFlags struct {
 	auditMaxSize    int64
 	auditOnFull     audit.OnFull
 
+	keys  keyFlags
 	certs *certStore // set by proxyConfig when TLS is configured
 }
 
@@ -83,6 +84,7 @@ func (f *serveFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.auditKeyFile, "audit-key-file", "", "HMAC key file (mode 0600) that signs every audit line")
 	fs.Int64Var(&f.auditMaxSize, "audit-max-size", 100<<20, "rotate the audit log after this many bytes (0: never); the chain continues across files")
 	fs.Var(&f.auditOnFull, "audit-on-full", "when the audit queue or disk is full: drop (count, log and mark the gap in the chain; sessions never stall) or block (sessions wait)")
+	f.keys.register(fs)
 	fs.IntVar(&f.procs, "procs", 1, "CPU cores the relay may use at once (GOMAXPROCS); 0 uses Go's default, one per available core. One core gives the lowest latency and CPU per query on small machines (see bench/README.md)")
 }
 
@@ -191,6 +193,25 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	metrics := admin.NewMetrics()
 	cfg.Observer = metrics
+	if f.keys.configured() {
+		if f.policy == "" {
+			return usagef("a key service (--keyring, --vault-addr) needs --policy: the policy says which columns are encrypted")
+		}
+		svc, err := f.keys.open(ctx, vaultObserver(metrics))
+		if err != nil {
+			return err
+		}
+		defer svc.Close()
+		kctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		for _, p := range checkKeys(kctx, src.policy.Load(), svc) {
+			log.Warn("key service problem", "problem", p)
+		}
+		cancel()
+		cfg.Keys = keyAdapter{svc}
+		log.Info("key service", "kind", fmt.Sprintf("%T", svc))
+	} else if src != nil && hasEncryptedColumns(src.policy.Load()) {
+		log.Warn("the policy has encrypted columns but no key service is configured (--keyring or --vault-addr): statements that write them are refused and their values are not decrypted")
+	}
 	// The console's SHUTDOWN ends serving as SIGTERM does.
 	serveCtx, shutdown := context.WithCancel(ctx)
 	defer shutdown()

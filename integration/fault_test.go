@@ -332,6 +332,12 @@ var buildBinary = sync.OnceValues(func() (string, error) {
 // startBinary runs "pgveil serve" with args and waits until it accepts.
 func startBinary(t *testing.T, args ...string) (*exec.Cmd, int, *lockedBuffer) {
 	t.Helper()
+	return startBinaryEnv(t, nil, args...)
+}
+
+// startBinaryEnv is startBinary with extra environment variables.
+func startBinaryEnv(t *testing.T, env []string, args ...string) (*exec.Cmd, int, *lockedBuffer) {
+	t.Helper()
 	bin, err := buildBinary()
 	if err != nil {
 		t.Fatal(err)
@@ -348,7 +354,7 @@ func startBinary(t *testing.T, args ...string) (*exec.Cmd, int, *lockedBuffer) {
 		base = append(base, "--admin-listen", "127.0.0.1:0")
 	}
 	cmd := exec.Command(bin, append(base, args...)...)
-	cmd.Env = cleanEnv()
+	cmd.Env = append(cleanEnv(), env...)
 	logs := new(lockedBuffer)
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {

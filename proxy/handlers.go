@@ -202,13 +202,39 @@ type serverSide struct {
 	// failed records an ErrorResponse since the last ReadyForQuery;
 	// refused that it was a refusal.
 	failed, refused bool
+	// batch holds DataRows whose columns are decrypted together;
+	// curOuts are the outputs of the result being answered (curValid
+	// says whether they were looked up); withhold drops the rest of an
+	// answer after a decryption failed.
+	batch    rowBatch
+	curOuts  []rewrite.Output
+	curValid bool
+	withhold bool
 }
 
 func (h *serverSide) class(typ byte) msgClass {
 	if h.internal || h.masked != nil && h.masked.refreshing.Load() {
 		return classIntercept
 	}
-	if h.s.track != nil {
+	if t := h.s.track; t != nil {
+		if h.withhold {
+			return classIntercept
+		}
+		if typ == 'D' && h.masked != nil {
+			if !h.curValid {
+				h.curOuts, h.curValid = t.headOutputs(), true
+			}
+			if h.curOuts != nil {
+				return classIntercept
+			}
+		}
+		if len(h.batch.rows) > 0 {
+			// Everything after held rows waits for them (errors and
+			// notices of these sessions are intercepted below anyway).
+			if typ != 'E' && typ != 'N' {
+				return classPeek
+			}
+		}
 		switch typ {
 		case 'C', 'I', 's', 'V':
 			return classPeek
@@ -258,6 +284,41 @@ func (h *serverSide) message(typ byte, msg []byte) error {
 	}
 	if h.masked != nil && h.masked.refreshing.Load() {
 		return h.refreshReply(typ, msg)
+	}
+	if h.withhold {
+		// A decryption failed: the rest of the answer is dropped up to
+		// ReadyForQuery, which ends the withholding (and is relayed by
+		// this handler, since withholding intercepts every message).
+		if typ != 'Z' {
+			return nil
+		}
+		h.withhold = false
+		if err := h.write(msg); err != nil {
+			return err
+		}
+	} else if typ == 'D' {
+		if len(h.batch.rows) == 0 {
+			h.batch.outs = h.curOuts
+		}
+		h.batch.rows = append(h.batch.rows, append([]byte(nil), msg...))
+		if len(h.batch.rows) >= maxBatchRows {
+			if err := h.flushBatch(); err != nil {
+				return h.withholdResult(err)
+			}
+		}
+		return nil
+	} else if len(h.batch.rows) > 0 {
+		if err := h.flushBatch(); err != nil {
+			if werr := h.withholdResult(err); werr != nil {
+				return werr
+			}
+			// What ended the result belongs to the withheld answer.
+			return h.message(typ, msg)
+		}
+	}
+	switch typ {
+	case 'C', 'I', 's', 'V', 'E', 'Z':
+		h.curValid, h.curOuts = false, nil
 	}
 	switch typ {
 	case 'S':

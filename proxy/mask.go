@@ -44,6 +44,10 @@ const refusedMarker = "pgveil_refused_"
 type maskedSession struct {
 	s     *session
 	cache *rewrite.Cache
+	// raw is set for a session that sees every class raw, analysed only
+	// because the policy has encrypted columns: its errors are not
+	// scrubbed.
+	raw bool
 
 	mu         sync.Mutex
 	policy     *rules.Policy
@@ -95,7 +99,9 @@ func (s *session) decideMode() (*maskedSession, error) {
 		return nil, nil
 	}
 	m, roles, grants, err := s.decideMasking(policy, snap)
-	if err == nil && s.srv.cfg.Statements != nil && grants != nil {
+	// The tracker follows statements to their results for the usage
+	// sink, and for the output transforms of encrypted columns.
+	if err == nil && grants != nil && (s.srv.cfg.Statements != nil || m != nil && hasEncrypted(policy)) {
 		s.track = newTracker(s, s.srv.cfg.Statements, roles, grants, m != nil)
 	}
 	return m, err
@@ -118,7 +124,11 @@ func (s *session) decideMasking(policy *rules.Policy, snap *catalog.Snapshot) (*
 		}
 		return nil, nil, nil, err
 	}
-	if grants.AllRaw() {
+	// Sessions that see everything raw are relayed unchanged, unless the
+	// policy stores columns encrypted: then every session's writes must
+	// be encrypted and its reads may be decrypted.
+	raw := grants.AllRaw()
+	if raw && !hasEncrypted(policy) {
 		return nil, roles, grants, nil
 	}
 	if v := s.params["client_encoding"]; !utf8Encoding(v) {
@@ -127,7 +137,7 @@ func (s *session) decideMasking(policy *rules.Policy, snap *catalog.Snapshot) (*
 	if v := s.params["standard_conforming_strings"]; v != "on" {
 		return nil, nil, nil, &clientError{code: codeInvalidAuthSpec, msg: "pgveil: masked sessions need standard_conforming_strings=on"}
 	}
-	return &maskedSession{s: s, cache: s.srv.cache, policy: policy, grants: grants, roles: roles, refusals: map[uint64]error{},
+	return &maskedSession{s: s, raw: raw, cache: s.srv.cache, policy: policy, grants: grants, roles: roles, refusals: map[uint64]error{},
 		user: s.user, prepared: map[string]prepInfo{}, changers: map[string]bool{}, refreshed: make(chan struct{}, 1), idle: make(chan struct{}, 1)}, roles, grants, nil
 }
 
@@ -183,7 +193,7 @@ func (m *maskedSession) analyse(sql string) (*rewrite.Plan, error) {
 	for _, st := range plan.Statements {
 		switch {
 		case st.Prepares != "":
-			m.remember(st.Prepares, "", nil)
+			m.remember(st.Prepares, "", nil, nil)
 		case st.DeallocateAll:
 			m.mu.Lock()
 			m.prepared = map[string]prepInfo{}
@@ -225,18 +235,20 @@ type prepInfo struct {
 	context, policy string
 	sql             string
 	types           []byte
+	// encrypt lists the parameters to encrypt at each Bind.
+	encrypt []rewrite.EncryptValue
 }
 
 // remember records that statement name was analysed in the current
 // context under the current policy; sql and types are the client's Parse
 // (empty for SQL PREPARE).
-func (m *maskedSession) remember(name, sql string, types []byte) {
+func (m *maskedSession) remember(name, sql string, types []byte, enc []rewrite.EncryptValue) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if len(m.prepared) > 100000 {
 		m.prepared = map[string]prepInfo{}
 	}
-	m.prepared[name] = prepInfo{context: m.contextKey, policy: m.policy.Hash, sql: sql, types: types}
+	m.prepared[name] = prepInfo{context: m.contextKey, policy: m.policy.Hash, sql: sql, types: types, encrypt: enc}
 }
 
 // stale reports whether statement name was analysed in another context,
@@ -275,20 +287,15 @@ func (m *maskedSession) reprepare(name string) []byte {
 	if !ok || info.sql == "" || info.policy == m.currentPolicyHash() || info.context != m.contextKey {
 		return nil
 	}
-	plan, err := m.analyse(info.sql)
+	sql, plan, err := m.textFor(info.sql)
 	m.lastPlan, m.lastErr = plan, err
 	if t := m.s.track; t != nil {
 		t.parse(name, info.sql, plan, err)
 	}
-	sql := info.sql
-	switch {
-	case err != nil:
+	if err != nil {
 		sql = m.refuse(err)
-	case plan.Rewritten:
-		m.s.srv.cfg.Observer.Rewritten()
-		sql = plan.SQL
 	}
-	m.remember(name, info.sql, info.types)
+	m.remember(name, info.sql, info.types, paramEncrypts(plan))
 	m.mu.Lock()
 	m.changers[name] = plan != nil && changesContext(plan)
 	m.mu.Unlock()
@@ -333,10 +340,14 @@ func (m *maskedSession) bind(msg []byte) ([]byte, error) {
 		m.dirty, m.changedInTx = true, true
 	}
 	if re := m.reprepare(stmt); re != nil {
+		msg, err := m.bindEncrypted(stmt, msg)
+		if err != nil {
+			return nil, err
+		}
 		return append(re, msg...), nil
 	}
 	if !m.stale(stmt) {
-		return msg, nil
+		return m.bindEncrypted(stmt, msg)
 	}
 	marker := m.refuse(&rewrite.Refusal{Rule: "stale-statement", Message: "prepared statement " + strconv.Quote(stmt) + " was analysed under another search_path, role or policy; prepare it again"})
 	return (&pgproto3.Parse{Query: marker}).Encode(nil)
@@ -361,9 +372,13 @@ func (m *maskedSession) refuse(err error) string {
 	}
 	var rule string
 	var re *rewrite.Refusal
-	if errors.As(err, &re) {
+	var ke *keyError
+	switch {
+	case errors.As(err, &re):
 		rule = re.Rule
-	} else {
+	case errors.As(err, &ke):
+		rule = "key-service"
+	default:
 		rule = "syntax"
 	}
 	m.s.srv.log.Info("statement refused", "session", m.s.id, "user", m.s.user, "rule", rule)
@@ -458,17 +473,54 @@ func (m *maskedSession) query(msg []byte) ([]byte, error) {
 // rewriteSQL returns the text to send for sql: the rewrite, the refusal
 // marker, or sql itself (changed false).
 func (m *maskedSession) rewriteSQL(sql string) (string, bool) {
-	plan, err := m.analyse(sql)
+	out, plan, err := m.textFor(sql)
 	m.lastPlan, m.lastErr = plan, err
-	switch {
-	case err != nil:
+	if err != nil {
 		return m.refuse(err), true
-	case plan.Rewritten:
-		m.s.srv.cfg.Observer.Rewritten()
-		return plan.SQL, true
-	default:
-		return sql, false
 	}
+	return out, out != sql || plan.Rewritten
+}
+
+// textFor analyses sql and returns the text to send: the rewrite, with
+// the ciphertexts of encrypted literals in place.
+func (m *maskedSession) textFor(sql string) (string, *rewrite.Plan, error) {
+	plan, err := m.analyse(sql)
+	if err != nil {
+		return "", nil, err
+	}
+	out := sql
+	if plan.Rewritten {
+		m.s.srv.cfg.Observer.Rewritten()
+		out = plan.SQL
+	}
+	if plan.Encrypts {
+		if out, err = m.encryptLiterals(out, plan); err != nil {
+			return "", plan, err
+		}
+	}
+	return out, plan, nil
+}
+
+// bindEncrypted encrypts the parameters of a Bind whose statement stores
+// them into (or compares them with) encrypted columns.
+func (m *maskedSession) bindEncrypted(stmt string, msg []byte) ([]byte, error) {
+	m.mu.Lock()
+	enc := m.prepared[stmt].encrypt
+	m.mu.Unlock()
+	if len(enc) == 0 {
+		return msg, nil
+	}
+	out, err := m.encryptBind(msg, enc)
+	if err != nil {
+		var ke *keyError
+		if errors.As(err, &ke) {
+			// The Bind becomes a failing Parse, so the server reports the
+			// error in order and skips the rest of the batch.
+			return (&pgproto3.Parse{Query: m.refuse(ke)}).Encode(nil)
+		}
+		return nil, err
+	}
+	return out, nil
 }
 
 // parse rewrites an extended-protocol Parse message.
@@ -487,19 +539,18 @@ func (m *maskedSession) parse(msg []byte, atBoundary bool) ([]byte, error) {
 		}
 	}
 	sql0 := sql
-	plan, err := m.analyse(sql)
+	out, plan, err := m.textFor(sql)
 	m.lastPlan, m.lastErr = plan, err
 	changed := true
 	switch {
 	case err != nil:
 		sql = m.refuse(err)
-	case plan.Rewritten:
-		m.s.srv.cfg.Observer.Rewritten()
-		sql = plan.SQL
+	case out != sql || plan.Rewritten:
+		sql = out
 	default:
 		changed = false
 	}
-	m.remember(name, sql0, append([]byte(nil), types...))
+	m.remember(name, sql0, append([]byte(nil), types...), paramEncrypts(plan))
 	m.mu.Lock()
 	m.changers[name] = plan != nil && changesContext(plan)
 	m.mu.Unlock()
@@ -531,8 +582,12 @@ func (m *maskedSession) serverError(typ byte, msg []byte) (out []byte, refusal e
 		if r := m.takeRefusal(&e); r != nil {
 			code := codeInsufficientPrivilege
 			var se *rewrite.SyntaxError
-			if errors.As(r, &se) {
+			var ke *keyError
+			switch {
+			case errors.As(r, &se):
 				code = codeSyntaxError
+			case errors.As(r, &ke):
+				return errorMessage("ERROR", ke.code, ke.msg), r, nil
 			}
 			out := errorMessage("ERROR", code, r.Error())
 			if se != nil {
@@ -540,6 +595,9 @@ func (m *maskedSession) serverError(typ byte, msg []byte) (out []byte, refusal e
 			}
 			return out, r, nil
 		}
+	}
+	if m.raw {
+		return msg, nil, nil
 	}
 	e.Detail, e.Hint, e.Where, e.InternalQuery, e.InternalPosition = "", "", "", "", 0
 	if typ == 'N' {

@@ -69,6 +69,11 @@ type Config struct {
 	// of every session (raw ones included), for the usage ledger and the
 	// audit log.
 	Statements StatementSink
+	// Keys encrypts and decrypts the values of encrypted columns (see
+	// KeyService); nil refuses statements that need it. KeyTimeout bounds
+	// one call; zero means 10s.
+	Keys       KeyService
+	KeyTimeout time.Duration
 	// Console serves the console commands that reach beyond the proxy
 	// (RELOAD, SHUTDOWN, SHOW POLICY, SHOW USAGE); nil answers them with
 	// an error.
@@ -178,6 +183,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxClientConn < 0 || cfg.IdleTimeout < 0 {
 		return nil, errors.New("max client connections and idle timeout must not be negative")
+	}
+	if cfg.KeyTimeout <= 0 {
+		cfg.KeyTimeout = 10 * time.Second
 	}
 	if cfg.AdminDatabase != "" && cfg.AdminAuthDatabase == "" {
 		cfg.AdminAuthDatabase = "postgres"
@@ -565,7 +573,7 @@ func (s *Server) Revalidate() int {
 			continue
 		}
 		g, err := policy.Grants(snap.RolesOf(sess.user))
-		if err == nil && g.AllRaw() {
+		if err == nil && g.AllRaw() && !hasEncrypted(policy) {
 			continue
 		}
 		s.log.Info("session ended: the new policy masks what it reads", "session", sess.id, "user", sess.user)

@@ -66,6 +66,30 @@ type pending struct {
 	sync    bool
 }
 
+// outputs returns the result columns of p when some need a transform.
+func (p *pending) outputs() []rewrite.Output {
+	if p.ts == nil || p.ts.st == nil || !p.ts.st.OutputsKnown {
+		return nil
+	}
+	for _, o := range p.ts.st.Outputs {
+		if o.Transform != rewrite.TransformNone {
+			return p.ts.st.Outputs
+		}
+	}
+	return nil
+}
+
+// headOutputs returns the transformed outputs of the statement being
+// answered, or nil.
+func (t *tracker) headOutputs() []rewrite.Output {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.queue) == 0 || t.queue[0].sync {
+		return nil
+	}
+	return t.queue[0].outputs()
+}
+
 // tracker follows the statements of a session to their outcome and hands
 // each to the StatementSink. The client side registers what it sends;
 // the server side matches the answers (CommandComplete, ErrorResponse,
@@ -84,6 +108,7 @@ type tracker struct {
 	stmts   map[string]*trackedStmt // protocol-level prepared statements
 	portals map[string]*trackedStmt
 	sqlPrep map[string]*trackedStmt // SQL PREPARE, for EXECUTE
+	cursors map[string]*trackedStmt // DECLARE, for FETCH
 	// path and user are the name-resolution context of a relayed
 	// (unmasked) session: read at its start, then followed through the
 	// SET search_path and SET ROLE statements the analysis sees.
@@ -105,7 +130,7 @@ func newTracker(s *session, sink StatementSink, roles []string, grants *rules.Gr
 	}
 	return &tracker{s: s, sink: sink, masked: masked, grants: grants, user: s.user,
 		base:  StatementEvent{Session: s.id, User: s.user, Database: s.database, Application: s.appName, ClientIP: host, Roles: roles},
-		stmts: map[string]*trackedStmt{}, portals: map[string]*trackedStmt{}, sqlPrep: map[string]*trackedStmt{}}
+		stmts: map[string]*trackedStmt{}, portals: map[string]*trackedStmt{}, sqlPrep: map[string]*trackedStmt{}, cursors: map[string]*trackedStmt{}}
 }
 
 func cutLastColon(s string) (string, string, bool) {
@@ -234,6 +259,12 @@ func (t *tracker) query(sql string, plan *rewrite.Plan, refusal error) {
 		if ts.st != nil && ts.st.Prepares != "" {
 			t.sqlPrep[ts.st.Prepares] = ts
 		}
+		if ts.st != nil && ts.st.Declares != "" {
+			if len(t.cursors) > 10000 {
+				clear(t.cursors)
+			}
+			t.cursors[ts.st.Declares] = ts
+		}
 		t.queue = append(t.queue, pending{ts: t.executed(ts), start: now})
 	}
 	t.queue = append(t.queue, pending{sync: true})
@@ -241,17 +272,28 @@ func (t *tracker) query(sql string, plan *rewrite.Plan, refusal error) {
 }
 
 // executed returns the statement to record for ts: an SQL EXECUTE counts
-// the uses of the statement it runs.
+// the uses, and returns the rows, of the statement it runs; a FETCH
+// returns the rows of its cursor's query.
 func (t *tracker) executed(ts *trackedStmt) *trackedStmt {
-	if ts.st == nil || ts.st.Executes == "" {
+	if ts.st == nil {
 		return ts
 	}
-	if p := t.sqlPrep[ts.st.Executes]; p != nil && p.st != nil {
-		st := *ts.st
-		st.Uses = p.st.Uses
-		return &trackedStmt{st: &st, normalized: ts.normalized}
+	var src *trackedStmt
+	switch {
+	case ts.st.Executes != "":
+		src = t.sqlPrep[ts.st.Executes]
+	case ts.st.Fetches != "":
+		src = t.cursors[ts.st.Fetches]
 	}
-	return ts
+	if src == nil || src.st == nil {
+		return ts
+	}
+	st := *ts.st
+	if ts.st.Executes != "" {
+		st.Uses = src.st.Uses
+	}
+	st.Outputs, st.OutputsKnown = src.st.Outputs, src.st.OutputsKnown
+	return &trackedStmt{st: &st, normalized: ts.normalized, fingerprint: ts.fingerprint}
 }
 
 // parse registers a Parse message.
@@ -374,7 +416,10 @@ func (t *tracker) failed(code string, refusal error) {
 		return
 	}
 	var re *rewrite.Refusal
+	var ke *keyError
 	switch {
+	case errors.As(refusal, &ke):
+		t.emit(p, 0, "error", code, "")
 	case errors.As(refusal, &re):
 		t.emit(p, 0, "refused", code, re.Rule)
 	case refusal != nil:
@@ -404,6 +449,9 @@ func (t *tracker) ready() {
 
 // emit sends one event to the sink.
 func (t *tracker) emit(p pending, rows int64, outcome, code, rule string) {
+	if t.sink == nil {
+		return
+	}
 	ev := &t.ev
 	*ev = t.base
 	ev.Start = p.start
