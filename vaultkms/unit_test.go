@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -334,5 +336,59 @@ func TestKeyringObserverAndClose(t *testing.T) {
 	k.Close()
 	if _, err := k.Encrypt(context.Background(), col, [][]byte{[]byte("a")}); !errors.Is(err, ErrClosed) {
 		t.Errorf("after Close: %v, want ErrClosed", err)
+	}
+}
+
+// TestKeyringConcurrentUse runs encryptions, decryptions, rewraps and a
+// rotation at once (run under -race): every value round-trips.
+func TestKeyringConcurrentUse(t *testing.T) {
+	path := newKeyringFile(t)
+	k, err := NewKeyring(KeyringConfig{Path: path, Envelope: EnvelopeConfig{DataKeyUses: 7, CacheSize: 3}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			mode := ModeTransit
+			if g%2 == 1 {
+				mode = ModeEnvelope
+			}
+			col := Column{ID: fmt.Sprintf("s.t.c%d", g%3), Key: keyPlain, Mode: mode}
+			for i := range 50 {
+				in := [][]byte{fmt.Appendf(nil, "g%d-%d", g, i), fmt.Appendf(nil, "x%d", i)}
+				cts, err := k.Encrypt(ctx, col, in)
+				if err == nil {
+					cts, err = k.Rewrap(ctx, col, cts)
+				}
+				var pts [][]byte
+				if err == nil {
+					pts, err = k.Decrypt(ctx, col, cts)
+				}
+				if err == nil && (!bytes.Equal(pts[0], in[0]) || !bytes.Equal(pts[1], in[1])) {
+					err = fmt.Errorf("goroutine %d value %d did not round-trip", g, i)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	if _, err := RotateKeyringFile(path, keyPlain); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }
