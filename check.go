@@ -86,6 +86,8 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs := pflag.NewFlagSet("check", pflag.ContinueOnError)
 	policyFile := fs.String("policy", "", "policy file (YAML) to validate (required)")
 	upstream := fs.String("upstream", "", "also check the policy against the live schema and roles of this database, read as the proxy's own account: postgres://pgveil:secret@host:5432/db")
+	var keys keyFlags
+	keys.register(fs)
 	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
@@ -106,8 +108,15 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 		report = append(report, more...)
+		report = append(report, encryptedTypeFindings(pol, up.snap)...)
 		where = fmt.Sprintf("checked against database %s", up.snap.Database)
 	}
+	more, keysWhere, err := keyFindings(ctx, pol, &keys)
+	if err != nil {
+		return err
+	}
+	report = append(report, more...)
+	where += keysWhere
 	report = report.sorted()
 	for _, f := range report {
 		fmt.Fprintf(stdout, "%s: %s\n", f.sev, f.msg)
@@ -232,6 +241,69 @@ func staticFindings(pol *rules.Policy) findings {
 	for name := range pol.Classes {
 		if !used[name] {
 			out.add(sevInfo, "class %s is not used by any column", name)
+		}
+	}
+	return out
+}
+
+// keyFindings checks, when the policy has encrypted columns and a key
+// service is configured, that every key exists (and is convergent for
+// searchable transit columns on Vault); it returns the findings and what
+// to add to the summary line.
+func keyFindings(ctx context.Context, pol *rules.Policy, keys *keyFlags) (findings, string, error) {
+	encrypted := false
+	for _, r := range pol.Columns {
+		encrypted = encrypted || r.Encrypted != nil
+	}
+	if !encrypted {
+		return nil, "", nil
+	}
+	if !keys.configured() {
+		return nil, "; keys not checked (give --keyring or --vault-addr)", nil
+	}
+	svc, err := keys.open(ctx, nil)
+	if err != nil {
+		return nil, "", err
+	}
+	defer svc.Close()
+	kctx, cancel := context.WithTimeout(ctx, upstreamTimeout)
+	defer cancel()
+	var out findings
+	for _, p := range checkKeys(kctx, pol, svc) {
+		out.add(sevError, "%s", p)
+	}
+	return out, "; keys checked", nil
+}
+
+// encryptedTypeFindings checks that every encrypted column can hold
+// ciphertext, which is text: its type (or a domain's base type) must be
+// text or varchar. A varchar with a length limit is a warning: ciphertext
+// is about 50 (transit) to 140 (envelope) characters longer than the value.
+func encryptedTypeFindings(pol *rules.Policy, snap *catalog.Snapshot) findings {
+	var out findings
+	for k, r := range pol.Columns {
+		if r.Encrypted == nil {
+			continue
+		}
+		rel := snap.Relation(catalog.Name{Schema: k.Schema, Name: k.Table})
+		if rel == nil {
+			continue
+		}
+		col := rel.Column(k.Column)
+		if col == nil {
+			continue // policyProblems reports it
+		}
+		typ := col.Type
+		if col.BaseType != "" {
+			typ = col.BaseType
+		}
+		switch {
+		case typ == "text" || typ == "character varying":
+		case strings.HasPrefix(typ, "character varying("):
+			out.add(sevWarning, "%s: encrypted column has type %s: ciphertext is about 50 (transit) to 140 (envelope) characters longer than the value; text is safer", columnName(k), col.Type)
+		default:
+			out.add(sevError, "%s: encrypted column has type %s: ciphertext is text, so the column must be text or varchar (ALTER TABLE %s ALTER COLUMN %s TYPE text)",
+				columnName(k), col.Type, quoteName(catalog.Name{Schema: k.Schema, Name: k.Table}), quoteIdent(k.Column))
 		}
 	}
 	return out

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pgveil/pgveil/vaultkms"
 )
 
 // runCLI runs one pgveil command in-process and returns its exit code,
@@ -219,5 +221,118 @@ func TestCheckUpstreamDown(t *testing.T) {
 	code, _, errs := runCLI(t, "check", "--policy", p, "--upstream", "postgres://pgveil@127.0.0.1:1/app?sslmode=disable&connect_timeout=2")
 	if code != exitError || !strings.Contains(errs, "upstream") {
 		t.Fatalf("exit %d, %q", code, errs)
+	}
+}
+
+// checkKeysPolicy has two encrypted columns: one whose key the keyring
+// holds, one whose key it lacks.
+const checkKeysPolicy = `version: 1
+classes:
+  card: { mask: "partial(last=4)" }
+columns:
+  public.payments.card_number:
+    class: card
+    encrypted: { key: payments-card }
+  public.payments.amount:
+    class: card
+    encrypted: { key: lost-key, mode: envelope }
+  public.payments.iban:
+    class: card
+    encrypted: { key: payments-card, searchable: true }
+roles:
+  billing: { decrypt: [card] }
+`
+
+func TestCheckKeys(t *testing.T) {
+	t.Setenv("VAULT_ADDR", "")
+	keyring := filepath.Join(t.TempDir(), "keys.json")
+	if _, err := vaultkms.InitKeyringFile(keyring, []string{"payments-card"}); err != nil {
+		t.Fatal(err)
+	}
+	p := writeFile(t, "policy.yaml", checkKeysPolicy)
+
+	// Without a key service the keys are not checked, and the summary
+	// says so.
+	code, out, errs := runCLI(t, "check", "--policy", p)
+	if code != exitOK || !strings.Contains(out, "; keys not checked (give --keyring or --vault-addr)") {
+		t.Fatalf("no key service: exit %d\n%s%s", code, out, errs)
+	}
+
+	// The missing key is an error naming the key and its column.
+	code, out, errs = runCLI(t, "check", "--policy", p, "--keyring", keyring)
+	if code != exitError {
+		t.Fatalf("missing key: exit %d, want %d\n%s%s", code, exitError, out, errs)
+	}
+	if !strings.Contains(out, `error: key "lost-key" (column public.payments.amount): no such key in the key service`) ||
+		!strings.Contains(out, "1 error, 0 warnings") || !strings.Contains(out, "; keys checked") {
+		t.Errorf("missing key report:\n%s", out)
+	}
+	if strings.Contains(out, `key "payments-card"`) {
+		t.Errorf("the present key is reported:\n%s", out)
+	}
+
+	// With the key added, the policy passes.
+	if _, err := vaultkms.InitKeyringFile(keyring, []string{"lost-key"}); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errs = runCLI(t, "check", "--policy", p, "--keyring", keyring); code != exitOK || !strings.Contains(out, "0 errors") {
+		t.Fatalf("all keys present: exit %d\n%s%s", code, out, errs)
+	}
+
+	// A bad key service is a usage error.
+	if code, _, errs = runCLI(t, "check", "--policy", p, "--keyring", filepath.Join(t.TempDir(), "none.json")); code != exitUsage || !strings.Contains(errs, "--keyring") {
+		t.Fatalf("unreadable keyring: exit %d, %q", code, errs)
+	}
+}
+
+func TestCheckEncryptedColumnTypes(t *testing.T) {
+	t.Setenv("VAULT_ADDR", "")
+	pg := testCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := pg.Psql(ctx, `
+CREATE DATABASE app;
+\connect app
+CREATE ROLE pgveil LOGIN;
+CREATE ROLE billing;
+CREATE DOMAIN cipher AS text;
+CREATE TABLE payments (id int PRIMARY KEY, card_number text, amount numeric(10,2), iban varchar(34), ref cipher, memo varchar);
+`); err != nil {
+		t.Fatal(err)
+	}
+	p := writeFile(t, "policy.yaml", `version: 1
+classes:
+  card: { mask: "partial(last=4)" }
+  amount: { mask: "round(2)" }
+columns:
+  public.payments.card_number: { class: card, encrypted: { key: k } }
+  public.payments.amount: { class: amount, encrypted: { key: k } }
+  public.payments.iban: { class: card, encrypted: { key: k } }
+  public.payments.ref: { class: card, encrypted: { key: k } }
+  public.payments.memo: { class: card, encrypted: { key: k } }
+roles:
+  billing: { decrypt: all }
+`)
+	code, out, errs := runCLI(t, "check", "--policy", p, "--upstream", pg.URL("pgveil", "", "app"))
+	if code != exitError {
+		t.Fatalf("exit %d, want %d\n%s%s", code, exitError, out, errs)
+	}
+	for _, w := range []string{
+		`error: public.payments.amount: encrypted column has type numeric(10,2): ciphertext is text, so the column must be text or varchar (ALTER TABLE "public"."payments" ALTER COLUMN "amount" TYPE text)`,
+		"warning: public.payments.iban: encrypted column has type character varying(34): ciphertext is about 50 (transit) to 140 (envelope) characters longer",
+		"1 error, 1 warning",
+		"keys not checked",
+	} {
+		if !strings.Contains(out, w) {
+			t.Errorf("report lacks %q", w)
+		}
+	}
+	for _, ok := range []string{"payments.card_number: encrypted column has", "payments.ref: encrypted column has", "payments.memo: encrypted column has"} {
+		if strings.Contains(out, ok) {
+			t.Errorf("report flags a text column: %q", ok)
+		}
+	}
+	if t.Failed() {
+		t.Logf("report:\n%s", out)
 	}
 }
