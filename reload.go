@@ -65,9 +65,13 @@ type reloader struct {
 	policyFile string
 	src        *policySource // nil without --policy
 	certs      *certStore    // nil without --tls-cert
-	srv        *proxy.Server
-	metrics    *admin.Metrics
-	log        *slog.Logger
+	// keyring, with keyringFile, is the local key service, re-read so
+	// that a rotation (pgveil keyring rotate) takes effect.
+	keyring     interface{ Reload() error }
+	keyringFile string
+	srv         *proxy.Server
+	metrics     *admin.Metrics
+	log         *slog.Logger
 
 	mu       sync.Mutex // serialises reloads
 	stamps   map[string]fileStamp
@@ -124,6 +128,9 @@ func (r *reloader) files() []string {
 	if r.certs != nil {
 		out = append(out, r.certs.certFile, r.certs.keyFile)
 	}
+	if r.keyring != nil {
+		out = append(out, r.keyringFile)
+	}
 	return out
 }
 
@@ -140,6 +147,13 @@ func (r *reloader) reload(trigger string) (string, error) {
 			errs = append(errs, fmt.Errorf("TLS certificate: %w", err))
 		} else {
 			parts = append(parts, "TLS certificate re-read")
+		}
+	}
+	if r.keyring != nil {
+		if err := r.keyring.Reload(); err != nil {
+			errs = append(errs, fmt.Errorf("keyring: %w", err))
+		} else {
+			parts = append(parts, "keyring re-read")
 		}
 	}
 	hash := ""

@@ -20,6 +20,7 @@ import (
 	"github.com/pgveil/pgveil/admin"
 	"github.com/pgveil/pgveil/audit"
 	"github.com/pgveil/pgveil/proxy"
+	"github.com/pgveil/pgveil/vaultkms"
 )
 
 // serveFlags are the settings of pgveil serve.
@@ -193,6 +194,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	metrics := admin.NewMetrics()
 	cfg.Observer = metrics
+	var keySvc vaultkms.Service
 	if f.keys.configured() {
 		if f.policy == "" {
 			return usagef("a key service (--keyring, --vault-addr) needs --policy: the policy says which columns are encrypted")
@@ -202,6 +204,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 		defer svc.Close()
+		keySvc = svc
 		kctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		for _, p := range checkKeys(kctx, src.policy.Load(), svc) {
 			log.Warn("key service problem", "problem", p)
@@ -239,6 +242,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return admin.Totals{ClientBytes: st.ClientBytes, ServerBytes: st.ServerBytes, PlanCacheHits: st.PlanCacheHits, PlanCacheMisses: st.PlanCacheMisses}
 	})
 	rl := newReloader(f.policy, src, f.certs, srv, metrics, log)
+	if kr, ok := keySvc.(*vaultkms.Keyring); ok {
+		rl.keyring, rl.keyringFile = kr, f.keys.keyring
+		if st, err := stampFile(f.keys.keyring); err == nil {
+			rl.stamps[f.keys.keyring] = st
+		}
+	}
 	hooks.r = rl
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/url"
 	"strconv"
@@ -135,7 +136,7 @@ func clauseList(c rewrite.ClauseSet) []string {
 
 // startTracking opens the usage store and ledger and the audit log that
 // the flags ask for; close flushes them.
-func startTracking(ctx context.Context, f *serveFlags, metrics *admin.Metrics, log *slog.Logger) (sink *statementSink, close func(context.Context), err error) {
+func startTracking(ctx context.Context, f *serveFlags, metrics *admin.Metrics, log *slog.Logger) (sink *statementSink, closeAll func(context.Context), err error) {
 	if f.usageStore == "" && f.auditLog == "" {
 		return nil, func(context.Context) {}, nil
 	}
@@ -144,7 +145,7 @@ func startTracking(ctx context.Context, f *serveFlags, metrics *admin.Metrics, l
 	}
 	sink = &statementSink{uses: map[usesKey][]usage.ColumnUse{}}
 	var closers []func(context.Context)
-	closeAll := func(ctx context.Context) {
+	closeAll = func(ctx context.Context) {
 		for i := len(closers) - 1; i >= 0; i-- {
 			closers[i](ctx)
 		}
@@ -178,12 +179,30 @@ func startTracking(ctx context.Context, f *serveFlags, metrics *admin.Metrics, l
 			return nil, nil, usagef("--audit-log: %v", err)
 		}
 		sink.audit = w
+		// The head of the chain, logged every minute and at the end, is
+		// the anchor that makes a cut tail detectable
+		// (pgveil audit verify --expect-head SEQ:HASH).
+		stopAnchor := make(chan struct{})
+		go func() {
+			t := time.NewTicker(time.Minute)
+			defer t.Stop()
+			for {
+				select {
+				case <-stopAnchor:
+					return
+				case <-t.C:
+					seq, hash := w.Head()
+					log.Info("audit head", "anchor", fmt.Sprintf("%d:%s", seq, hash))
+				}
+			}
+		}()
 		closers = append(closers, func(ctx context.Context) {
+			close(stopAnchor)
 			if err := w.Close(ctx); err != nil {
 				log.Error("audit log: close", "err", err)
 			}
 			seq, hash := w.Head()
-			log.Info("audit log closed", "seq", seq, "head", hash)
+			log.Info("audit log closed", "anchor", fmt.Sprintf("%d:%s", seq, hash))
 		})
 		log.Info("audit log", "path", f.auditLog, "hmac", f.auditKeyFile != "")
 	}
