@@ -755,6 +755,10 @@ func (m *migrator) collect(ctx context.Context, last []string) (cand []row, next
 		if len(page) < m.cfg.Batch {
 			return cand, last, true, nil
 		}
+		if m.bar != nil {
+			// Pages of values that need nothing can take a while.
+			m.bar.update(m.stats.Scanned, time.Since(m.start))
+		}
 		if err := ctx.Err(); err != nil {
 			return nil, nil, false, err
 		}
@@ -907,7 +911,7 @@ func (m *migrator) summary(st migrateStats, err error) string {
 	if st.Foreign > 0 {
 		fmt.Fprintf(&b, ", %d not ciphertext (left as they are; run migrate encrypt)", st.Foreign)
 	}
-	fmt.Fprintf(&b, ", %d NULL; %d of %d rows examined", st.Nulls, st.Scanned+st.Nulls, st.Rows)
+	fmt.Fprintf(&b, ", %d NULL; %d of %d values examined", st.Nulls, st.Scanned, st.Rows-st.Nulls)
 	if st.Kept > 0 {
 		fmt.Fprintf(&b, "; %d changed by another writer meanwhile (its value kept)", st.Kept)
 	}
