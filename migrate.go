@@ -397,16 +397,16 @@ func (m *migrator) run(ctx context.Context) (migrateStats, error) {
 	if err := m.inspect(ctx); err != nil {
 		return m.stats, err
 	}
-	if m.cfg.Op == opRewrap {
-		info, err := m.cfg.Service.KeyInfo(ctx, m.cfg.Col.Key)
-		if err != nil {
-			return m.stats, fmt.Errorf("key %q: %w", m.cfg.Col.Key, err)
-		}
-		if !info.Exists {
-			return m.stats, fmt.Errorf("key %q: no such key in the key service", m.cfg.Col.Key)
-		}
-		m.latest = info.LatestVersion
+	// The key must exist before any row is touched; rewrap needs its
+	// newest version.
+	info, err := m.cfg.Service.KeyInfo(ctx, m.cfg.Col.Key)
+	if err != nil {
+		return m.stats, fmt.Errorf("key %q: %w", m.cfg.Col.Key, err)
 	}
+	if !info.Exists {
+		return m.stats, fmt.Errorf("key %q (column %s): no such key in the key service", m.cfg.Col.Key, m.colName())
+	}
+	m.latest = info.LatestVersion
 	if err := conn.QueryRow(ctx, "SELECT count(*), count(*) - count(t."+m.col+") FROM "+m.table).Scan(&m.stats.Rows, &m.stats.Nulls); err != nil {
 		return m.stats, fmt.Errorf("count rows: %w", err)
 	}
