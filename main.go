@@ -65,6 +65,7 @@ Usage:
   pgveil report  --usage-store S --policy P [--since 720h]  the minimisation report (text, json, csv, html)
   pgveil audit verify audit.log [--key-file F]              check the audit log's hash chain
   pgveil keyring init|rotate keys.json ...                  local encryption keys (the embedded key service)
+  pgveil migrate encrypt|decrypt|rewrap --table T --column C  convert an existing column in batches (resumable)
   pgveil healthcheck [--path /readyz]                      ask a running pgveil's admin endpoint (for containers)
   pgveil version                                            print the version
 
@@ -97,6 +98,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return runAudit(ctx, args[1:], stdout, stderr)
 	case "keyring":
 		return runKeyring(ctx, args[1:], stdout, stderr)
+	case "migrate":
+		err = runMigrate(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "pgveil", versionString())
 	case "help", "-h", "--help":

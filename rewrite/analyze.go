@@ -44,6 +44,7 @@ func analyzeText(sql string, s *Session, encrypt bool) (*Plan, error) {
 			enc = &encState{}
 		}
 		analyzeStatement(raw.Stmt, &cur, &st, enc)
+		st.Copy = copyFormatOf(raw.Stmt)
 		if enc != nil {
 			if err := encryptFacts(raw.Stmt, enc, &literals, &st); err != nil {
 				return nil, err

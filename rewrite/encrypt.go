@@ -377,6 +377,15 @@ func (a *analyzer) setValues(it *item, list []*pg_query.Node, sc *scope) {
 
 // copyFrom lists the encrypted fields of COPY FROM rows.
 func (a *analyzer) copyFrom(c *pg_query.CopyStmt, cols []rcol) {
+	if c.Filename != "" || c.IsProgram {
+		for _, col := range cols {
+			if d, ok := encryptedTarget(col); ok {
+				a.enc.refuse("COPY FROM a file or program into encrypted column %s would store plaintext: use COPY FROM STDIN through pgveil", keyString(d.key))
+				return
+			}
+		}
+		return
+	}
 	binary := false
 	for _, o := range c.Options {
 		if d := o.GetDefElem(); d != nil && d.Defname == "format" {

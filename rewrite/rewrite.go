@@ -133,6 +133,9 @@ type Statement struct {
 	// CopyEncrypt lists the fields of COPY FROM STDIN rows the proxy must
 	// encrypt.
 	CopyEncrypt []CopyField
+	// Copy is the data format of a COPY ... FROM STDIN or TO STDOUT
+	// statement, nil for any other statement.
+	Copy *CopyFormat
 }
 
 // Refusal is a statement a masked session may not run. The proxy sends it
@@ -193,6 +196,7 @@ func Rewrite(sql string, s *Session) (*Plan, error) {
 			enc = &encState{}
 		}
 		analyzeStatement(raw.Stmt, &cur, &facts, enc)
+		copyFmt := copyFormatOf(raw.Stmt)
 		w := newWalker(&cur, &placeholders)
 		st, err := w.statement(raw.Stmt)
 		if err != nil {
@@ -205,6 +209,7 @@ func Rewrite(sql string, s *Session) (*Plan, error) {
 			st.CopyEncrypt = enc.copy
 		}
 		st.Masked = w.masked
+		st.Copy = copyFmt
 		st.Uses, st.Outputs, st.OutputsKnown = facts.Uses, facts.Outputs, facts.OutputsKnown
 		st.Declares, st.Fetches = facts.Declares, facts.Fetches
 		plan.Statements = append(plan.Statements, st)
