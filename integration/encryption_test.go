@@ -48,7 +48,7 @@ func encryptionFixture(t *testing.T) string {
 		DO $$ BEGIN CREATE ROLE shop_billing LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
 		DROP TABLE IF EXISTS payments;
 		CREATE TABLE payments (id int PRIMARY KEY, customer_id int, card_number text);
-		GRANT SELECT, INSERT, UPDATE ON payments TO shop_billing;
+		GRANT SELECT, INSERT, UPDATE, DELETE ON payments TO shop_billing;
 		GRANT SELECT ON payments TO shop_analyst, shop_dpo;
 		GRANT SELECT ON customers TO shop_billing;`); err != nil {
 		t.Fatal(err)
@@ -78,11 +78,13 @@ func storedCards(t *testing.T) map[int]string {
 	out := map[int]string{}
 	for rows.Next() {
 		var id int
-		var c string
+		var c *string
 		if err := rows.Scan(&id, &c); err != nil {
 			t.Fatal(err)
 		}
-		out[id] = c
+		if c != nil {
+			out[id] = *c
+		}
 	}
 	return out
 }
@@ -168,6 +170,48 @@ func encryptionSuite(t *testing.T, port int, prefix string) {
 	if serverCode(err) != "42501" || !strings.Contains(err.Error(), "encrypt") {
 		t.Errorf("INSERT ... SELECT into an encrypted column: %v", err)
 	}
+	// COPY FROM STDIN, text and CSV: the card fields are encrypted.
+	if _, err := billing.PgConn().CopyFrom(ctx, strings.NewReader("10\t10\t4000000000000010\n11\t11\t\\N\n"), "COPY payments FROM STDIN"); err != nil {
+		t.Fatal(err)
+	}
+	csvIn := "id,customer_id,card_number\n12,12,\"4000000000000012\"\n13,13,4000000000000013\n"
+	if _, err := billing.PgConn().CopyFrom(ctx, strings.NewReader(csvIn), "COPY payments (id, customer_id, card_number) FROM STDIN WITH (FORMAT csv, HEADER)"); err != nil {
+		t.Fatal(err)
+	}
+	stored = storedCards(t)
+	for _, id := range []int{10, 12, 13} {
+		if !strings.HasPrefix(stored[id], prefix) {
+			t.Errorf("COPY FROM stored row %d as %.20q...", id, stored[id])
+		}
+	}
+	if stored[11] != "" {
+		t.Errorf("a NULL card was stored as %q", stored[11])
+	}
+	// COPY TO STDOUT: decrypted, masked or ciphertext by role.
+	copyOut := func(c *pgx.Conn, sql string) string {
+		t.Helper()
+		var b strings.Builder
+		if _, err := c.PgConn().CopyTo(ctx, &b, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+		return b.String()
+	}
+	if got := copyOut(billing, "COPY (SELECT id, card_number FROM payments WHERE id IN (10, 11, 12) ORDER BY id) TO STDOUT"); got != "10\t4000000000000010\n11\t\\N\n12\t4000000000000012\n" {
+		t.Errorf("billing COPY TO (text): %q", got)
+	}
+	if got := copyOut(billing, "COPY (SELECT card_number, id FROM payments WHERE id = 13) TO STDOUT WITH (FORMAT csv, HEADER)"); got != "card_number,id\n4000000000000013,13\n" {
+		t.Errorf("billing COPY TO (CSV): %q", got)
+	}
+	if got := copyOut(connect("shop_analyst"), "COPY (SELECT id, card_number FROM payments WHERE id = 10) TO STDOUT"); got != "10\t************0010\n" {
+		t.Errorf("analyst COPY TO: %q", got)
+	}
+	if got := copyOut(connect("shop_dpo"), "COPY (SELECT card_number FROM payments WHERE id = 12) TO STDOUT"); got != stored[12]+"\n" {
+		t.Errorf("dpo COPY TO: %q, want the stored ciphertext", got)
+	}
+	if _, err := billing.Exec(ctx, "DELETE FROM payments WHERE id BETWEEN 10 AND 13"); err != nil {
+		t.Fatal(err)
+	}
+
 	// Many rows: decrypted in batches, order kept.
 	batch := &pgx.Batch{}
 	for i := 100; i < 2600; i++ {

@@ -41,6 +41,10 @@ func (h *clientSide) class(typ byte) msgClass {
 		switch typ {
 		case 'Q', 'P', 'F', 'B':
 			return classIntercept
+		case 'd', 'c', 'f':
+			if h.s.copyIn.Load() != nil {
+				return classIntercept
+			}
 		}
 	}
 	if h.s.track != nil {
@@ -107,6 +111,9 @@ func (h *clientSide) message(typ byte, msg []byte) error {
 			sql, _, _ := cutNul(msg[5:])
 			t.query(sql, h.masked.lastPlan, h.masked.lastErr)
 		}
+		// Clients may send COPY data before the server's CopyInResponse
+		// (pgx does), so what the data is for is settled here.
+		h.s.copyIn.Store(copyInOf(h.masked.lastPlan, h.masked.lastErr))
 		h.note(typ)
 	case 'P':
 		atBoundary := !h.inBatch
@@ -131,11 +138,18 @@ func (h *clientSide) message(typ byte, msg []byte) error {
 		}
 		h.note(typ)
 		out, err = (&pgproto3.Query{String: h.masked.refuse(&rewriteRefusalFunctionCall)}).Encode(nil)
+	case 'd', 'c', 'f':
+		return h.copyIn(typ, msg)
 	case 'E', 'S', 'C':
 		// Peeked for the tracker only.
 		switch typ {
 		case 'E':
-			t.execute(msg)
+			ts := t.execute(msg)
+			var st *rewrite.Statement
+			if ts != nil {
+				st = ts.st
+			}
+			h.s.copyIn.Store(newCopyIn(st))
 		case 'S':
 			t.syncPoint(false)
 		case 'C':
@@ -207,6 +221,7 @@ type serverSide struct {
 	// says whether they were looked up); withhold drops the rest of an
 	// answer after a decryption failed.
 	batch    rowBatch
+	copyOut  *copyTransform
 	curOuts  []rewrite.Output
 	curValid bool
 	withhold bool
@@ -233,6 +248,20 @@ func (h *serverSide) class(typ byte) msgClass {
 			// notices of these sessions are intercepted below anyway).
 			if typ != 'E' && typ != 'N' {
 				return classPeek
+			}
+		}
+		if h.masked != nil {
+			switch typ {
+			case 'H':
+				return classPeek
+			case 'd':
+				if h.copyOut != nil {
+					return classIntercept
+				}
+			case 'c':
+				if h.copyOut != nil {
+					return classPeek
+				}
 			}
 		}
 		switch typ {
@@ -319,6 +348,35 @@ func (h *serverSide) message(typ byte, msg []byte) error {
 	switch typ {
 	case 'C', 'I', 's', 'V', 'E', 'Z':
 		h.curValid, h.curOuts = false, nil
+		h.copyOut = nil
+	case 'H':
+		h.copyOut = newCopyOut(s.track.headStatement())
+		return nil
+	case 'd':
+		if h.copyOut == nil {
+			return nil
+		}
+		out, err := h.copyOut.add(s.srv, msg[5:], false)
+		if err != nil {
+			h.copyOut = nil
+			return h.withholdResult(err)
+		}
+		if len(out) > 0 {
+			return h.write(copyData(out))
+		}
+		return nil
+	case 'c':
+		if h.copyOut != nil {
+			out, err := h.copyOut.add(s.srv, nil, true)
+			h.copyOut = nil
+			if err != nil {
+				return h.withholdResult(err)
+			}
+			if len(out) > 0 {
+				return h.write(copyData(out))
+			}
+		}
+		return nil
 	}
 	switch typ {
 	case 'S':

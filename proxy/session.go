@@ -95,6 +95,9 @@ type session struct {
 	// is made, and the client side waits for it before relaying queries.
 	masked      atomic.Pointer[maskedSession]
 	modeDecided chan struct{}
+	// copyIn, set by the server side at CopyInResponse, encrypts the
+	// fields of the client's COPY data for an encrypted column.
+	copyIn atomic.Pointer[copyTransform]
 	// track, set with the mode, follows statements to their outcome for
 	// Config.Statements; nil when no sink is configured.
 	track      *tracker

@@ -79,6 +79,16 @@ func (p *pending) outputs() []rewrite.Output {
 	return nil
 }
 
+// headStatement returns the statement being answered, or nil.
+func (t *tracker) headStatement() *rewrite.Statement {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.queue) == 0 || t.queue[0].sync || t.queue[0].ts == nil {
+		return nil
+	}
+	return t.queue[0].ts.st
+}
+
 // headOutputs returns the transformed outputs of the statement being
 // answered, or nil.
 func (t *tracker) headOutputs() []rewrite.Output {
@@ -326,8 +336,8 @@ func (t *tracker) bind(msg []byte) {
 	t.mu.Unlock()
 }
 
-// execute registers an Execute message.
-func (t *tracker) execute(msg []byte) {
+// execute registers an Execute message and returns its statement.
+func (t *tracker) execute(msg []byte) *trackedStmt {
 	portal, rest, ok := cutNul(msg[5:])
 	var maxRows int64
 	if ok && len(rest) >= 4 {
@@ -343,6 +353,7 @@ func (t *tracker) execute(msg []byte) {
 	}
 	t.queue = append(t.queue, pending{ts: ts, start: now, maxRows: maxRows})
 	t.mu.Unlock()
+	return ts
 }
 
 // close registers a Close message.

@@ -54,6 +54,9 @@ func analyzeText(sql string, s *Session, encrypt bool) (*Plan, error) {
 		plan.Statements = append(plan.Statements, st)
 		advance(&cur, s, st)
 	}
+	if err := checkCopies(plan); err != nil {
+		return nil, err
+	}
 	plan.summarise()
 	if literals == 0 {
 		return plan, nil

@@ -87,6 +87,24 @@ func copyFormatOf(n *pg_query.Node) *CopyFormat {
 	return f
 }
 
+// checkCopies refuses a text that copies into an encrypted column and
+// holds another COPY: the proxy must know which statement the client's
+// COPY data belongs to before the server says (clients may stream it
+// without waiting for CopyInResponse).
+func checkCopies(p *Plan) error {
+	copies, encrypted := 0, false
+	for _, st := range p.Statements {
+		if st.Copy != nil {
+			copies++
+		}
+		encrypted = encrypted || len(st.CopyEncrypt) > 0
+	}
+	if encrypted && copies > 1 {
+		return refuse("encryption", "a COPY into an encrypted column must be the only COPY of its query text")
+	}
+	return nil
+}
+
 // defString returns a DefElem's argument as text ("" when it has none).
 func defString(d *pg_query.DefElem) string {
 	if d.Arg == nil {

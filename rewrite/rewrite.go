@@ -217,6 +217,9 @@ func Rewrite(sql string, s *Session) (*Plan, error) {
 		// set.
 		advance(&cur, s, st)
 	}
+	if err := checkCopies(plan); err != nil {
+		return nil, err
+	}
 	if len(tree.Stmts) == 0 {
 		// An empty query (only comments or semicolons) becomes the empty
 		// string, which the server answers with EmptyQueryResponse: even
