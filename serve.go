@@ -53,8 +53,9 @@ type serveFlags struct {
 	auditMaxSize    int64
 	auditOnFull     audit.OnFull
 
-	keys  keyFlags
-	certs *certStore // set by proxyConfig when TLS is configured
+	keys         keyFlags
+	decryptBatch int
+	certs        *certStore // set by proxyConfig when TLS is configured
 }
 
 func (f *serveFlags) register(fs *pflag.FlagSet) {
@@ -86,6 +87,7 @@ func (f *serveFlags) register(fs *pflag.FlagSet) {
 	fs.Int64Var(&f.auditMaxSize, "audit-max-size", 100<<20, "rotate the audit log after this many bytes (0: never); the chain continues across files")
 	fs.Var(&f.auditOnFull, "audit-on-full", "when the audit queue or disk is full: drop (count, log and mark the gap in the chain; sessions never stall) or block (sessions wait)")
 	f.keys.register(fs)
+	fs.IntVar(&f.decryptBatch, "decrypt-batch", 1000, "result rows decrypted together: one key-service call per encrypted column per batch (1 = one call per value, for comparison)")
 	fs.IntVar(&f.procs, "procs", 1, "CPU cores the relay may use at once (GOMAXPROCS); 0 uses Go's default, one per available core. One core gives the lowest latency and CPU per query on small machines (see bench/README.md)")
 }
 
@@ -211,6 +213,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		cancel()
 		cfg.Keys = keyAdapter{svc}
+		if f.decryptBatch < 1 {
+			return usagef("--decrypt-batch must be at least 1")
+		}
+		cfg.DecryptBatch = f.decryptBatch
 		log.Info("key service", "kind", fmt.Sprintf("%T", svc))
 	} else if src != nil && hasEncryptedColumns(src.policy.Load()) {
 		log.Warn("the policy has encrypted columns but no key service is configured (--keyring or --vault-addr): statements that write them are refused and their values are not decrypted")

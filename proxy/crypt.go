@@ -203,8 +203,6 @@ type rowBatch struct {
 	outs []rewrite.Output
 }
 
-// maxBatchRows bounds the rows decrypted in one batch.
-const maxBatchRows = 1000
 
 // dataRowValues parses a DataRow message into its values (nil for NULL);
 // the values alias msg.

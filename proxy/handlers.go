@@ -330,7 +330,7 @@ func (h *serverSide) message(typ byte, msg []byte) error {
 			h.batch.outs = h.curOuts
 		}
 		h.batch.rows = append(h.batch.rows, append([]byte(nil), msg...))
-		if len(h.batch.rows) >= maxBatchRows {
+		if len(h.batch.rows) >= s.srv.cfg.DecryptBatch {
 			if err := h.flushBatch(); err != nil {
 				return h.withholdResult(err)
 			}

@@ -74,6 +74,9 @@ type Config struct {
 	// one call; zero means 10s.
 	Keys       KeyService
 	KeyTimeout time.Duration
+	// DecryptBatch is how many DataRows are held and decrypted together
+	// (one key-service call per column per batch); zero means 1000.
+	DecryptBatch int
 	// Console serves the console commands that reach beyond the proxy
 	// (RELOAD, SHUTDOWN, SHOW POLICY, SHOW USAGE); nil answers them with
 	// an error.
@@ -186,6 +189,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.KeyTimeout <= 0 {
 		cfg.KeyTimeout = 10 * time.Second
+	}
+	if cfg.DecryptBatch <= 0 {
+		cfg.DecryptBatch = 1000
 	}
 	if cfg.AdminDatabase != "" && cfg.AdminAuthDatabase == "" {
 		cfg.AdminAuthDatabase = "postgres"
