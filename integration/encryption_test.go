@@ -53,6 +53,14 @@ func encryptionFixture(t *testing.T) string {
 		GRANT SELECT ON customers TO shop_billing;`); err != nil {
 		t.Fatal(err)
 	}
+	// Other tests list the tables of database shop.
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := w.pg.PsqlDB(ctx, "shop", "DROP TABLE IF EXISTS payments"); err != nil {
+			t.Error(err)
+		}
+	})
 	dir := t.TempDir()
 	policy := filepath.Join(dir, "policy.yaml")
 	if err := os.WriteFile(policy, []byte(encryptionPolicy), 0o644); err != nil {

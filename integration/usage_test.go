@@ -75,6 +75,13 @@ func TestUsageAndAudit(t *testing.T) {
 		GRANT SELECT ON contacts TO shop_analyst, shop_support, shop_dpo;`); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := w.pg.PsqlDB(ctx, "shop", "DROP TABLE IF EXISTS contacts"); err != nil {
+			t.Error(err)
+		}
+	})
 	dir := t.TempDir()
 	policyFile := filepath.Join(dir, "policy.yaml")
 	if err := os.WriteFile(policyFile, []byte(usagePolicy), 0o644); err != nil {
