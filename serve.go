@@ -52,6 +52,7 @@ type serveFlags struct {
 	auditKeyFile    string
 	auditMaxSize    int64
 	auditOnFull     audit.OnFull
+	auditFlush      time.Duration
 
 	keys         keyFlags
 	decryptBatch int
@@ -85,6 +86,7 @@ func (f *serveFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.auditLog, "audit-log", "", "append one hash-chained JSON line per statement to this file (needs --policy); empty disables it")
 	fs.StringVar(&f.auditKeyFile, "audit-key-file", "", "HMAC key file (mode 0600) that signs every audit line")
 	fs.Int64Var(&f.auditMaxSize, "audit-max-size", 100<<20, "rotate the audit log after this many bytes (0: never); the chain continues across files")
+	fs.DurationVar(&f.auditFlush, "audit-flush", 100*time.Millisecond, "how long audit lines may wait in memory to be written together (fewer writes under load; a crash loses at most this much; 0 writes as soon as the queue is empty)")
 	fs.Var(&f.auditOnFull, "audit-on-full", "when the audit queue or disk is full: drop (count, log and mark the gap in the chain; sessions never stall) or block (sessions wait)")
 	f.keys.register(fs)
 	fs.IntVar(&f.decryptBatch, "decrypt-batch", 1000, "result rows decrypted together: one key-service call per encrypted column per batch (1 = one call per value, for comparison)")

@@ -172,7 +172,7 @@ func startTracking(ctx context.Context, f *serveFlags, metrics *admin.Metrics, l
 		log.Info("usage ledger", "store", redactStore(f.usageStore), "flush", f.usageFlush)
 	}
 	if f.auditLog != "" {
-		w, err := audit.New(audit.Config{Path: f.auditLog, KeyFile: f.auditKeyFile, MaxSize: f.auditMaxSize, OnFull: f.auditOnFull,
+		w, err := audit.New(audit.Config{Path: f.auditLog, KeyFile: f.auditKeyFile, MaxSize: f.auditMaxSize, OnFull: f.auditOnFull, FlushInterval: f.auditFlush,
 			Observer: auditObserver{metrics}, Logger: log.With("component", "audit")})
 		if err != nil {
 			closeAll(ctx)
