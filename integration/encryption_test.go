@@ -159,6 +159,25 @@ func encryptionSuite(t *testing.T, port int, prefix string) {
 	if got := read(connect("shop_analyst"), "SELECT upper(card_number) FROM payments WHERE id = 1"); len(got) != 1 || strings.Contains(got[0], "1111") && !strings.HasPrefix(strings.ToLower(got[0]), prefix) {
 		t.Errorf("analyst expression: %v", got)
 	}
+	// A cursor's FETCH returns its query's rows, decrypted.
+	tx, err := billing.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "DECLARE cards CURSOR FOR SELECT card_number FROM payments ORDER BY id"); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := tx.Query(ctx, "FETCH 2 FROM cards")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fetched, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || strings.Join(fetched, ",") != cardVisa+","+cardMaster {
+		t.Errorf("FETCH from a cursor: %v %v", fetched, err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
 	// Searchable equality, with a parameter and with a literal.
 	if got := read(billing, "SELECT id::text FROM payments WHERE card_number = $1", cardVisa); strings.Join(got, ",") != "1" {
 		t.Errorf("equality with a parameter finds %v", got)
@@ -174,7 +193,7 @@ func encryptionSuite(t *testing.T, port int, prefix string) {
 		t.Errorf("after UPDATE: %v", got)
 	}
 	// What cannot be encrypted is refused with a reason.
-	_, err := billing.Exec(ctx, "INSERT INTO payments SELECT 9, 9, name FROM customers WHERE id = 1")
+	_, err = billing.Exec(ctx, "INSERT INTO payments SELECT 9, 9, name FROM customers WHERE id = 1")
 	if serverCode(err) != "42501" || !strings.Contains(err.Error(), "encrypt") {
 		t.Errorf("INSERT ... SELECT into an encrypted column: %v", err)
 	}
