@@ -197,23 +197,41 @@ func (m *maskedSession) encryptBind(msg []byte, enc []rewrite.EncryptValue) ([]b
 }
 
 // rowBatch holds DataRows of a result whose columns need a transform
-// until they are decrypted together.
+// until they are decrypted together. The messages are kept back to back
+// in one buffer, reused from batch to batch.
 type rowBatch struct {
-	rows [][]byte // whole DataRow messages (copies)
+	buf  []byte // whole DataRow messages
+	ends []int  // end offset of each message in buf
 	outs []rewrite.Output
+	// vals and out are scratch space reused by flushBatch.
+	vals [][]byte
+	out  []byte
+}
+
+func (b *rowBatch) n() int { return len(b.ends) }
+
+func (b *rowBatch) add(msg []byte) {
+	b.buf = append(b.buf, msg...)
+	b.ends = append(b.ends, len(b.buf))
+}
+
+func (b *rowBatch) reset() {
+	b.buf, b.ends = b.buf[:0], b.ends[:0]
+	if cap(b.buf) > 4<<20 {
+		b.buf = nil // do not keep a huge batch's buffer
+	}
 }
 
 
-// dataRowValues parses a DataRow message into its values (nil for NULL);
-// the values alias msg.
-func dataRowValues(msg []byte, dst [][]byte) ([][]byte, error) {
+// dataRowValuesAppend parses a DataRow message and appends its values
+// (nil for NULL) to dst; the values alias msg.
+func dataRowValuesAppend(msg []byte, dst [][]byte) ([][]byte, error) {
 	body := msg[5:]
 	if len(body) < 2 {
 		return nil, &protocolError{"malformed DataRow from server"}
 	}
 	n := int(binary.BigEndian.Uint16(body))
 	body = body[2:]
-	dst = dst[:0]
 	for range n {
 		if len(body) < 4 {
 			return nil, &protocolError{"malformed DataRow from server"}
@@ -252,16 +270,21 @@ func appendDataRow(out []byte, values [][]byte) []byte {
 // flushBatch decrypts (and masks) the held rows and writes them.
 func (h *serverSide) flushBatch() error {
 	b := &h.batch
-	if len(b.rows) == 0 {
+	if b.n() == 0 {
 		return nil
 	}
-	rows := make([][][]byte, len(b.rows))
-	for i, r := range b.rows {
-		vals, err := dataRowValues(r, nil)
-		if err != nil {
+	// All values of all rows, flat; rows[i] is row i's slice of it.
+	b.vals = b.vals[:0]
+	rows := make([][][]byte, b.n())
+	start := 0
+	for i, end := range b.ends {
+		first := len(b.vals)
+		var err error
+		if b.vals, err = dataRowValuesAppend(b.buf[start:end], b.vals); err != nil {
 			return err
 		}
-		rows[i] = vals
+		rows[i] = b.vals[first:len(b.vals):len(b.vals)]
+		start = end
 	}
 	for c, o := range b.outs {
 		if o.Transform == rewrite.TransformNone || o.Rule == nil {
@@ -298,12 +321,16 @@ func (h *serverSide) flushBatch() error {
 			rows[i][c] = v
 		}
 	}
-	var out []byte
+	out := b.out[:0]
 	for _, vals := range rows {
 		out = appendDataRow(out, vals)
 	}
-	b.rows = b.rows[:0]
-	return h.write(out)
+	b.reset()
+	err := h.write(out)
+	if cap(out) <= 4<<20 {
+		b.out = out
+	}
+	return err
 }
 
 // maskErr keeps a mask error's message free of the value.
@@ -339,7 +366,7 @@ func (s *Server) decryptValues(col *rules.ColumnRule, values [][]byte) ([][]byte
 // server's answer up to ReadyForQuery is dropped (as the server itself
 // skips the rest after an error).
 func (h *serverSide) withholdResult(err error) error {
-	h.batch.rows = h.batch.rows[:0]
+	h.batch.reset()
 	var ke *keyError
 	if !errors.As(err, &ke) {
 		return err

@@ -243,7 +243,7 @@ func (h *serverSide) class(typ byte) msgClass {
 				return classIntercept
 			}
 		}
-		if len(h.batch.rows) > 0 {
+		if h.batch.n() > 0 {
 			// Everything after held rows waits for them (errors and
 			// notices of these sessions are intercepted below anyway).
 			if typ != 'E' && typ != 'N' {
@@ -326,17 +326,17 @@ func (h *serverSide) message(typ byte, msg []byte) error {
 			return err
 		}
 	} else if typ == 'D' {
-		if len(h.batch.rows) == 0 {
+		if h.batch.n() == 0 {
 			h.batch.outs = h.curOuts
 		}
-		h.batch.rows = append(h.batch.rows, append([]byte(nil), msg...))
-		if len(h.batch.rows) >= s.srv.cfg.DecryptBatch {
+		h.batch.add(msg)
+		if h.batch.n() >= s.srv.cfg.DecryptBatch {
 			if err := h.flushBatch(); err != nil {
 				return h.withholdResult(err)
 			}
 		}
 		return nil
-	} else if len(h.batch.rows) > 0 {
+	} else if h.batch.n() > 0 {
 		if err := h.flushBatch(); err != nil {
 			if werr := h.withholdResult(err); werr != nil {
 				return werr
