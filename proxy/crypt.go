@@ -222,7 +222,6 @@ func (b *rowBatch) reset() {
 	}
 }
 
-
 // dataRowValuesAppend parses a DataRow message and appends its values
 // (nil for NULL) to dst; the values alias msg.
 func dataRowValuesAppend(msg []byte, dst [][]byte) ([][]byte, error) {
