@@ -28,6 +28,9 @@ type statementSink struct {
 	mu   sync.Mutex
 	uses map[usesKey][]usage.ColumnUse
 	st   usage.Statement
+	// cols caches the audit form of a plan's classified columns the same
+	// way (the audit writer only reads them).
+	cols map[usesKey][]audit.Column
 }
 
 type usesKey struct {
@@ -46,8 +49,37 @@ func (s *statementSink) Statement(ev *proxy.StatementEvent) {
 		s.mu.Unlock()
 	}
 	if s.audit != nil {
-		s.audit.Write(auditRecord(ev))
+		r := auditRecord(ev)
+		if len(ev.Uses) > 0 {
+			s.mu.Lock()
+			r.Columns = s.auditColumns(ev)
+			s.mu.Unlock()
+		}
+		s.audit.Write(r)
 	}
+}
+
+// auditColumns converts (once per plan) the classified columns of ev for
+// the audit log.
+func (s *statementSink) auditColumns(ev *proxy.StatementEvent) []audit.Column {
+	k := usesKey{first: &ev.Uses[0], n: len(ev.Uses), refused: ev.Outcome == "refused"}
+	if c, ok := s.cols[k]; ok {
+		return c
+	}
+	var out []audit.Column
+	for _, u := range ev.Uses {
+		if u.Rule == nil {
+			continue
+		}
+		t := ledgerTreatment(u.Treatment, k.refused)
+		out = append(out, audit.Column{Table: u.Column.Schema + "." + u.Column.Table, Column: u.Column.Column,
+			Treatment: audit.Treatment(t.String()), Clauses: clauseList(u.Clauses)})
+	}
+	if len(s.cols) > 50000 {
+		clear(s.cols)
+	}
+	s.cols[k] = out
+	return out
 }
 
 // ledgerUses converts (once per plan) the uses of ev for the ledger.
@@ -113,14 +145,6 @@ func auditRecord(ev *proxy.StatementEvent) *audit.Record {
 	if ev.Outcome == "ok" {
 		r.SQLState = ""
 	}
-	for _, u := range ev.Uses {
-		if u.Rule == nil {
-			continue
-		}
-		t := ledgerTreatment(u.Treatment, ev.Outcome == "refused")
-		r.Columns = append(r.Columns, audit.Column{Table: u.Column.Schema + "." + u.Column.Table, Column: u.Column.Column,
-			Treatment: audit.Treatment(t.String()), Clauses: clauseList(u.Clauses)})
-	}
 	return r
 }
 
@@ -143,7 +167,7 @@ func startTracking(ctx context.Context, f *serveFlags, metrics *admin.Metrics, l
 	if f.policy == "" {
 		return nil, nil, usagef("--usage-store and --audit-log need --policy (the catalog and the classification come with it)")
 	}
-	sink = &statementSink{uses: map[usesKey][]usage.ColumnUse{}}
+	sink = &statementSink{uses: map[usesKey][]usage.ColumnUse{}, cols: map[usesKey][]audit.Column{}}
 	var closers []func(context.Context)
 	closeAll = func(ctx context.Context) {
 		for i := len(closers) - 1; i >= 0; i-- {
