@@ -101,12 +101,31 @@ done
 
 printf '\\set id random(1, 100000)\nSELECT id, name, email, ssn, birth_date, salary FROM customers WHERE id = :id;\n' >"$WORK/masked.sql"
 
-tps() { # port user mode clients script|builtin
+CLK_TCK=$(getconf CLK_TCK)
+# cpu_ticks PID: utime+stime of the process (all threads), in clock ticks.
+cpu_ticks() {
+	local stat
+	stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+	stat=${stat##*) }
+	local -a f
+	read -r -a f <<<"$stat"
+	echo $((f[11] + f[12]))
+}
+# tps port user mode clients script|builtin -> "TPS CPU_US_PER_TXN": the
+# proxy's own CPU time per transaction is the machine-independent figure.
+tps() {
 	local j=$(( $4 < 2 ? $4 : 2 ))
 	local what=(-S)
 	[[ $5 != builtin ]] && what=(-f "$5")
-	"$PGBIN/pgbench" -n -h 127.0.0.1 -p "$1" -U "$2" "${what[@]}" -M "$3" -c "$4" -j "$j" -T "$SECONDS_PER_RUN" postgres 2>/dev/null |
-		awk '/^tps = /{print $3}'
+	local pid=$PLAIN_PID
+	[[ $1 == "$TRACK" ]] && pid=$TRACK_PID
+	local before after out
+	before=$(cpu_ticks "$pid")
+	out=$("$PGBIN/pgbench" -n -h 127.0.0.1 -p "$1" -U "$2" "${what[@]}" -M "$3" -c "$4" -j "$j" -T "$SECONDS_PER_RUN" postgres 2>/dev/null)
+	after=$(cpu_ticks "$pid")
+	awk -v ticks=$((after - before)) -v hz="$CLK_TCK" '
+		/^tps = /{tps=$3} /number of transactions actually processed/{n=$NF}
+		END{printf "%s %.1f\n", tps, (n>0)?ticks/hz*1e6/n:0}' <<<"$out"
 }
 best() { awk -v a="$1" -v b="$2" 'BEGIN{print (b>a)?b:a}'; }
 
@@ -114,25 +133,27 @@ best() { awk -v a="$1" -v b="$2" 'BEGIN{print (b>a)?b:a}'; }
 # and keeps the ratio of that pair; the table shows the median ratio of
 # the rounds (robust to a disturbed run) and the best TPS of each.
 median() { sort -g | awk '{a[NR]=$1} END{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
-echo "| workload | mode | clients | pgveil TPS (best) | pgveil + ledger + audit TPS (best) | tracked / plain (median of $ROUNDS paired rounds) | ratios |"
-echo "|---|---|---|---|---|---|---|"
+echo "| workload | mode | clients | pgveil TPS (best) | pgveil + ledger + audit TPS (best) | tracked / plain (median of $ROUNDS paired rounds) | ratios | proxy CPU µs/txn plain → tracked (medians) |"
+echo "|---|---|---|---|---|---|---|---|"
 for workload in ${BENCH_WORKLOADS:-pass-through masked}; do
 	user=app script=builtin
 	[[ $workload == masked ]] && user=analyst script="$WORK/masked.sql"
 	for mode in $MODES; do
 		for c in $CLIENTS; do
-			bp=0 bt=0 ratios=()
+			bp=0 bt=0 ratios=() cpus_p=() cpus_t=()
 			for r in $(seq "$ROUNDS"); do
 				if (( r % 2 )); then
-					p=$(tps "$PLAIN" "$user" "$mode" "$c" "$script"); t=$(tps "$TRACK" "$user" "$mode" "$c" "$script")
+					read -r p cp < <(tps "$PLAIN" "$user" "$mode" "$c" "$script"); read -r t ct < <(tps "$TRACK" "$user" "$mode" "$c" "$script")
 				else
-					t=$(tps "$TRACK" "$user" "$mode" "$c" "$script"); p=$(tps "$PLAIN" "$user" "$mode" "$c" "$script")
+					read -r t ct < <(tps "$TRACK" "$user" "$mode" "$c" "$script"); read -r p cp < <(tps "$PLAIN" "$user" "$mode" "$c" "$script")
 				fi
+				cpus_p+=("$cp"); cpus_t+=("$ct")
 				bp=$(best "$bp" "${p:-0}"); bt=$(best "$bt" "${t:-0}")
 				ratios+=("$(awk -v a="${t:-0}" -v b="${p:-0}" 'BEGIN{printf "%.3f", (b>0)?a/b:0}')")
 			done
 			med=$(printf '%s\n' "${ratios[@]}" | median)
-			printf '| %s | %s | %s | %.0f | %.0f | %.3f | %s |\n' "$workload" "$mode" "$c" "$bp" "$bt" "$med" "${ratios[*]}"
+			mcp=$(printf '%s\n' "${cpus_p[@]}" | median); mct=$(printf '%s\n' "${cpus_t[@]}" | median)
+			printf '| %s | %s | %s | %.0f | %.0f | %.3f | %s | %.1f → %.1f |\n' "$workload" "$mode" "$c" "$bp" "$bt" "$med" "${ratios[*]}" "$mcp" "$mct"
 		done
 	done
 done
