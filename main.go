@@ -107,6 +107,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	default:
 		err = usagef("unknown command %q (try: pgveil help)", args[0])
 	}
+	return exitCode(err, stderr)
+}
+
+// exitCode reports err on stderr (one line) and returns the exit code for
+// it: usage errors 2, other failures 1.
+func exitCode(err error, stderr io.Writer) int {
 	var ue *usageError
 	switch {
 	case err == nil, errors.Is(err, pflag.ErrHelp):

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -25,18 +24,7 @@ const reportSampleColumns = 200
 // runReport is pgveil report: it reads the usage ledger's store and prints
 // the data-minimisation review. It returns the exit code.
 func runReport(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	err := report(ctx, args, stdout, stderr)
-	var ue *usageError
-	switch {
-	case err == nil, errors.Is(err, pflag.ErrHelp):
-		return exitOK
-	case errors.As(err, &ue):
-		fmt.Fprintln(stderr, "pgveil:", ue.msg)
-		return exitUsage
-	default:
-		fmt.Fprintln(stderr, "pgveil:", err)
-		return exitError
-	}
+	return exitCode(report(ctx, args, stdout, stderr), stderr)
 }
 
 func report(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -144,13 +144,20 @@ func TestDemo(t *testing.T) {
 // runBinary runs the pgveil binary and returns its exit code and output.
 func runBinary(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
+	return runBinaryEnv(t, nil, args...)
+}
+
+// runBinaryEnv is runBinary with extra environment variables (nil: the
+// test's own environment).
+func runBinaryEnv(t *testing.T, env []string, args ...string) (int, string, string) {
+	t.Helper()
 	bin, err := buildBinary()
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	stdout, stderr, err := runCmd(ctx, nil, bin, args...)
+	stdout, stderr, err := runCmd(ctx, env, bin, args...)
 	var ee *exec.ExitError
 	switch {
 	case err == nil:

@@ -2,10 +2,8 @@ package integration
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -49,25 +47,10 @@ func TestMigrateVault(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	bin, err := buildBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
 	env := []string{"VAULT_TOKEN=" + s.Token(), "VAULT_ADDR="}
 	pgveil := func(t *testing.T, args ...string) (int, string, string) {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		out, errs, err := runCmd(ctx, env, bin, args...)
-		var ee *exec.ExitError
-		switch {
-		case err == nil:
-			return 0, out, errs
-		case errors.As(err, &ee):
-			return ee.ExitCode(), out, errs
-		}
-		t.Fatalf("pgveil %s: %v", args[0], err)
-		return 0, "", ""
+		return runBinaryEnv(t, env, args...)
 	}
 
 	for _, tc := range []struct {
