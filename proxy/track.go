@@ -131,6 +131,11 @@ type tracker struct {
 	prefixOf    [2]any
 	prefixCtxV  uint64
 	prefixValid bool
+	// lastKey and lastStmts remember the session's last facts-cache
+	// entry: applications repeat a few statement shapes, and a hit here
+	// skips the shared cache's lock and hashing.
+	lastKey   []byte
+	lastStmts []*trackedStmt
 }
 
 func newTracker(s *session, sink StatementSink, roles []string, grants *rules.Grants, masked bool) *tracker {
@@ -563,10 +568,14 @@ func (c *factsCache) lookup(t *tracker, sql string) []*trackedStmt {
 		// Not scannable: key on the exact text.
 		t.scratch = append(t.scratch[:prefix], sql...)
 	}
+	if t.lastStmts != nil && string(t.lastKey) == string(t.scratch) {
+		return t.lastStmts
+	}
 	c.mu.Lock()
 	hit, found := c.entries[string(t.scratch)]
 	c.mu.Unlock()
 	if found {
+		t.lastKey, t.lastStmts = append(t.lastKey[:0], t.scratch...), hit
 		return hit
 	}
 	norm := ""
@@ -592,6 +601,7 @@ func (c *factsCache) lookup(t *tracker, sql string) []*trackedStmt {
 	}
 	c.entries[string(t.scratch)] = stmts
 	c.mu.Unlock()
+	t.lastKey, t.lastStmts = append(t.lastKey[:0], t.scratch...), stmts
 	return stmts
 }
 
