@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"io"
 	"net"
 	"testing"
@@ -167,4 +168,38 @@ func FuzzClientBytes(f *testing.F) {
 			t.Fatalf("%d sessions left", n)
 		}
 	})
+}
+
+// panicHandler panics on the first message, like a bug would.
+type panicHandler struct{}
+
+func (panicHandler) class(typ byte) msgClass            { return classPeek }
+func (panicHandler) header(typ byte, length int) error  { return nil }
+func (panicHandler) message(typ byte, msg []byte) error { panic("bug") }
+
+// TestPanicEndsOnlyTheSession: a panic in a pump becomes an XX000 error
+// for that session instead of taking the process down.
+func TestPanicEndsOnlyTheSession(t *testing.T) {
+	up, err := ParseUpstream("postgres://127.0.0.1:1/db?sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := New(Config{Upstream: up})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	s := newSession(srv, a, 1)
+	p := newPump(a, &syncWriter{conn: discardConn{}}, panicHandler{}, DefaultMaxMessageSize, nil)
+	go func() {
+		msg, _ := (&pgproto3.Query{String: "select 1"}).Encode(nil)
+		_, _ = b.Write(msg)
+	}()
+	err = s.runSafely(p)
+	var ce *clientError
+	if !errors.As(err, &ce) || ce.code != codeInternalError || outcome(err) != "internal_error" {
+		t.Fatalf("a panicking pump ended with %v", err)
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -35,6 +36,7 @@ const (
 	codeInvalidAuthSpec     = "28000"
 	codeFeatureNotSupported = "0A000"
 	codeTooManyConnections  = "53300"
+	codeInternalError       = "XX000"
 	codeIdleSessionTimeout  = "57P05"
 	codeIdleInTxTimeout     = "25P03"
 	codeConfigFileError     = "F0000"
@@ -331,12 +333,25 @@ func (s *session) relay() error {
 	up := newPump(s.client, &s.toSrv, &clientSide{s: s}, max, &s.bytesIn)
 	down := newPump(s.server, &s.toCl, &serverSide{s: s}, max, &s.bytesOut)
 	upDone := make(chan error, 1)
-	go func() { upDone <- s.fromPumpUp(up.run()) }()
-	downErr := s.fromPumpDown(down.run())
+	go func() { upDone <- s.fromPumpUp(s.runSafely(up)) }()
+	downErr := s.fromPumpDown(s.runSafely(down))
 	s.end(downErr)
 	upErr := <-upDone
 	s.end(upErr)
 	return s.endCause
+}
+
+// runSafely runs a pump and turns a panic in it (a bug) into the end of
+// this session alone, with SQLSTATE XX000 for the client and the stack in
+// the log (which holds no values: a stack names code, not data).
+func (s *session) runSafely(p *pump) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.srv.log.Error("internal error: session ended", "session", s.id, "panic", fmt.Sprintf("%T", r), "stack", string(debug.Stack()))
+			err = &clientError{code: codeInternalError, msg: "pgveil: internal error; the session was ended", kind: "internal_error"}
+		}
+	}()
+	return p.run()
 }
 
 // fromPumpUp classifies how the client-to-server pump ended.
