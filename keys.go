@@ -141,13 +141,3 @@ func (k keyAdapter) Encrypt(ctx context.Context, col *rules.ColumnRule, plaintex
 func (k keyAdapter) Decrypt(ctx context.Context, col *rules.ColumnRule, ciphertexts [][]byte) ([][]byte, error) {
 	return k.svc.Decrypt(ctx, columnOf(col), ciphertexts)
 }
-
-// hasEncryptedColumns reports whether the policy stores a column encrypted.
-func hasEncryptedColumns(p *rules.Policy) bool {
-	for _, r := range p.Columns {
-		if r.Encrypted != nil {
-			return true
-		}
-	}
-	return false
-}

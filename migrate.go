@@ -333,23 +333,10 @@ func splitIdents(s string) ([]string, error) {
 	for i := 0; ; {
 		var part string
 		if i < len(s) && s[i] == '"' {
-			var b strings.Builder
-			j := i + 1
-			for ; j < len(s); j++ {
-				if s[j] == '"' {
-					if j+1 < len(s) && s[j+1] == '"' {
-						b.WriteByte('"')
-						j++
-						continue
-					}
-					break
-				}
-				b.WriteByte(s[j])
-			}
-			if j >= len(s) {
+			var ok bool
+			if part, i, ok = rules.ScanQuotedIdent(s, i); !ok {
 				return nil, errors.New("unterminated quoted identifier")
 			}
-			part, i = b.String(), j+1
 		} else {
 			j := strings.IndexByte(s[i:], '.')
 			if j < 0 {

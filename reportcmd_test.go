@@ -275,35 +275,11 @@ func TestReportUsageErrors(t *testing.T) {
 	})
 }
 
-// reportCluster starts a throwaway PostgreSQL; missing PostgreSQL skips,
-// or fails with PGVEIL_REQUIRE_ALL=1.
-func reportCluster(t *testing.T) *pgcluster.Cluster {
-	t.Helper()
-	if _, err := pgcluster.FindBinDir(""); err != nil {
-		if os.Getenv("PGVEIL_REQUIRE_ALL") == "1" {
-			t.Fatalf("PostgreSQL is required: %v", err)
-		}
-		t.Skipf("PostgreSQL not installed: %v", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	pg, err := pgcluster.Start(ctx, pgcluster.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := pg.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	return pg
-}
-
 // TestReportPostgresStoreAndSampling keeps the ledger in PostgreSQL and
 // samples an unclassified column whose name says nothing but whose values
 // are e-mail addresses; no sampled value may appear in the report.
 func TestReportPostgresStoreAndSampling(t *testing.T) {
-	pg := reportCluster(t)
+	pg := testCluster(t)
 	ctx := context.Background()
 	emails := []string{"ann@example.com", "bob@example.org", "cy@example.net", "dee@example.com", "eve@example.io", "fay@example.de"}
 	var values []string

@@ -220,7 +220,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		cfg.DecryptBatch = f.decryptBatch
 		log.Info("key service", "kind", fmt.Sprintf("%T", svc))
-	} else if src != nil && hasEncryptedColumns(src.policy.Load()) {
+	} else if src != nil && src.policy.Load().HasEncrypted() {
 		log.Warn("the policy has encrypted columns but no key service is configured (--keyring or --vault-addr): statements that write them are refused and their values are not decrypted")
 	}
 	// The console's SHUTDOWN ends serving as SIGTERM does.

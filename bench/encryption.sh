@@ -19,34 +19,21 @@ ROWS=${BENCH_ROWS:-100000}
 NAIVE_ROWS=${BENCH_NAIVE_ROWS:-2000}
 VAULT=$(bash scripts/build-vault.sh | tail -1)
 
-WORK=$(mktemp -d /tmp/veilenc.XXXXXX)
-chmod 755 "$WORK"
-as_pg=()
-if [[ $(id -u) == 0 ]]; then
-	chown postgres "$WORK"
-	as_pg=(runuser -u postgres --)
-fi
+. bench/lib.sh
+bench_workdir veilenc
 PIDS=()
 cleanup() {
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
-	"${as_pg[@]}" "$PGBIN/pg_ctl" -D "$WORK/data" -m fast stop >/dev/null 2>&1 || true
+	stop_pg
 	[[ ${BENCH_KEEP:-0} == 1 ]] || rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-# Idle CPUs poll instead of halting while this runs (a 0 us PM QoS request,
-# held as long as the file is open; see bench/README.md), when root can.
-if [[ -w /dev/cpu_dma_latency && ${BENCH_CPU_POLL:-1} == 1 ]]; then
-	(
-		exec 9>/dev/cpu_dma_latency
-		printf '\x00\x00\x00\x00' >&9
-		exec sleep 86400
-	) &
-	PIDS+=($!)
-fi
+# Idle CPUs poll instead of halting while this runs (see bench/lib.sh).
+hold_cpu_poll
+[[ -n $QOS_PID ]] && PIDS+=("$QOS_PID")
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PGPORT=$(free_port)
 VAULTPORT=$(free_port)
 BATCHED=$(free_port)
@@ -62,10 +49,7 @@ vault_api POST sys/mounts/transit '{"type":"transit"}'
 vault_api POST transit/keys/card-t '{"type":"aes256-gcm96","derived":true}'
 vault_api POST transit/keys/card-e '{"type":"aes256-gcm96","derived":true}'
 
-"${as_pg[@]}" "$PGBIN/initdb" -D "$WORK/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >/dev/null
-"${as_pg[@]}" "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -w \
-	-o "-p $PGPORT -k $WORK -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c shared_buffers=256MB -c max_connections=100" start >/dev/null
-psql_su() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U postgres "$@"; }
+start_pg
 psql_su -d postgres <<SQL
 CREATE ROLE dpo LOGIN;
 CREATE ROLE pgveil LOGIN;

@@ -15,29 +15,20 @@ CLIENTS=${BENCH_CLIENTS:-"1 16"}
 MODES=${BENCH_MODES:-"simple prepared"}
 ROWS=${BENCH_ROWS:-100000}
 
-WORK=$(mktemp -d /tmp/pgveil-masked.XXXXXX)
-chmod 755 "$WORK"
-as_pg=()
-if [[ $(id -u) == 0 ]]; then
-	chown postgres "$WORK"
-	as_pg=(runuser -u postgres --)
-fi
+. bench/lib.sh
+bench_workdir pgveil-masked
 cleanup() {
 	[[ -n ${VEIL_PID:-} ]] && kill "$VEIL_PID" 2>/dev/null || true
-	"${as_pg[@]}" "$PGBIN/pg_ctl" -D "$WORK/data" -m fast stop >/dev/null 2>&1 || true
+	stop_pg
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PGPORT=$(free_port)
 VEILPORT=$(free_port)
 
-"${as_pg[@]}" "$PGBIN/initdb" -D "$WORK/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >/dev/null
-"${as_pg[@]}" "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -w \
-	-o "-p $PGPORT -k $WORK -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c shared_buffers=256MB -c max_connections=100" start >/dev/null
+start_pg
 
-psql_su() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U postgres "$@"; }
 psql_su -d postgres <<SQL
 CREATE ROLE analyst LOGIN;
 CREATE ROLE pgveil LOGIN;

@@ -17,24 +17,10 @@ import (
 	"github.com/pgveil/pgveil/usage"
 )
 
-// usagePolicy grants shop_support raw salary it never reads, leaves
-// birth_date unread by everyone, and does not classify contacts.phone.
-const usagePolicy = `version: 1
-classes:
-  email:       { mask: email }
-  national_id: { mask: "partial(last=4)" }
-  birth_date:  { mask: "truncate(year)" }
-  salary:      { mask: "round(-4)" }
-columns:
-  public.customers.email: email
-  public.customers.ssn: national_id
-  public.customers.birth_date: birth_date
-  public.customers.salary: salary
-roles:
-  shop_analyst: {}
-  shop_support: { raw: [email, salary] }
-  shop_dpo:     { raw: all }
-`
+// usagePolicy is shopPolicy with shop_support granted raw salary too,
+// which it never reads; birth_date is read by no one and contacts.phone
+// is not classified.
+var usagePolicy = strings.Replace(shopPolicy, "shop_support: { raw: [email] }", "shop_support: { raw: [email, salary] }", 1)
 
 // usageKey selects one ledger row.
 type usageKey struct{ user, table, column, treatment string }

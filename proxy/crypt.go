@@ -40,16 +40,6 @@ type keyError struct {
 
 func (e *keyError) Error() string { return e.msg }
 
-// hasEncrypted reports whether the policy stores some column encrypted.
-func hasEncrypted(p *rules.Policy) bool {
-	for _, r := range p.Columns {
-		if r.Encrypted != nil {
-			return true
-		}
-	}
-	return false
-}
-
 // keyContext bounds one key-service call.
 func (s *Server) keyContext() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), s.cfg.KeyTimeout)

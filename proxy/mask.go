@@ -101,7 +101,7 @@ func (s *session) decideMode() (*maskedSession, error) {
 	m, roles, grants, err := s.decideMasking(policy, snap)
 	// The tracker follows statements to their results for the usage
 	// sink, and for the output transforms of encrypted columns.
-	if err == nil && grants != nil && (s.srv.cfg.Statements != nil || m != nil && hasEncrypted(policy)) {
+	if err == nil && grants != nil && (s.srv.cfg.Statements != nil || m != nil && policy.HasEncrypted()) {
 		s.track = newTracker(s, s.srv.cfg.Statements, roles, grants, m != nil)
 	}
 	return m, err
@@ -128,7 +128,7 @@ func (s *session) decideMasking(policy *rules.Policy, snap *catalog.Snapshot) (*
 	// policy stores columns encrypted: then every session's writes must
 	// be encrypted and its reads may be decrypted.
 	raw := grants.AllRaw()
-	if raw && !hasEncrypted(policy) {
+	if raw && !policy.HasEncrypted() {
 		return nil, roles, grants, nil
 	}
 	if v := s.params["client_encoding"]; !utf8Encoding(v) {

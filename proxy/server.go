@@ -579,7 +579,7 @@ func (s *Server) Revalidate() int {
 			continue
 		}
 		g, err := policy.Grants(snap.RolesOf(sess.user))
-		if err == nil && g.AllRaw() && !hasEncrypted(policy) {
+		if err == nil && g.AllRaw() && !policy.HasEncrypted() {
 			continue
 		}
 		s.log.Info("session ended: the new policy masks what it reads", "session", sess.id, "user", sess.user)

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"errors"
+	"net"
 	"strconv"
 	"sync"
 	"time"
@@ -140,25 +141,12 @@ type tracker struct {
 
 func newTracker(s *session, sink StatementSink, roles []string, grants *rules.Grants, masked bool) *tracker {
 	host := s.client.RemoteAddr().String()
-	if h, _, ok := cutLastColon(host); ok {
+	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}
 	return &tracker{s: s, sink: sink, masked: masked, grants: grants, user: s.user,
 		base:  StatementEvent{Session: s.id, User: s.user, Database: s.database, Application: s.appName, ClientIP: host, Roles: roles},
 		stmts: map[string]*trackedStmt{}, portals: map[string]*trackedStmt{}, sqlPrep: map[string]*trackedStmt{}, cursors: map[string]*trackedStmt{}}
-}
-
-func cutLastColon(s string) (string, string, bool) {
-	for i := len(s) - 1; i >= 0; i-- {
-		if s[i] == ':' {
-			h := s[:i]
-			if len(h) > 1 && h[0] == '[' && h[len(h)-1] == ']' {
-				h = h[1 : len(h)-1]
-			}
-			return h, s[i+1:], true
-		}
-	}
-	return s, "", false
 }
 
 // setContext records the session's search_path and current user.

@@ -79,16 +79,6 @@ func (e *encState) refuse(format string, args ...any) {
 	}
 }
 
-// hasEncrypted reports whether the policy has encrypted columns.
-func hasEncrypted(p *rules.Policy) bool {
-	for _, r := range p.Columns {
-		if r.Encrypted != nil {
-			return true
-		}
-	}
-	return false
-}
-
 func keyString(k rules.ColumnKey) string {
 	return quoteIdent(k.Schema) + "." + quoteIdent(k.Table) + "." + quoteIdent(k.Column)
 }

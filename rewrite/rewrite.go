@@ -171,7 +171,7 @@ func Rewrite(sql string, s *Session) (*Plan, error) {
 	if s == nil || s.Policy == nil || s.Grants == nil || s.Catalog == nil {
 		return nil, ErrNoSession
 	}
-	encrypting := !s.SkipEncrypt && hasEncrypted(s.Policy)
+	encrypting := !s.SkipEncrypt && s.Policy.HasEncrypted()
 	if s.Grants.AllRaw() {
 		if s.Track || encrypting {
 			return analyzeText(sql, s, encrypting)

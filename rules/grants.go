@@ -162,3 +162,13 @@ func (g *Grants) RowFilters() []RowFilter { return g.filters }
 // Column returns the rule of a classified column, or nil when the column
 // is unclassified (and so raw for everyone).
 func (p *Policy) Column(k ColumnKey) *ColumnRule { return p.Columns[k] }
+
+// HasEncrypted reports whether the policy stores some column encrypted.
+func (p *Policy) HasEncrypted() bool {
+	for _, r := range p.Columns {
+		if r.Encrypted != nil {
+			return true
+		}
+	}
+	return false
+}

@@ -528,23 +528,10 @@ func parseQualified(s string, want int) ([]string, error) {
 	for {
 		var part string
 		if i < len(s) && s[i] == '"' {
-			var b strings.Builder
-			j := i + 1
-			for ; j < len(s); j++ {
-				if s[j] == '"' {
-					if j+1 < len(s) && s[j+1] == '"' {
-						b.WriteByte('"')
-						j++
-						continue
-					}
-					break
-				}
-				b.WriteByte(s[j])
-			}
-			if j >= len(s) {
+			var ok bool
+			if part, i, ok = ScanQuotedIdent(s, i); !ok {
 				return nil, fmt.Errorf("unterminated quoted identifier in %q", s)
 			}
-			part, i = b.String(), j+1
 			if part == "" {
 				return nil, fmt.Errorf("empty quoted identifier in %q", s)
 			}
@@ -574,6 +561,26 @@ func parseQualified(s string, want int) ([]string, error) {
 		return nil, fmt.Errorf("want %s, got %d part(s) (quote a name that contains dots)", what, len(parts))
 	}
 	return parts, nil
+}
+
+// ScanQuotedIdent reads the double-quoted identifier that starts at s[i]
+// ("" stands for a quote) and returns it and the index after its closing
+// quote; ok is false when it is not terminated.
+func ScanQuotedIdent(s string, i int) (ident string, next int, ok bool) {
+	var b strings.Builder
+	for j := i + 1; j < len(s); j++ {
+		if s[j] != '"' {
+			b.WriteByte(s[j])
+			continue
+		}
+		if j+1 < len(s) && s[j+1] == '"' {
+			b.WriteByte('"')
+			j++
+			continue
+		}
+		return b.String(), j + 1, true
+	}
+	return "", len(s), false
 }
 
 func checkPlainIdent(s string) error {
