@@ -79,7 +79,7 @@ func (s *session) serveConsole(startup []byte, log *slog.Logger) {
 		return
 	}
 	_ = s.client.SetDeadline(time.Time{})
-	s.toCl.conn = s.client
+	s.toCl.setConn(s.client)
 	s.txStatus.Store('I')
 	s.ready.Store(true)
 	s.markDecided()

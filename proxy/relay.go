@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -54,10 +55,22 @@ type handler interface {
 // last write ended inside a message, so that another goroutine may inject a
 // whole message (an ErrorResponse, a Terminate) only between messages.
 type syncWriter struct {
-	mu     sync.Mutex
-	conn   net.Conn
+	mu   sync.Mutex
+	conn net.Conn
+	// out writes to conn: a rawConn for plain sockets, else conn itself.
+	out    io.Writer
 	mid    bool
 	broken error
+}
+
+// setConn makes c the connection written to.
+func (w *syncWriter) setConn(c net.Conn) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.conn, w.out = c, c
+	if r := newRawConn(c); r != nil {
+		w.out = r
+	}
 }
 
 // write writes b; mid says whether b ends inside a message.
@@ -67,7 +80,7 @@ func (w *syncWriter) write(b []byte, mid bool) error {
 	if w.broken != nil {
 		return w.broken
 	}
-	if _, err := w.conn.Write(b); err != nil {
+	if _, err := w.out.Write(b); err != nil {
 		w.broken = err
 		return err
 	}
@@ -83,7 +96,7 @@ func (w *syncWriter) inject(b []byte) bool {
 	if w.broken != nil || w.mid {
 		return false
 	}
-	if _, err := w.conn.Write(b); err != nil {
+	if _, err := w.out.Write(b); err != nil {
 		w.broken = err
 		return false
 	}
@@ -93,7 +106,9 @@ func (w *syncWriter) inject(b []byte) bool {
 // pump relays one direction of a session: it reads from src, frames the
 // bytes into messages and writes them to dst.
 type pump struct {
-	src       net.Conn
+	src net.Conn
+	// rd reads from src: a rawConn for plain sockets, else src itself.
+	rd        io.Reader
 	dst       *syncWriter
 	h         handler
 	maxSize   int
@@ -110,7 +125,11 @@ func newPump(src net.Conn, dst *syncWriter, h handler, maxSize int, count *atomi
 	if count == nil {
 		count = new(atomic.Int64)
 	}
-	return &pump{src: src, dst: dst, h: h, maxSize: maxSize, buf: make([]byte, pumpBufferSize), count: count}
+	p := &pump{src: src, rd: src, dst: dst, h: h, maxSize: maxSize, buf: make([]byte, pumpBufferSize), count: count}
+	if r := newRawConn(src); r != nil {
+		p.rd = r
+	}
+	return p
 }
 
 // run relays until src or dst fails, a message is malformed, or the handler
@@ -118,7 +137,7 @@ func newPump(src net.Conn, dst *syncWriter, h handler, maxSize int, count *atomi
 // which side failed.
 func (p *pump) run() error {
 	for {
-		n, err := p.src.Read(p.buf[p.w:])
+		n, err := p.rd.Read(p.buf[p.w:])
 		p.w += n
 		if n > 0 {
 			p.count.Add(int64(n))

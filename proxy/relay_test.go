@@ -47,7 +47,7 @@ func pgbenchSelect(tb testing.TB) []byte {
 func TestRelayAllocatesNothing(t *testing.T) {
 	payload := pgbenchSelect(t)
 	h := &passHandler{}
-	p := newPump(nil, &syncWriter{conn: discardConn{}}, h, DefaultMaxMessageSize, nil)
+	p := newPump(nil, &syncWriter{conn: discardConn{}, out: discardConn{}}, h, DefaultMaxMessageSize, nil)
 	allocs := testing.AllocsPerRun(1000, func() {
 		p.w = copy(p.buf, payload)
 		p.r = 0
@@ -66,7 +66,7 @@ func TestRelayAllocatesNothing(t *testing.T) {
 // BenchmarkRelayResult measures framing and relaying one pgbench -S result.
 func BenchmarkRelayResult(b *testing.B) {
 	payload := pgbenchSelect(b)
-	p := newPump(nil, &syncWriter{conn: discardConn{}}, &passHandler{}, DefaultMaxMessageSize, nil)
+	p := newPump(nil, &syncWriter{conn: discardConn{}, out: discardConn{}}, &passHandler{}, DefaultMaxMessageSize, nil)
 	b.SetBytes(int64(len(payload)))
 	b.ReportAllocs()
 	for b.Loop() {
@@ -192,7 +192,7 @@ func TestPanicEndsOnlyTheSession(t *testing.T) {
 	defer a.Close()
 	defer b.Close()
 	s := newSession(srv, a, 1)
-	p := newPump(a, &syncWriter{conn: discardConn{}}, panicHandler{}, DefaultMaxMessageSize, nil)
+	p := newPump(a, &syncWriter{conn: discardConn{}, out: discardConn{}}, panicHandler{}, DefaultMaxMessageSize, nil)
 	go func() {
 		msg, _ := (&pgproto3.Query{String: "select 1"}).Encode(nil)
 		_, _ = b.Write(msg)

@@ -199,7 +199,8 @@ func (s *session) serve() {
 		return
 	}
 	s.server, s.serverTLS = server, serverTLS
-	s.toCl.conn, s.toSrv.conn = s.client, server
+	s.toCl.setConn(s.client)
+	s.toSrv.setConn(server)
 	defer s.closeServer()
 	_ = server.SetDeadline(time.Now().Add(s.srv.cfg.StartupTimeout))
 	if _, err := server.Write(startup); err != nil {
