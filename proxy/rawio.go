@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"io"
 	"net"
 	"os"
 	"syscall"
@@ -25,25 +24,9 @@ import (
 //
 // TLS connections keep net.Conn (the bytes go through crypto/tls).
 
-// rawConn reads and writes one socket with raw system calls. Reads and
-// writes may run concurrently (one reader, one writer); each direction has
-// its own state, so neither allocates per call.
-type rawConn struct {
-	rc syscall.RawConn
-
-	rbuf   []byte
-	rn     int
-	rerrno syscall.Errno
-	readFn func(fd uintptr) bool
-
-	wbuf    []byte
-	werrno  syscall.Errno
-	writeFn func(fd uintptr) bool
-}
-
-// newRawConn returns a rawConn for c, or nil when c is not a plain socket
-// (a TLS connection, a net.Pipe in tests).
-func newRawConn(c net.Conn) *rawConn {
+// rawSyscallConn returns the syscall.RawConn of c, or nil when c is not a
+// plain socket (a TLS connection, a net.Pipe in tests).
+func rawSyscallConn(c net.Conn) syscall.RawConn {
 	var sc syscall.Conn
 	switch c := c.(type) {
 	case *net.TCPConn:
@@ -57,74 +40,63 @@ func newRawConn(c net.Conn) *rawConn {
 	if err != nil {
 		return nil
 	}
-	r := &rawConn{rc: rc}
-	r.readFn = func(fd uintptr) bool {
-		for {
-			n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(r.rbuf))), uintptr(len(r.rbuf)))
-			switch e {
-			case 0:
-				r.rn, r.rerrno = int(n), 0
-				return true
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				return false
-			default:
-				r.rn, r.rerrno = 0, e
-				return true
-			}
-		}
+	return rc
+}
+
+// rawRead reads from fd into b with one raw system call.
+func rawRead(fd uintptr, b []byte) (int, syscall.Errno) {
+	n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+	return int(n), e
+}
+
+// rawWriter writes one socket with raw system calls. Its state lives in
+// the struct so that a write does not allocate; callers serialise writes.
+type rawWriter struct {
+	rc      syscall.RawConn
+	wbuf    []byte
+	werrno  syscall.Errno
+	writeFn func(fd uintptr) bool
+}
+
+// newRawWriter returns a rawWriter for c, or nil when c is not a plain
+// socket.
+func newRawWriter(c net.Conn) *rawWriter {
+	rc := rawSyscallConn(c)
+	if rc == nil {
+		return nil
 	}
-	r.writeFn = func(fd uintptr) bool {
-		for len(r.wbuf) > 0 {
-			n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(r.wbuf))), uintptr(len(r.wbuf)))
+	w := &rawWriter{rc: rc}
+	w.writeFn = func(fd uintptr) bool {
+		for len(w.wbuf) > 0 {
+			n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(w.wbuf))), uintptr(len(w.wbuf)))
 			switch e {
 			case 0:
-				r.wbuf = r.wbuf[n:]
+				w.wbuf = w.wbuf[n:]
 			case syscall.EINTR:
 			case syscall.EAGAIN:
 				return false
 			default:
-				r.werrno = e
+				w.werrno = e
 				return true
 			}
 		}
 		return true
 	}
-	return r
+	return w
 }
 
-// Read reads into b like net.Conn.Read: at least one byte, or an error
-// (io.EOF when the peer closed its side).
-func (r *rawConn) Read(b []byte) (int, error) {
-	if len(b) == 0 {
-		return 0, nil
-	}
-	r.rbuf = b
-	err := r.rc.Read(r.readFn)
-	r.rbuf = nil
-	switch {
-	case err != nil:
-		return 0, err
-	case r.rerrno != 0:
-		return 0, os.NewSyscallError("read", r.rerrno)
-	case r.rn == 0:
-		return 0, io.EOF
-	}
-	return r.rn, nil
-}
-
-// Write writes all of b, waiting for the socket to drain when it is full.
-func (r *rawConn) Write(b []byte) (int, error) {
-	r.wbuf, r.werrno = b, 0
-	err := r.rc.Write(r.writeFn)
-	n := len(b) - len(r.wbuf)
-	r.wbuf = nil
+// Write writes all of b, waiting in the runtime's poller while the socket
+// is full.
+func (w *rawWriter) Write(b []byte) (int, error) {
+	w.wbuf, w.werrno = b, 0
+	err := w.rc.Write(w.writeFn)
+	n := len(b) - len(w.wbuf)
+	w.wbuf = nil
 	switch {
 	case err != nil:
 		return n, err
-	case r.werrno != 0:
-		return n, os.NewSyscallError("write", r.werrno)
+	case w.werrno != 0:
+		return n, os.NewSyscallError("write", w.werrno)
 	}
 	return n, nil
 }

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 )
 
 // pumpBufferSize is the read buffer of each pump. 32 KiB holds a typical
@@ -68,7 +70,7 @@ func (w *syncWriter) setConn(c net.Conn) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.conn, w.out = c, c
-	if r := newRawConn(c); r != nil {
+	if r := newRawWriter(c); r != nil {
 		w.out = r
 	}
 }
@@ -107,8 +109,8 @@ func (w *syncWriter) inject(b []byte) bool {
 // bytes into messages and writes them to dst.
 type pump struct {
 	src net.Conn
-	// rd reads from src: a rawConn for plain sockets, else src itself.
-	rd        io.Reader
+	// raw, for a plain socket, reads src with raw system calls (rawio.go).
+	raw       syscall.RawConn
 	dst       *syncWriter
 	h         handler
 	maxSize   int
@@ -125,19 +127,18 @@ func newPump(src net.Conn, dst *syncWriter, h handler, maxSize int, count *atomi
 	if count == nil {
 		count = new(atomic.Int64)
 	}
-	p := &pump{src: src, rd: src, dst: dst, h: h, maxSize: maxSize, buf: make([]byte, pumpBufferSize), count: count}
-	if r := newRawConn(src); r != nil {
-		p.rd = r
-	}
-	return p
+	return &pump{src: src, raw: rawSyscallConn(src), dst: dst, h: h, maxSize: maxSize, buf: make([]byte, pumpBufferSize), count: count}
 }
 
 // run relays until src or dst fails, a message is malformed, or the handler
 // stops it. Read errors are returned as *readError so callers can tell
 // which side failed.
 func (p *pump) run() error {
+	if p.raw != nil {
+		return p.runRaw()
+	}
 	for {
-		n, err := p.rd.Read(p.buf[p.w:])
+		n, err := p.src.Read(p.buf[p.w:])
 		p.w += n
 		if n > 0 {
 			p.count.Add(int64(n))
@@ -149,6 +150,59 @@ func (p *pump) run() error {
 			return &readError{err}
 		}
 	}
+}
+
+// runRaw is run for a plain socket. The whole relay loop runs inside one
+// syscall.RawConn.Read callback: it reads with raw system calls, relays
+// what it read, and returns to the runtime's poller only when the socket is
+// drained. A read that returned less than the free buffer space emptied the
+// socket's receive queue, and the poller is edge-triggered on new data, so
+// the loop waits right away instead of making the read that would only
+// return EAGAIN (net.Conn.Read does that read on every call: one system
+// call in four on a busy session).
+func (p *pump) runRaw() error {
+	var rerr, perr error
+	fn := func(fd uintptr) bool {
+		for {
+			if p.w == len(p.buf) {
+				p.compact(len(p.buf) + pumpBufferSize)
+			}
+			space := len(p.buf) - p.w
+			n, e := rawRead(fd, p.buf[p.w:])
+			switch e {
+			case 0:
+			case syscall.EINTR:
+				continue
+			case syscall.EAGAIN:
+				return false
+			default:
+				rerr = os.NewSyscallError("read", e)
+				return true
+			}
+			if n == 0 {
+				rerr = io.EOF
+				return true
+			}
+			p.w += n
+			p.count.Add(int64(n))
+			if perr = p.process(); perr != nil {
+				return true
+			}
+			if n < space {
+				return false
+			}
+		}
+	}
+	err := p.raw.Read(fn)
+	switch {
+	case perr != nil:
+		return perr
+	case rerr != nil:
+		return &readError{rerr}
+	case err != nil:
+		return &readError{err}
+	}
+	return &readError{io.ErrUnexpectedEOF}
 }
 
 // readError wraps a failure to read from the pump's source.
