@@ -154,12 +154,11 @@ func (p *pump) run() error {
 
 // runRaw is run for a plain socket. The whole relay loop runs inside one
 // syscall.RawConn.Read callback: it reads with raw system calls, relays
-// what it read, and returns to the runtime's poller only when the socket is
-// drained. A read that returned less than the free buffer space emptied the
-// socket's receive queue, and the poller is edge-triggered on new data, so
-// the loop waits right away instead of making the read that would only
-// return EAGAIN (net.Conn.Read does that read on every call: one system
-// call in four on a busy session).
+// what it read, and returns to the runtime's poller only when a read says
+// EAGAIN. (It must read until EAGAIN even after a short read: the poller is
+// edge-triggered, and a peer's last message and its FIN can arrive under
+// one edge; stopping after the short read that returned the message would
+// wait for an edge that never comes. TestServerKilledMidQuery caught that.)
 func (p *pump) runRaw() error {
 	var rerr, perr error
 	fn := func(fd uintptr) bool {
@@ -167,7 +166,6 @@ func (p *pump) runRaw() error {
 			if p.w == len(p.buf) {
 				p.compact(len(p.buf) + pumpBufferSize)
 			}
-			space := len(p.buf) - p.w
 			n, e := rawRead(fd, p.buf[p.w:])
 			switch e {
 			case 0:
@@ -187,9 +185,6 @@ func (p *pump) runRaw() error {
 			p.count.Add(int64(n))
 			if perr = p.process(); perr != nil {
 				return true
-			}
-			if n < space {
-				return false
 			}
 		}
 	}

@@ -1,0 +1,108 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+)
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (a, b net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ch := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		ch <- c
+	}()
+	a, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = <-ch
+	if b == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+// bufConn collects what the pump writes.
+type bufConn struct {
+	net.Conn
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (c *bufConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.buf.Write(b)
+}
+
+// The last message and the FIN of a peer that closes right after sending
+// arrive under one poller edge: the raw relay must still see the end.
+func TestRawPumpSeesCloseAfterLastMessage(t *testing.T) {
+	src, peer := tcpPair(t)
+	payload := pgbenchSelect(t)
+	if _, err := peer.Write(payload); err != nil {
+		t.Fatal(err)
+	}
+	peer.Close()
+	time.Sleep(50 * time.Millisecond) // both are queued before the pump starts
+	out := &bufConn{}
+	p := newPump(src, &syncWriter{conn: out, out: out}, &passHandler{}, DefaultMaxMessageSize, nil)
+	if p.raw == nil {
+		t.Fatal("a TCP connection did not get the raw relay")
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.run() }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, io.EOF) {
+			t.Fatalf("pump ended with %v, want EOF", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the pump never saw the peer's close")
+	}
+	if !bytes.Equal(out.buf.Bytes(), payload) {
+		t.Fatalf("relayed %d bytes, want the %d sent", out.buf.Len(), len(payload))
+	}
+}
+
+// rawWriter writes everything, also more than a socket buffer holds, and
+// a deadline interrupts a write the peer never drains.
+func TestRawWriterLargeAndDeadline(t *testing.T) {
+	a, b := tcpPair(t)
+	w := newRawWriter(a)
+	if w == nil {
+		t.Fatal("no raw writer for a TCP connection")
+	}
+	big := bytes.Repeat([]byte("pgveil"), 4<<20) // 24 MiB
+	got := make(chan int, 1)
+	go func() {
+		n, _ := io.Copy(io.Discard, io.LimitReader(b, int64(len(big))))
+		got <- int(n)
+	}()
+	if n, err := w.Write(big); err != nil || n != len(big) {
+		t.Fatalf("wrote %d of %d: %v", n, len(big), err)
+	}
+	if n := <-got; n != len(big) {
+		t.Fatalf("peer read %d of %d", n, len(big))
+	}
+	_ = a.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+	if _, err := w.Write(big); err == nil {
+		t.Fatal("a write nobody reads ended without error")
+	}
+	if newRawWriter(&bufConn{}) != nil {
+		t.Fatal("a non-socket connection got a raw writer")
+	}
+}
