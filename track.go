@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net/url"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/pgveil/pgveil/admin"
@@ -18,85 +17,125 @@ import (
 )
 
 // statementSink feeds the proxy's statement events to the usage ledger
-// and the audit log (either may be nil).
+// and the audit log (either may be nil). Sessions get their own sink
+// (SessionSink), which holds what is the same for all their statements
+// converted once: the ledger's handle and the audit log's session
+// members. What is the same for all runs of one statement (the ledger's
+// column uses, the audit log's fingerprint, SQL and columns) is converted
+// once per analysed statement and kept in the event's Memo.
 type statementSink struct {
 	ledger *usage.Ledger
 	audit  *audit.Writer
-
-	// uses caches the ledger's form of a plan's column uses: plans are
-	// immutable and shared, so each is converted once.
-	mu   sync.Mutex
-	uses map[usesKey][]usage.ColumnUse
-	st   usage.Statement
-	// cols caches the audit form of a plan's classified columns the same
-	// way (the audit writer only reads them).
-	cols map[usesKey][]audit.Column
 }
 
-type usesKey struct {
-	first   *rewrite.ColumnUse
-	n       int
-	refused bool
-}
-
-func (s *statementSink) Statement(ev *proxy.StatementEvent) {
-	if s.ledger != nil && len(ev.Uses) > 0 {
-		s.mu.Lock()
-		st := &s.st
-		*st = usage.Statement{Time: ev.Start, Database: ev.Database, User: ev.User, Roles: ev.Roles,
-			Application: ev.Application, Columns: s.ledgerUses(ev), Rows: ev.Rows, OK: ev.Outcome == "ok"}
-		s.ledger.Record(st)
-		s.mu.Unlock()
+// SessionSink returns the sink for the statements of one session.
+func (s *statementSink) SessionSink(base *proxy.StatementEvent) proxy.StatementSink {
+	ss := &sessionSink{}
+	if s.ledger != nil {
+		ss.ledger = s.ledger.Session(base.Database, base.User, base.Roles, base.Application)
 	}
 	if s.audit != nil {
-		r := auditRecord(ev)
-		if len(ev.Uses) > 0 {
-			s.mu.Lock()
-			r.Columns = s.auditColumns(ev)
-			s.mu.Unlock()
+		ss.audit = s.audit
+		ss.session = audit.NewSession(strconv.FormatUint(base.Session, 10), base.User, base.Roles, base.ClientIP, base.Database, base.Application)
+	}
+	return ss
+}
+
+// Statement records ev for a sink that no session owns; the proxy calls
+// SessionSink's sinks instead.
+func (s *statementSink) Statement(ev *proxy.StatementEvent) {
+	s.SessionSink(ev).Statement(ev)
+}
+
+// sessionSink is one session's statementSink.
+type sessionSink struct {
+	ledger  *usage.Session // nil without a ledger
+	audit   *audit.Writer  // nil without an audit log
+	session *audit.Session
+	st      audit.Statement // reused: WriteStatement copies it
+}
+
+// forms are the ledger's and the audit log's forms of one statement, per
+// treatment of its columns: as planned, or refused. A forms value is
+// immutable once stored in a Memo; a missing form is added by storing a
+// copy.
+type forms struct {
+	uses, usesRefused   []usage.ColumnUse
+	shape, shapeRefused *audit.Shape
+}
+
+func (s *sessionSink) Statement(ev *proxy.StatementEvent) {
+	refused := ev.Outcome == "refused"
+	var f *forms
+	if ev.Memo != nil {
+		f, _ = ev.Memo.Load().(*forms)
+	}
+	if f == nil {
+		f = &forms{}
+	}
+	uses, shape := f.uses, f.shape
+	if refused {
+		uses, shape = f.usesRefused, f.shapeRefused
+	}
+	missing := s.ledger != nil && uses == nil && len(ev.Uses) > 0 || s.audit != nil && shape == nil
+	if missing {
+		nf := *f
+		if s.ledger != nil && uses == nil && len(ev.Uses) > 0 {
+			uses = ledgerUses(ev.Uses, refused)
+			if refused {
+				nf.usesRefused = uses
+			} else {
+				nf.uses = uses
+			}
 		}
-		s.audit.Write(r)
+		if s.audit != nil && shape == nil {
+			shape = audit.NewShape(ev.Fingerprint, ev.Normalized, auditColumns(ev.Uses, refused))
+			if refused {
+				nf.shapeRefused = shape
+			} else {
+				nf.shape = shape
+			}
+		}
+		if ev.Memo != nil {
+			ev.Memo.Store(&nf)
+		}
+	}
+	if s.ledger != nil && len(uses) > 0 {
+		s.ledger.Record(ev.Start, uses, ev.Rows, ev.Outcome == "ok")
+	}
+	if s.audit != nil {
+		st := &s.st
+		*st = audit.Statement{Time: ev.Start, Session: s.session, Shape: shape, Rows: ev.Rows, Duration: ev.Duration,
+			Outcome: audit.Outcome(ev.Outcome), SQLState: ev.SQLState, Rule: ev.Rule}
+		if ev.Outcome == "ok" {
+			st.SQLState = ""
+		}
+		s.audit.WriteStatement(st)
 	}
 }
 
-// auditColumns converts (once per plan) the classified columns of ev for
-// the audit log.
-func (s *statementSink) auditColumns(ev *proxy.StatementEvent) []audit.Column {
-	k := usesKey{first: &ev.Uses[0], n: len(ev.Uses), refused: ev.Outcome == "refused"}
-	if c, ok := s.cols[k]; ok {
-		return c
-	}
+// auditColumns converts the classified columns of a statement for the
+// audit log.
+func auditColumns(uses []rewrite.ColumnUse, refused bool) []audit.Column {
 	var out []audit.Column
-	for _, u := range ev.Uses {
+	for _, u := range uses {
 		if u.Rule == nil {
 			continue
 		}
-		t := ledgerTreatment(u.Treatment, k.refused)
+		t := ledgerTreatment(u.Treatment, refused)
 		out = append(out, audit.Column{Table: u.Column.Schema + "." + u.Column.Table, Column: u.Column.Column,
 			Treatment: audit.Treatment(t.String()), Clauses: clauseList(u.Clauses)})
 	}
-	if len(s.cols) > 50000 {
-		clear(s.cols)
-	}
-	s.cols[k] = out
 	return out
 }
 
-// ledgerUses converts (once per plan) the uses of ev for the ledger.
-func (s *statementSink) ledgerUses(ev *proxy.StatementEvent) []usage.ColumnUse {
-	k := usesKey{first: &ev.Uses[0], n: len(ev.Uses), refused: ev.Outcome == "refused"}
-	if u, ok := s.uses[k]; ok {
-		return u
-	}
-	out := make([]usage.ColumnUse, len(ev.Uses))
-	for i, u := range ev.Uses {
+// ledgerUses converts the uses of a statement for the ledger.
+func ledgerUses(uses []rewrite.ColumnUse, refused bool) []usage.ColumnUse {
+	out := make([]usage.ColumnUse, len(uses))
+	for i, u := range uses {
 		out[i] = usage.ColumnUse{Schema: u.Column.Schema, Table: u.Column.Table, Column: u.Column.Column,
-			Clauses: ledgerClauses(u.Clauses), Treatment: ledgerTreatment(u.Treatment, k.refused)}
+			Clauses: ledgerClauses(u.Clauses), Treatment: ledgerTreatment(u.Treatment, refused)}
 	}
-	if len(s.uses) > 50000 {
-		clear(s.uses)
-	}
-	s.uses[k] = out
 	return out
 }
 
@@ -133,21 +172,6 @@ func ledgerTreatment(t rules.Treatment, refused bool) usage.Treatment {
 	return usage.Raw
 }
 
-// auditRecord builds the audit line of ev: the classified columns it
-// touched, never a value.
-func auditRecord(ev *proxy.StatementEvent) *audit.Record {
-	r := &audit.Record{
-		Time: ev.Start, Session: strconv.FormatUint(ev.Session, 10), User: ev.User, Roles: ev.Roles,
-		Client: ev.ClientIP, Database: ev.Database, Application: ev.Application,
-		Fingerprint: ev.Fingerprint, SQL: ev.Normalized, Rows: ev.Rows, Duration: ev.Duration,
-		Outcome: audit.Outcome(ev.Outcome), SQLState: ev.SQLState, Rule: ev.Rule,
-	}
-	if ev.Outcome == "ok" {
-		r.SQLState = ""
-	}
-	return r
-}
-
 func clauseList(c rewrite.ClauseSet) []string {
 	var out []string
 	for i := range 8 {
@@ -167,7 +191,7 @@ func startTracking(ctx context.Context, f *serveFlags, metrics *admin.Metrics, l
 	if f.policy == "" {
 		return nil, nil, usagef("--usage-store and --audit-log need --policy (the catalog and the classification come with it)")
 	}
-	sink = &statementSink{uses: map[usesKey][]usage.ColumnUse{}, cols: map[usesKey][]audit.Column{}}
+	sink = &statementSink{}
 	var closers []func(context.Context)
 	closeAll = func(ctx context.Context) {
 		for i := len(closers) - 1; i >= 0; i-- {

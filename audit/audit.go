@@ -108,6 +108,27 @@ type Record struct {
 	Rule string
 }
 
+// Statement is one statement in the form WriteStatement takes: the
+// members that are the same for a whole session or a whole statement
+// shape come encoded (NewSession, NewShape), so that writing a line costs
+// no encoding of them. Like a Record it never holds a parameter or a row
+// value.
+type Statement struct {
+	// Time is when the statement started; the zero value means "now".
+	Time time.Time
+	// Session holds the session members; nil writes them empty.
+	Session *Session
+	// Shape holds the fingerprint, the normalised SQL and the columns;
+	// nil writes them empty.
+	Shape *Shape
+	// Rows, Duration, Outcome, SQLState and Rule are as in Record.
+	Rows     int64
+	Duration time.Duration
+	Outcome  Outcome
+	SQLState string
+	Rule     string
+}
+
 // Line is one decoded line of the log: a statement or a marker, plus the
 // chain fields. Verify decodes lines into it; so can any reader.
 type Line struct {

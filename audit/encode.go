@@ -27,6 +27,12 @@ type chain struct {
 	hash [hashHexLen]byte // hex SHA-256 of the last line, or Genesis
 	mac  hash.Hash        // nil without a key
 	sum  [sha256.Size]byte
+	// timeSec and timePrefix cache the formatted time up to the
+	// fractional digits ("2006-01-02T15:04:05.") of the second timeSec;
+	// timeOK says they are set.
+	timeSec    int64
+	timePrefix [20]byte
+	timeOK     bool
 }
 
 func newChain(key []byte) *chain {
@@ -38,56 +44,122 @@ func newChain(key []byte) *chain {
 	return c
 }
 
+// Session is the part of a statement line that every statement of one
+// client session shares (session, user, roles, client, database,
+// application), JSON-encoded once by NewSession. It is immutable and may
+// be shared.
+type Session struct {
+	enc []byte // from `,"session":` to the end of the application member
+}
+
+// NewSession encodes the session members of statement lines. Roles nil is
+// written as [].
+func NewSession(id, user string, roles []string, client, database, application string) *Session {
+	b := make([]byte, 0, 96+len(id)+len(user)+len(client)+len(database)+len(application)+16*len(roles))
+	b = append(b, `,"session":`...)
+	b = appendString(b, id)
+	b = append(b, `,"user":`...)
+	b = appendString(b, user)
+	b = append(b, `,"roles":`...)
+	b = appendStrings(b, roles)
+	b = append(b, `,"client":`...)
+	b = appendString(b, client)
+	b = append(b, `,"database":`...)
+	b = appendString(b, database)
+	b = append(b, `,"application":`...)
+	b = appendString(b, application)
+	return &Session{enc: b}
+}
+
+// Shape is the part of a statement line that every run of one statement
+// shape shares (fingerprint, normalised SQL, columns), JSON-encoded once
+// by NewShape. It is immutable and may be shared.
+type Shape struct {
+	enc []byte // from `,"fingerprint":` to the end of the columns member
+}
+
+// NewShape encodes the shape members of statement lines. sql must be
+// normalised (no literals); a column's Clauses nil is written as [].
+func NewShape(fingerprint, sql string, cols []Column) *Shape {
+	b := make([]byte, 0, 48+len(fingerprint)+len(sql)+96*len(cols))
+	b = append(b, `,"fingerprint":`...)
+	b = appendString(b, fingerprint)
+	b = append(b, `,"sql":`...)
+	b = appendString(b, sql)
+	b = append(b, `,"columns":[`...)
+	for i := range cols {
+		col := &cols[i]
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"table":`...)
+		b = appendString(b, col.Table)
+		b = append(b, `,"column":`...)
+		b = appendString(b, col.Column)
+		b = append(b, `,"treatment":`...)
+		b = appendString(b, string(col.Treatment))
+		b = append(b, `,"clauses":`...)
+		b = appendStrings(b, col.Clauses)
+		b = append(b, '}')
+	}
+	b = append(b, ']')
+	return &Shape{enc: b}
+}
+
+// The forms of a nil Session and a nil Shape.
+var (
+	emptySession = NewSession("", "", nil, "", "", "")
+	emptyShape   = NewShape("", "", nil)
+)
+
+// statementOf converts r to the writer's form.
+func statementOf(r *Record) Statement {
+	return Statement{Time: r.Time,
+		Session: NewSession(r.Session, r.User, r.Roles, r.Client, r.Database, r.Application),
+		Shape:   NewShape(r.Fingerprint, r.SQL, r.Columns),
+		Rows:    r.Rows, Duration: r.Duration, Outcome: r.Outcome, SQLState: r.SQLState, Rule: r.Rule}
+}
+
 // appendStatement appends the line for r with sequence number c.seq+1,
 // including the trailing newline, and advances the chain.
 func (c *chain) appendStatement(dst []byte, r *Record) []byte {
+	st := statementOf(r)
+	return c.appendStmt(dst, &st)
+}
+
+// appendStmt appends the line for st with sequence number c.seq+1,
+// including the trailing newline, and advances the chain. The session and
+// shape members are copied from their encoded forms.
+func (c *chain) appendStmt(dst []byte, st *Statement) []byte {
 	start := len(dst)
-	dst = c.appendHead(dst, r.Time, KindStatement)
-	dst = append(dst, `,"session":`...)
-	dst = appendString(dst, r.Session)
-	dst = append(dst, `,"user":`...)
-	dst = appendString(dst, r.User)
-	dst = append(dst, `,"roles":`...)
-	dst = appendStrings(dst, r.Roles)
-	dst = append(dst, `,"client":`...)
-	dst = appendString(dst, r.Client)
-	dst = append(dst, `,"database":`...)
-	dst = appendString(dst, r.Database)
-	dst = append(dst, `,"application":`...)
-	dst = appendString(dst, r.Application)
-	dst = append(dst, `,"fingerprint":`...)
-	dst = appendString(dst, r.Fingerprint)
-	dst = append(dst, `,"sql":`...)
-	dst = appendString(dst, r.SQL)
-	dst = append(dst, `,"columns":[`...)
-	for i := range r.Columns {
-		col := &r.Columns[i]
-		if i > 0 {
-			dst = append(dst, ',')
-		}
-		dst = append(dst, `{"table":`...)
-		dst = appendString(dst, col.Table)
-		dst = append(dst, `,"column":`...)
-		dst = appendString(dst, col.Column)
-		dst = append(dst, `,"treatment":`...)
-		dst = appendString(dst, string(col.Treatment))
-		dst = append(dst, `,"clauses":`...)
-		dst = appendStrings(dst, col.Clauses)
-		dst = append(dst, '}')
+	dst = c.appendHead(dst, st.Time, KindStatement)
+	sess, shape := emptySession, emptyShape
+	if st.Session != nil {
+		sess = st.Session
 	}
-	dst = append(dst, `],"rows":`...)
-	dst = strconv.AppendInt(dst, r.Rows, 10)
+	if st.Shape != nil {
+		shape = st.Shape
+	}
+	dst = append(dst, sess.enc...)
+	dst = append(dst, shape.enc...)
+	dst = append(dst, `,"rows":`...)
+	dst = strconv.AppendInt(dst, st.Rows, 10)
 	dst = append(dst, `,"duration_us":`...)
-	dst = strconv.AppendInt(dst, r.Duration.Microseconds(), 10)
+	dst = strconv.AppendInt(dst, st.Duration.Microseconds(), 10)
 	dst = append(dst, `,"outcome":`...)
-	dst = appendString(dst, string(r.Outcome))
-	if r.SQLState != "" {
-		dst = append(dst, `,"sqlstate":`...)
-		dst = appendString(dst, r.SQLState)
+	switch st.Outcome {
+	case OutcomeOK:
+		dst = append(dst, `"ok"`...)
+	default:
+		dst = appendString(dst, string(st.Outcome))
 	}
-	if r.Rule != "" {
+	if st.SQLState != "" {
+		dst = append(dst, `,"sqlstate":`...)
+		dst = appendString(dst, st.SQLState)
+	}
+	if st.Rule != "" {
 		dst = append(dst, `,"rule":`...)
-		dst = appendString(dst, r.Rule)
+		dst = appendString(dst, st.Rule)
 	}
 	return c.appendTail(dst, start)
 }
@@ -116,7 +188,7 @@ func (c *chain) appendHead(dst []byte, t time.Time, kind Kind) []byte {
 	dst = append(dst, `{"seq":`...)
 	dst = strconv.AppendUint(dst, c.seq+1, 10)
 	dst = append(dst, `,"time":"`...)
-	dst = appendTime(dst, t)
+	dst = c.appendTime(dst, t)
 	dst = append(dst, `","kind":"`...)
 	dst = append(dst, kind...)
 	return append(dst, '"')
@@ -142,6 +214,25 @@ func (c *chain) appendTail(dst []byte, start int) []byte {
 	c.sum = sha256.Sum256(dst[start:])
 	hex.Encode(c.hash[:], c.sum[:])
 	return append(dst, '\n')
+}
+
+// appendTime appends t in timeLayout like the function appendTime, reusing
+// the formatted date and clock of the previous call within the same
+// second.
+func (c *chain) appendTime(dst []byte, t time.Time) []byte {
+	sec := t.Unix()
+	if c.timeOK && sec == c.timeSec {
+		dst = append(dst, c.timePrefix[:]...)
+		dst = appendDigits(dst, t.Nanosecond()/1000, 6)
+		return append(dst, 'Z')
+	}
+	start := len(dst)
+	dst = appendTime(dst, t)
+	if len(dst)-start == len(timeLayout) {
+		copy(c.timePrefix[:], dst[start:])
+		c.timeSec, c.timeOK = sec, true
+	}
+	return dst
 }
 
 // appendTime appends t in timeLayout, formatted by hand: the layout

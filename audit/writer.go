@@ -153,7 +153,20 @@ type Writer struct {
 	obs Observer
 	log *slog.Logger
 
-	queue     chan *Record
+	// The queue: Write appends to batch under mu and wakes the writer
+	// goroutine (kick) only when the batch becomes non-empty or reaches
+	// kickAt, so that the goroutine wakes a few times per FlushInterval
+	// rather than once per statement. Writes waiting for room
+	// (OnFullBlock) wait on space and are counted in waiting.
+	mu      sync.Mutex
+	space   sync.Cond
+	batch   []Statement
+	spare   []Statement // the goroutine's: the batch it took last, emptied
+	closed  bool        // under mu: Write drops
+	waiting int
+	kick    chan struct{}
+	kickAt  int
+
 	flushReq  chan chan error
 	closing   chan struct{}
 	abort     chan struct{}
@@ -161,7 +174,6 @@ type Writer struct {
 	closeOnce sync.Once
 	abortOnce sync.Once
 	stopping  atomic.Bool
-	inflight  atomic.Int64
 	queueLost atomic.Int64 // dropped by Write, not yet seen by the goroutine
 
 	written, markers, dropped, errs, rotations atomic.Uint64
@@ -232,7 +244,8 @@ func New(cfg Config) (*Writer, error) {
 		cfg:      cfg,
 		obs:      cfg.Observer,
 		log:      cfg.Logger,
-		queue:    make(chan *Record, cfg.QueueSize),
+		kick:     make(chan struct{}, 1),
+		kickAt:   max(1, cfg.QueueSize/2),
 		flushReq: make(chan chan error),
 		closing:  make(chan struct{}),
 		abort:    make(chan struct{}),
@@ -240,6 +253,7 @@ func New(cfg Config) (*Writer, error) {
 		chain:    newChain(cfg.Key),
 		buf:      make([]byte, 0, flushSize+4096),
 	}
+	w.space.L = &w.mu
 	if w.obs == nil {
 		w.obs = noObserver{}
 	}
@@ -261,29 +275,81 @@ func New(cfg Config) (*Writer, error) {
 	return w, nil
 }
 
-// Write hands r to the writer and returns at once. The Writer owns r from
-// then on: the caller must not modify it (Write sets a zero Time to now).
-// When the queue is full, r is dropped and counted (OnFullDrop) or Write
-// waits for room (OnFullBlock). After Close, r is dropped and counted.
+// Write hands r to the writer and returns at once; it does not keep r.
+// It encodes the session and shape members of r for its own use: callers
+// that write many statements of the same session or shape should encode
+// those once and call WriteStatement. When the queue is full, r is dropped
+// and counted (OnFullDrop) or Write waits for room (OnFullBlock). After
+// Close, r is dropped and counted.
 func (w *Writer) Write(r *Record) {
-	if r.Time.IsZero() {
-		r.Time = time.Now()
-	}
-	w.inflight.Add(1)
-	defer w.inflight.Add(-1)
-	if w.stopping.Load() {
+	st := statementOf(r)
+	w.WriteStatement(&st)
+}
+
+// WriteStatement hands a copy of st to the writer and returns at once
+// (a zero Time is set to now). When the queue is full, the statement is
+// dropped and counted (OnFullDrop) or WriteStatement waits for room
+// (OnFullBlock). After Close, it is dropped and counted. It does not
+// allocate (once the queue has grown to its working size).
+func (w *Writer) WriteStatement(st *Statement) {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
 		w.drop()
 		return
 	}
-	if w.cfg.OnFull == OnFullBlock {
-		w.queue <- r
-		return
+	for len(w.batch) >= w.cfg.QueueSize {
+		if w.cfg.OnFull == OnFullDrop {
+			w.mu.Unlock()
+			w.drop()
+			return
+		}
+		w.waiting++
+		w.wake()
+		w.space.Wait()
+		w.waiting--
 	}
+	w.batch = append(w.batch, *st)
+	n := len(w.batch)
+	if st.Time.IsZero() {
+		w.batch[n-1].Time = time.Now()
+	}
+	w.mu.Unlock()
+	if n == 1 || n == w.kickAt {
+		w.wake()
+	}
+}
+
+// wake tells the writer goroutine that the batch needs it.
+func (w *Writer) wake() {
 	select {
-	case w.queue <- r:
+	case w.kick <- struct{}{}:
 	default:
-		w.drop()
 	}
+}
+
+// takeBatch encodes every statement queued now into the buffer, and makes
+// room for Writes waiting for it.
+func (w *Writer) takeBatch() {
+	w.mu.Lock()
+	b := w.batch
+	w.batch = w.spare
+	if w.waiting > 0 {
+		w.space.Broadcast()
+	}
+	w.mu.Unlock()
+	for i := range b {
+		w.take(&b[i])
+	}
+	clear(b) // drop the references to sessions and shapes
+	w.spare = b[:0]
+}
+
+// batchLen returns the number of statements queued.
+func (w *Writer) batchLen() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.batch)
 }
 
 func (w *Writer) drop() {
@@ -346,6 +412,9 @@ func (w *Writer) Close(ctx context.Context) error {
 	w.closeOnce.Do(func() {
 		first = true
 		w.stopping.Store(true)
+		w.mu.Lock()
+		w.closed = true
+		w.mu.Unlock()
 		close(w.closing)
 	})
 	if !first {
@@ -376,18 +445,22 @@ func (w *Writer) run() {
 			retryC = retryT.C
 		}
 		select {
-		case r := <-w.queue:
-			w.take(r)
-			w.drain()
+		case <-w.kick:
 			switch {
 			case w.cfg.FlushInterval == 0:
+				w.takeBatch()
 				w.flush()
-			case flushC == nil && len(w.buf) > 0:
+				continue
+			case w.batchLen() >= w.kickAt:
+				w.takeBatch()
+			}
+			if flushC == nil {
 				flushT = time.NewTimer(w.cfg.FlushInterval)
 				flushC = flushT.C
 			}
 		case <-flushC:
 			flushC = nil
+			w.takeBatch()
 			w.flush()
 		case <-retryC:
 			retryC = nil
@@ -397,7 +470,7 @@ func (w *Writer) run() {
 				w.flush()
 			}
 		case reply := <-w.flushReq:
-			w.drain()
+			w.takeBatch()
 			w.emitMarkers()
 			w.flush()
 			if w.failing {
@@ -418,24 +491,15 @@ func (w *Writer) run() {
 	}
 }
 
-// drain takes every record that is queued now.
-func (w *Writer) drain() {
-	for {
-		select {
-		case r := <-w.queue:
-			w.take(r)
-		default:
-			return
-		}
-	}
-}
-
-// finish runs at Close: it takes what is queued and what Writes still in
-// flight add, writes it, and closes the file.
+// finish runs at Close: it takes what is queued and what Writes waiting
+// for room add, writes it, and closes the file.
 func (w *Writer) finish() {
 	for {
-		w.drain()
-		if w.inflight.Load() == 0 && len(w.queue) == 0 {
+		w.takeBatch()
+		w.mu.Lock()
+		idle := w.waiting == 0 && len(w.batch) == 0
+		w.mu.Unlock()
+		if idle {
 			break
 		}
 		select {
@@ -470,7 +534,7 @@ func (w *Writer) finish() {
 
 // take encodes one record into the buffer, or drops it while the log is
 // failing under OnFullDrop (trying the log again every RetryInterval).
-func (w *Writer) take(r *Record) {
+func (w *Writer) take(r *Statement) {
 	switch {
 	case !w.dropping():
 		w.emitMarkers()
@@ -490,7 +554,7 @@ func (w *Writer) take(r *Record) {
 		return
 	}
 	preSeq, preHash, start := w.chain.seq, w.chain.hash, len(w.buf)
-	w.buf = w.chain.appendStatement(w.buf, r)
+	w.buf = w.chain.appendStmt(w.buf, r)
 	w.placed(start, head{preSeq, preHash}, pending{stmts: 1})
 }
 

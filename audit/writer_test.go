@@ -99,10 +99,10 @@ func TestEncodeFormat(t *testing.T) {
 func TestEncodeAllocs(t *testing.T) {
 	for _, key := range [][]byte{nil, testKey} {
 		c := newChain(key)
-		r := testRecord(1)
+		st := statementOf(testRecord(1))
 		buf := make([]byte, 0, 8192)
 		allocs := testing.AllocsPerRun(1000, func() {
-			buf = c.appendStatement(buf[:0], r)
+			buf = c.appendStmt(buf[:0], &st)
 		})
 		if allocs != 0 {
 			t.Errorf("key %v: %v allocations per record, want 0", key != nil, allocs)
@@ -515,18 +515,50 @@ func BenchmarkWrite(b *testing.B) {
 }
 
 // BenchmarkWriteCall measures what a session pays: one Write call that
-// queues the record (OnFullDrop, a queue large enough).
+// queues the record (OnFullDrop, a queue large enough), and one
+// WriteStatement call with the session and shape encoded beforehand.
 func BenchmarkWriteCall(b *testing.B) {
 	path := filepath.Join(b.TempDir(), "audit.log")
-	w := newTestWriter(b, Config{Path: path, QueueSize: 1 << 20})
+	w := newTestWriter(b, Config{Path: path, QueueSize: 1 << 20, FlushInterval: 100 * time.Millisecond})
 	r := testRecord(1)
+	b.Run("Write", func(b *testing.B) {
+		b.ReportAllocs()
+		for range b.N {
+			w.Write(r)
+		}
+	})
+	st := statementOf(r)
+	b.Run("WriteStatement", func(b *testing.B) {
+		b.ReportAllocs()
+		for range b.N {
+			w.WriteStatement(&st)
+		}
+	})
+	w.Close(context.Background())
+}
+
+// BenchmarkWriteStatement measures the writer end to end the way serve
+// runs it (FlushInterval 100 ms, sessions and shapes encoded once): the
+// time per statement covers the callers and the writer goroutine.
+func BenchmarkWriteStatement(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "audit.log")
+	w := newTestWriter(b, Config{Path: path, FlushInterval: 100 * time.Millisecond, OnFull: OnFullBlock})
+	st := statementOf(testRecord(1))
 	b.ReportAllocs()
 	b.ResetTimer()
-	for range b.N {
-		w.Write(r)
+	b.RunParallel(func(pb *testing.PB) {
+		s := st
+		for pb.Next() {
+			w.WriteStatement(&s)
+		}
+	})
+	if err := w.Close(context.Background()); err != nil {
+		b.Fatal(err)
 	}
 	b.StopTimer()
-	w.Close(context.Background())
+	if st := w.Stats(); st.Written != uint64(b.N) {
+		b.Fatalf("written %d of %d", st.Written, b.N)
+	}
 }
 
 // TestCurrentFileDeleted deletes the log under a running writer: the next

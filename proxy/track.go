@@ -6,6 +6,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pgveil/pgveil/rewrite"
@@ -19,6 +20,32 @@ import (
 type StatementSink interface {
 	Statement(ev *StatementEvent)
 }
+
+// SessionSinker is a StatementSink that keeps state per session (what is
+// the same for all of a session's statements, converted once). The
+// tracker of each session calls SessionSink once, when the session's mode
+// is decided, with an event that holds the session's fields (Session,
+// User, Database, Application, ClientIP, Roles), and sends that session's
+// statements to the sink it returns instead. The returned sink is called
+// from the session's server-side goroutine only, and is dropped with the
+// session.
+type SessionSinker interface {
+	StatementSink
+	SessionSink(base *StatementEvent) StatementSink
+}
+
+// Memo holds a sink's own form of one analysed statement: all events of
+// the same tracked statement (a relayed text shape shared by every session
+// with the same context, a prepared statement, a cached plan) carry the
+// same Memo, so a sink can convert what it needs once and keep it there.
+// It is safe for concurrent use; the tracker never looks inside.
+type Memo struct{ v atomic.Value }
+
+// Load returns what Store stored, or nil.
+func (m *Memo) Load() any { return m.v.Load() }
+
+// Store keeps v; every call must store the same concrete type.
+func (m *Memo) Store(v any) { m.v.Store(v) }
 
 // StatementEvent describes one statement and its outcome.
 type StatementEvent struct {
@@ -47,6 +74,9 @@ type StatementEvent struct {
 	// Outcome is ok, error or refused; SQLState is the error's code and
 	// Rule the refusal's rule.
 	Outcome, SQLState, Rule string
+	// Memo is the sink's memo of the statement (see Memo); nil when the
+	// statement is unknown.
+	Memo *Memo
 }
 
 // trackedStmt is what the tracker knows of one statement before it runs.
@@ -56,6 +86,7 @@ type trackedStmt struct {
 	fingerprint string
 	refusal     *rewrite.Refusal
 	syntax      bool
+	memo        Memo // the sink's, see Memo
 }
 
 // pending is a statement sent to the server and not yet answered, or (sync
@@ -144,9 +175,14 @@ func newTracker(s *session, sink StatementSink, roles []string, grants *rules.Gr
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}
-	return &tracker{s: s, sink: sink, masked: masked, grants: grants, user: s.user,
+	t := &tracker{s: s, sink: sink, masked: masked, grants: grants, user: s.user,
 		base:  StatementEvent{Session: s.id, User: s.user, Database: s.database, Application: s.appName, ClientIP: host, Roles: roles},
 		stmts: map[string]*trackedStmt{}, portals: map[string]*trackedStmt{}, sqlPrep: map[string]*trackedStmt{}, cursors: map[string]*trackedStmt{}}
+	if ss, ok := sink.(SessionSinker); ok {
+		base := t.base
+		t.sink = ss.SessionSink(&base)
+	}
+	return t
 }
 
 // setContext records the session's search_path and current user.
@@ -176,7 +212,7 @@ func (t *tracker) analyse(sql string, plan *rewrite.Plan, refusal error) []*trac
 		// plain analysis finds them, and they are recorded as refused.
 		facts := t.s.srv.facts.lookup(t, sql)
 		out := stmtsOf(nil, refusal, "")
-		ts := *out[0]
+		ts := trackedStmt{refusal: out[0].refusal, syntax: out[0].syntax}
 		if len(facts) > 0 {
 			ts.normalized, ts.fingerprint = facts[0].normalized, facts[0].fingerprint
 			for _, f := range facts {
@@ -225,6 +261,16 @@ func stmtsOf(plan *rewrite.Plan, refusal error, norm string) []*trackedStmt {
 // statements it sends.
 func (t *tracker) follow(stmts []*trackedStmt) {
 	if t.masked {
+		return
+	}
+	changes := false
+	for _, ts := range stmts {
+		if st := ts.st; st != nil && (st.SearchPath != nil || st.ResetSearchPath || st.Role != "" || st.ResetRole) {
+			changes = true
+			break
+		}
+	}
+	if !changes {
 		return
 	}
 	t.mu.Lock()
@@ -470,6 +516,7 @@ func (t *tracker) emit(p pending, rows int64, outcome, code, rule string) {
 		if ts.refusal != nil {
 			ev.Outcome, ev.Rule = "refused", ts.refusal.Rule
 		}
+		ev.Memo = &ts.memo
 	}
 	t.sink.Statement(ev)
 }

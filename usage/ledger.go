@@ -185,6 +185,7 @@ type Ledger struct {
 	mu       sync.Mutex
 	closed   bool
 	live     counters // recorded since the last swap
+	gen      uint64   // counts swaps of live (Session memos follow it)
 	inflight counters // being written by a flush
 	pending  counters // kept after a failed flush, retried next time
 	roleSets map[string]string
@@ -300,37 +301,133 @@ func (l *Ledger) Record(st *Statement) {
 			k.schema, k.table, k.column = strings.Clone(k.schema), strings.Clone(k.table), strings.Clone(k.column)
 			cols[k] = c
 		}
-		c.statements++
-		cl := cu.Clauses
-		if cl.Reads() {
-			c.reads++
-			c.lastRead = max(c.lastRead, micros)
+		c.count(cu.Clauses, st.Rows, st.OK, micros)
+	}
+}
+
+// count adds one statement that used a column in the clauses cl.
+func (c *counter) count(cl ClauseSet, rows int64, ok bool, micros int64) {
+	c.statements++
+	if cl.Reads() {
+		c.reads++
+		c.lastRead = max(c.lastRead, micros)
+	}
+	if cl&Output != 0 {
+		c.output++
+		c.rows += rows
+	}
+	if cl&Filter != 0 {
+		c.filter++
+	}
+	if cl&Join != 0 {
+		c.join++
+	}
+	if cl&GroupOrder != 0 {
+		c.groupOrder++
+	}
+	if cl&AggregateArg != 0 {
+		c.aggregateArg++
+	}
+	if cl&WriteTarget != 0 {
+		c.writeTarget++
+	}
+	if ok {
+		c.ok++
+	} else {
+		c.failed++
+	}
+	c.lastSeen = max(c.lastSeen, micros)
+}
+
+// maxMemo bounds a Session's memo of statement shapes; it is cleared when
+// full.
+const maxMemo = 1024
+
+// Session is one client session's handle on a Ledger. Its Record counts
+// like Ledger.Record, but the handle knows the session's identity already
+// and remembers which counters each statement shape updates, so that a
+// shape seen before costs a lock and a few additions instead of hashing
+// the session's and the columns' names. A Session is for one goroutine at
+// a time; it holds no counts of its own (they are in the ledger), so a
+// Session needs no closing.
+type Session struct {
+	l    *Ledger
+	sk   sessKey // the identity; hour is set per use
+	gen  uint64  // the ledger's gen the memo belongs to
+	memo map[shapeKey][]*counter
+	cols colCounters // the live counters of (sk, hour)
+}
+
+// shapeKey identifies a statement shape by its columns slice.
+type shapeKey struct {
+	first *ColumnUse
+	n     int
+}
+
+// Session returns a handle for recording the statements of one session.
+// Roles are as in Statement.
+func (l *Ledger) Session(database, user string, roles []string, application string) *Session {
+	l.mu.Lock()
+	r := l.roleSet(roles)
+	l.mu.Unlock()
+	return &Session{l: l, memo: map[shapeKey][]*counter{},
+		sk: sessKey{database: strings.Clone(database), user: strings.Clone(user), roles: r, app: strings.Clone(application)}}
+}
+
+// Record counts one statement of the session that touched cols, started at
+// t (zero means now), returned rows and succeeded (ok) or not. cols is
+// remembered by the address of its first element: the caller must not
+// modify a slice it has passed (the usual source is a per-plan cache of
+// immutable slices). Each column should appear once. Record after the
+// ledger's Close does nothing.
+func (s *Session) Record(t time.Time, cols []ColumnUse, rows int64, ok bool) {
+	if len(cols) == 0 {
+		return
+	}
+	l := s.l
+	if t.IsZero() {
+		t = l.cfg.Now()
+	}
+	sec := t.Unix()
+	hour := sec - ((sec%3600)+3600)%3600
+	micros := t.UnixMicro()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return
+	}
+	if s.gen != l.gen || s.sk.hour != hour || s.cols == nil {
+		s.sk.hour = hour
+		s.cols = l.live[s.sk]
+		if s.cols == nil {
+			s.cols = make(colCounters, len(cols))
+			l.live[s.sk] = s.cols
 		}
-		if cl&Output != 0 {
-			c.output++
-			c.rows += st.Rows
+		s.gen = l.gen
+		clear(s.memo)
+	}
+	k := shapeKey{&cols[0], len(cols)}
+	cs := s.memo[k]
+	if cs == nil {
+		if len(s.memo) >= maxMemo {
+			clear(s.memo)
 		}
-		if cl&Filter != 0 {
-			c.filter++
+		cs = make([]*counter, len(cols))
+		for i := range cols {
+			cu := &cols[i]
+			ck := colKey{schema: cu.Schema, table: cu.Table, column: cu.Column, treatment: cu.Treatment}
+			c := s.cols[ck]
+			if c == nil {
+				c = &counter{}
+				ck.schema, ck.table, ck.column = strings.Clone(ck.schema), strings.Clone(ck.table), strings.Clone(ck.column)
+				s.cols[ck] = c
+			}
+			cs[i] = c
 		}
-		if cl&Join != 0 {
-			c.join++
-		}
-		if cl&GroupOrder != 0 {
-			c.groupOrder++
-		}
-		if cl&AggregateArg != 0 {
-			c.aggregateArg++
-		}
-		if cl&WriteTarget != 0 {
-			c.writeTarget++
-		}
-		if st.OK {
-			c.ok++
-		} else {
-			c.failed++
-		}
-		c.lastSeen = max(c.lastSeen, micros)
+		s.memo[k] = cs
+	}
+	for i, c := range cs {
+		c.count(cols[i].Clauses, rows, ok, micros)
 	}
 }
 
@@ -410,6 +507,7 @@ func (l *Ledger) flush(ctx context.Context) error {
 	l.mu.Lock()
 	fresh := l.live
 	l.live = make(counters, len(fresh))
+	l.gen++
 	batch := fresh
 	if len(l.pending) > 0 {
 		batch = l.pending

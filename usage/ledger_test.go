@@ -73,14 +73,10 @@ func col(table, column string, cl ClauseSet, t Treatment) ColumnUse {
 }
 
 func TestLedgerCounts(t *testing.T) {
-	type want struct {
-		key string
-		c   Counts
-	}
 	tests := []struct {
 		name  string
 		stmts []*Statement
-		want  []want
+		want  []wantCount
 	}{
 		{
 			name: "clauses, rows only for output, outcome",
@@ -91,7 +87,7 @@ func TestLedgerCounts(t *testing.T) {
 				stmt(t0.Add(time.Minute), "ann", []string{"ann", "support"}, 5, false,
 					col("customers", "email", AggregateArg, Raw)),
 			},
-			want: []want{
+			want: []wantCount{
 				{"13:00/app/ann/ann,support/public.customers.email/raw", Counts{Statements: 2, Reads: 2, Output: 1, Filter: 1, AggregateArg: 1, OK: 1, Failed: 1, Rows: 3, LastSeen: t0.Add(time.Minute), LastRead: t0.Add(time.Minute)}},
 				{"13:00/app/ann/ann,support/public.customers.id/raw", Counts{Statements: 1, Reads: 1, Join: 1, GroupOrder: 1, OK: 1, LastSeen: t0, LastRead: t0}},
 			},
@@ -102,7 +98,7 @@ func TestLedgerCounts(t *testing.T) {
 				stmt(t0, "bob", []string{"support", "bob"}, 1, true, col("customers", "email", Output, Masked)),
 				stmt(t0, "bob", []string{"bob", "support", "bob"}, 1, true, col("customers", "email", Output, Masked)),
 			},
-			want: []want{
+			want: []wantCount{
 				{"13:00/app/bob/bob,support/public.customers.email/masked", Counts{Statements: 2, Reads: 2, Output: 2, OK: 2, Rows: 2, LastSeen: t0, LastRead: t0}},
 			},
 		},
@@ -113,7 +109,7 @@ func TestLedgerCounts(t *testing.T) {
 				stmt(t0.Truncate(time.Hour), "cy", []string{"cy"}, 2, true, col("orders", "total", Output, Raw)),
 				stmt(t0.Truncate(time.Hour), "cy", []string{"cy"}, 0, false, col("orders", "total", Output, Refused)),
 			},
-			want: []want{
+			want: []wantCount{
 				{"12:00/app/cy/cy/public.orders.total/raw", Counts{Statements: 1, WriteTarget: 1, OK: 1, LastSeen: t0.Truncate(time.Hour).Add(-time.Microsecond)}},
 				{"13:00/app/cy/cy/public.orders.total/raw", Counts{Statements: 1, Reads: 1, Output: 1, OK: 1, Rows: 2, LastSeen: t0.Truncate(time.Hour), LastRead: t0.Truncate(time.Hour)}},
 				{"13:00/app/cy/cy/public.orders.total/refused", Counts{Statements: 1, Reads: 1, Output: 1, Failed: 1, LastSeen: t0.Truncate(time.Hour), LastRead: t0.Truncate(time.Hour)}},
@@ -121,27 +117,91 @@ func TestLedgerCounts(t *testing.T) {
 		},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			store := sqliteStore(t)
-			l := newLedger(t, Config{Store: store})
-			for _, s := range tt.stmts {
-				l.Record(s)
-			}
+		for _, via := range []string{"Record", "Session"} {
+			t.Run(tt.name+"/"+via, func(t *testing.T) {
+				store := sqliteStore(t)
+				l := newLedger(t, Config{Store: store})
+				sessions := map[string]*Session{}
+				for _, s := range tt.stmts {
+					if via == "Record" {
+						l.Record(s)
+						continue
+					}
+					id := s.Database + "/" + s.User + "/" + strings.Join(s.Roles, ",") + "/" + s.Application
+					if sessions[id] == nil {
+						sessions[id] = l.Session(s.Database, s.User, s.Roles, s.Application)
+					}
+					sessions[id].Record(s.Time, s.Columns, s.Rows, s.OK)
+				}
+				checkCounts(t, l, store, tt.want)
+			})
+		}
+	}
+}
+
+// wantCount is one expected row of the store, keyed as rowMap does.
+type wantCount struct {
+	key string
+	c   Counts
+}
+
+// checkCounts flushes l and compares what store holds with want.
+func checkCounts(t *testing.T, l *Ledger, store Store, want []wantCount) {
+	t.Helper()
+	if err := l.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	got := rowMap(queryAll(t, store))
+	if len(got) != len(want) {
+		t.Errorf("got %d keys, want %d: %v", len(got), len(want), got)
+	}
+	for _, w := range want {
+		if g, ok := got[w.key]; !ok {
+			t.Errorf("missing key %s", w.key)
+		} else if g != w.c {
+			t.Errorf("%s:\n got  %+v\n want %+v", w.key, g, w.c)
+		}
+	}
+}
+
+// TestSessionAcrossFlushes records through one Session handle before and
+// after flushes (the live counters are swapped under it) and across an
+// hour: every statement is counted once, in its hour.
+func TestSessionAcrossFlushes(t *testing.T) {
+	store := sqliteStore(t)
+	l := newLedger(t, Config{Store: store})
+	h := l.Session("app", "ann", []string{"support", "ann"}, "psql")
+	cols := []ColumnUse{col("customers", "email", Output|Filter, Masked), col("customers", "id", Join, Raw)}
+	other := []ColumnUse{col("customers", "email", Output, Masked)}
+	next := t0.Truncate(time.Hour).Add(time.Hour)
+	for i := range 3 {
+		h.Record(t0, cols, 2, true)
+		h.Record(t0, other, 1, false)
+		h.Record(next, other, 1, true)
+		if i < 2 {
 			if err := l.Flush(context.Background()); err != nil {
 				t.Fatal(err)
 			}
-			got := rowMap(queryAll(t, store))
-			if len(got) != len(tt.want) {
-				t.Errorf("got %d keys, want %d: %v", len(got), len(tt.want), got)
-			}
-			for _, w := range tt.want {
-				if g, ok := got[w.key]; !ok {
-					t.Errorf("missing key %s", w.key)
-				} else if g != w.c {
-					t.Errorf("%s:\n got  %+v\n want %+v", w.key, g, w.c)
-				}
-			}
-		})
+		}
+	}
+	checkCounts(t, l, store, []wantCount{
+		{"13:00/app/ann/ann,support/public.customers.email/masked", Counts{Statements: 6, Reads: 6, Output: 6, Filter: 3, OK: 3, Failed: 3, Rows: 9, LastSeen: t0, LastRead: t0}},
+		{"13:00/app/ann/ann,support/public.customers.id/raw", Counts{Statements: 3, Reads: 3, Join: 3, OK: 3, LastSeen: t0, LastRead: t0}},
+		{"14:00/app/ann/ann,support/public.customers.email/masked", Counts{Statements: 3, Reads: 3, Output: 3, OK: 3, Rows: 3, LastSeen: next, LastRead: next}},
+	})
+	if err := l.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	h.Record(t0, cols, 2, true) // after Close: nothing, no panic
+}
+
+func TestSessionRecordDoesNotAllocate(t *testing.T) {
+	l := newLedger(t, Config{Store: sqliteStore(t)})
+	h := l.Session("app", "ann", []string{"support", "ann"}, "psql")
+	cols := []ColumnUse{col("customers", "email", Output|Filter, Raw), col("customers", "id", Join, Raw)}
+	h.Record(t0, cols, 3, true) // Creates the keys.
+	if n := testing.AllocsPerRun(1000, func() { h.Record(t0, cols, 3, true) }); n != 0 {
+		t.Fatalf("Session.Record allocates %.1f times per call in the steady state", n)
 	}
 }
 
@@ -474,6 +534,20 @@ func BenchmarkRecord(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		l.Record(s)
+	}
+}
+
+func BenchmarkSessionRecord(b *testing.B) {
+	l, err := New(Config{Store: nopStore{}, FlushInterval: -1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := l.Session("app", "ann", []string{"ann", "support"}, "psql")
+	cols := []ColumnUse{col("customers", "email", Output|Filter, Masked), col("customers", "id", Join, Raw),
+		col("customers", "name", Output, Raw), col("orders", "total", AggregateArg, Raw)}
+	b.ReportAllocs()
+	for b.Loop() {
+		h.Record(t0, cols, 3, true)
 	}
 }
 
