@@ -45,7 +45,7 @@ type Metrics struct {
 // at scrape time (see WatchTotals).
 type Totals struct {
 	ClientBytes, ServerBytes       int64
-	PlanCacheHits, PlanCacheMisses uint64
+	PlanCacheHits, PlanCacheMisses, PlanTemplateHits uint64
 }
 
 // NewMetrics registers pgveil's metrics (and the Go and process
@@ -210,6 +210,8 @@ func (m *Metrics) WatchTotals(f func() Totals) {
 			func() float64 { return float64(f().PlanCacheHits) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "pgveil_plan_cache_misses_total", Help: "Rewrite plan cache misses (statements analysed)."},
 			func() float64 { return float64(f().PlanCacheMisses) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "pgveil_plan_cache_template_hits_total", Help: "Plan cache hits answered by a statement template (a new text whose shape was known; included in pgveil_plan_cache_hits_total)."},
+			func() float64 { return float64(f().PlanTemplateHits) }),
 	)
 }
 

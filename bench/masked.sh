@@ -63,7 +63,7 @@ psql_su -d postgres -f "$WORK/view.sql"
 psql_su -d postgres -c "GRANT SELECT ON customers_masked TO analyst"
 
 go build -o "$WORK/pgveil" .
-"$WORK/pgveil" serve --listen "127.0.0.1:$VEILPORT" --log-level warn --policy "$WORK/policy.yaml" \
+"$WORK/pgveil" serve --listen "127.0.0.1:$VEILPORT" --admin-listen "" --log-level warn --policy "$WORK/policy.yaml" \
 	--upstream "postgres://pgveil@127.0.0.1:$PGPORT/postgres?sslmode=disable" >"$WORK/pgveil.log" 2>&1 &
 VEIL_PID=$!
 for _ in $(seq 50); do "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$VEILPORT" && break; sleep 0.1; done

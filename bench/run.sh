@@ -332,8 +332,12 @@ VPORT=
 if [[ -n $PGVEIL ]]; then
 	pick_port
 	VPORT=$PORT
+	# The admin endpoint (metrics) stays on, as in a deployment, on a free
+	# port of its own.
+	pick_port
+	APORT=$PORT
 	log "start pgveil on 127.0.0.1:$VPORT${PGVEIL_ARGS:+ (extra args: $PGVEIL_ARGS)}"
-	"$PGVEIL" serve --listen "127.0.0.1:$VPORT" \
+	"$PGVEIL" serve --listen "127.0.0.1:$VPORT" --admin-listen "127.0.0.1:$APORT" \
 		--upstream "postgres://127.0.0.1:$PGPORT/$PGDB_NAME?sslmode=disable" \
 		--log-level warn "${PGVEIL_EXTRA[@]}" >"$WORK/pgveil.log" 2>&1 &
 	PGVEIL_PID=$!

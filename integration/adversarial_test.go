@@ -47,6 +47,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgveil/pgveil/proxy"
+	"github.com/pgveil/pgveil/rewrite"
 )
 
 // Databases of the fixture.
@@ -465,11 +466,44 @@ var (
 	pathMulti = advPath{"multi-statement", func(ctx context.Context, conn *pgconn.PgConn, c *advCase) []advResult {
 		return advExec(ctx, conn, "SELECT 1; "+c.sql, "attack")
 	}}
+	// pathSimpleTemplated sends, before the attack, the same text with
+	// other constants, so that the attack is answered by the statement
+	// template of its shape (rewrite/template.go) when it has one.
+	pathSimpleTemplated = advPath{"simple-templated", func(ctx context.Context, conn *pgconn.PgConn, c *advCase) []advResult {
+		out := advExec(ctx, conn, advVaryLiterals(c.sql), "pre")
+		return append(out, advExec(ctx, conn, c.sql, "attack")...)
+	}}
 	// pathCopyStatement runs a case whose SQL is itself a COPY.
 	pathCopyStatement = advPath{"copy", func(ctx context.Context, conn *pgconn.PgConn, c *advCase) []advResult {
 		return advCopyTo(ctx, conn, c.sql, "attack")
 	}}
 )
+
+// advVaryLiterals returns sql with every constant a statement template
+// can take replaced by another of its kind: strings by 'pgveil-variant',
+// numbers by 7 (or 8 where the constant is 7).
+func advVaryLiterals(sql string) string {
+	var ls rewrite.LiteralScan
+	if _, ok := rewrite.Normalize(nil, sql, true, &ls); !ok {
+		return sql
+	}
+	var b strings.Builder
+	prev := 0
+	for _, l := range ls.Lits {
+		b.WriteString(sql[prev:l.Start])
+		switch tok := sql[l.Start:l.End]; {
+		case tok[0] == '\'':
+			b.WriteString("'pgveil-variant'")
+		case tok == "7":
+			b.WriteString("8")
+		default:
+			b.WriteString("7")
+		}
+		prev = l.End
+	}
+	b.WriteString(sql[prev:])
+	return b.String()
+}
 
 func advCursor(ctx context.Context, conn *pgconn.PgConn, c *advCase, kind string) []advResult {
 	var out []advResult
@@ -487,7 +521,7 @@ func advCursor(ctx context.Context, conn *pgconn.PgConn, c *advCase, kind string
 // Path sets by kind of statement.
 var (
 	// queryPaths: a SELECT, VALUES or TABLE, which every wrapper accepts.
-	queryPaths = []advPath{pathSimple, pathExtText, pathExtBinary, pathPrepare, pathCursor, pathBinaryCursor, pathCopyQuery, pathMulti}
+	queryPaths = []advPath{pathSimple, pathSimpleTemplated, pathExtText, pathExtBinary, pathPrepare, pathCursor, pathBinaryCursor, pathCopyQuery, pathMulti}
 	// dmlPaths: INSERT/UPDATE/DELETE (DECLARE takes only queries, COPY only
 	// with RETURNING).
 	dmlPaths          = []advPath{pathSimple, pathExtText, pathExtBinary, pathPrepare, pathMulti}
@@ -734,6 +768,12 @@ func TestAdversarial(t *testing.T) {
 		t.Run("case/"+c.name, func(t *testing.T) { runAdvCase(t, f, c) })
 	}
 	t.Run("protocol", func(t *testing.T) { advProtocolCases(t, f) })
+	// The simple-templated path must really have exercised templates.
+	if n := f.proxy.srv.Stats().PlanTemplateHits; n < 20 {
+		t.Errorf("only %d attacks were answered by a statement template", n)
+	} else {
+		t.Logf("%d attacks answered by a statement template", n)
+	}
 }
 
 // advRaw is a hijacked session driven message by message.

@@ -361,6 +361,7 @@ func (s *session) consoleCommand(out []byte, cmd string) ([]byte, error) {
 			{"server_bytes", strconv.FormatInt(st.ServerBytes, 10)},
 			{"plan_cache_hits", strconv.FormatUint(st.PlanCacheHits, 10)},
 			{"plan_cache_misses", strconv.FormatUint(st.PlanCacheMisses, 10)},
+			{"plan_template_hits", strconv.FormatUint(st.PlanTemplateHits, 10)},
 		}
 		if c != nil {
 			rows = append(rows, c.Stats()...)

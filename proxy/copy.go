@@ -527,3 +527,7 @@ func (h *clientSide) copyFail(ci *copyTransform, err error) error {
 	}
 	return nil
 }
+
+func isHexDigit(c byte) bool {
+	return c >= '0' && c <= '9' || c|0x20 >= 'a' && c|0x20 <= 'f'
+}

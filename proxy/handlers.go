@@ -39,7 +39,9 @@ func (h *clientSide) class(typ byte) msgClass {
 	}
 	if h.masked != nil {
 		switch typ {
-		case 'Q', 'P', 'F', 'B':
+		case 'B':
+			return classReplace
+		case 'Q', 'P', 'F':
 			return classIntercept
 		case 'd', 'c', 'f':
 			if h.s.copyIn.Load() != nil {
@@ -124,12 +126,6 @@ func (h *clientSide) message(typ byte, msg []byte) error {
 			t.parse(name, sql, h.masked.lastPlan, h.masked.lastErr)
 		}
 		h.note(typ)
-	case 'B':
-		out, err = h.masked.bind(msg)
-		if t != nil {
-			t.bind(msg)
-		}
-		h.note(typ)
 	case 'F':
 		// A function call by OID could run any function, including
 		// those denied by name.
@@ -166,6 +162,21 @@ func (h *clientSide) message(typ byte, msg []byte) error {
 		return &writeError{err}
 	}
 	return nil
+}
+
+// replace handles a masked session's Bind: it usually passes unchanged, in
+// the same write as the Execute and Sync that follow it, and is replaced
+// when its statement must be prepared again or its parameters encrypted.
+func (h *clientSide) replace(typ byte, msg []byte) ([]byte, error) {
+	if typ != 'B' || h.masked == nil {
+		return nil, fmt.Errorf("unexpected replaced message %q", typ)
+	}
+	out, err := h.masked.bind(msg)
+	if t := h.s.track; t != nil {
+		t.bind(msg)
+	}
+	h.note(typ)
+	return out, err
 }
 
 // saslInitial checks the SASLInitialResponse: channel binding cannot cross

@@ -48,6 +48,9 @@ type maskedSession struct {
 	// because the policy has encrypted columns: its errors are not
 	// scrubbed.
 	raw bool
+	// shape and lits are scratch space for statement templates (analyse).
+	shape []byte
+	lits  []rewrite.Literal
 
 	mu         sync.Mutex
 	policy     *rules.Policy
@@ -165,15 +168,27 @@ func (m *maskedSession) session() (*rewrite.Session, error) {
 	return &rewrite.Session{Policy: m.policy, Grants: m.grants, Catalog: snap, SearchPath: m.searchPath, User: m.user}, nil
 }
 
-// analyse rewrites sql, or returns the refusal the client must see.
-func (m *maskedSession) analyse(sql string) (*rewrite.Plan, error) {
+// analyse rewrites sql, or returns the refusal the client must see. text
+// is what to send when the plan is Rewritten: plan.SQL, or, when a
+// statement template answered (rewrite/template.go), the template with
+// sql's literals.
+func (m *maskedSession) analyse(sql string) (plan *rewrite.Plan, text string, err error) {
 	rs, err := m.session()
 	if err != nil {
-		return nil, &rewrite.Refusal{Rule: "unavailable", Message: "the policy or catalog is unavailable"}
+		return nil, "", &rewrite.Refusal{Rule: "unavailable", Message: "the policy or catalog is unavailable"}
 	}
-	plan, err := m.cache.Rewrite(sql, rs)
+	plan, text, err = m.cache.RewriteShape(sql, rs, func() (string, []rewrite.Literal) {
+		// standard_conforming_strings is pinned on in these sessions.
+		ls := rewrite.LiteralScan{Lits: m.lits[:0]}
+		shape, ok := rewrite.Normalize(m.shape[:0], sql, true, &ls)
+		m.shape, m.lits = shape[:0], ls.Lits[:0]
+		if !ok || ls.Other {
+			return "", nil
+		}
+		return string(shape), ls.Lits
+	})
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	// The server is the authority on search_path: after a statement that
 	// may change it, or that ends a transaction in which it changed, the
@@ -187,7 +202,7 @@ func (m *maskedSession) analyse(sql string) (*rewrite.Plan, error) {
 			m.dirty = true
 		}
 		if st.Executes != "" && m.stale(st.Executes) {
-			return nil, &rewrite.Refusal{Rule: "stale-statement", Message: "prepared statement " + st.Executes + " was analysed under another search_path, role or policy; prepare it again"}
+			return nil, "", &rewrite.Refusal{Rule: "stale-statement", Message: "prepared statement " + st.Executes + " was analysed under another search_path, role or policy; prepare it again"}
 		}
 	}
 	for _, st := range plan.Statements {
@@ -204,7 +219,7 @@ func (m *maskedSession) analyse(sql string) (*rewrite.Plan, error) {
 			m.mu.Unlock()
 		}
 	}
-	return plan, nil
+	return plan, text, nil
 }
 
 // changesContext reports whether running plan may change search_path or
@@ -484,14 +499,14 @@ func (m *maskedSession) rewriteSQL(sql string) (string, bool) {
 // textFor analyses sql and returns the text to send: the rewrite, with
 // the ciphertexts of encrypted literals in place.
 func (m *maskedSession) textFor(sql string) (string, *rewrite.Plan, error) {
-	plan, err := m.analyse(sql)
+	plan, text, err := m.analyse(sql)
 	if err != nil {
 		return "", nil, err
 	}
 	out := sql
 	if plan.Rewritten {
 		m.s.srv.cfg.Observer.Rewritten()
-		out = plan.SQL
+		out = text
 	}
 	if plan.Encrypts {
 		if out, err = m.encryptLiterals(out, plan); err != nil {

@@ -38,13 +38,15 @@ func tcpPair(t *testing.T) (a, b net.Conn) {
 // bufConn collects what the pump writes.
 type bufConn struct {
 	net.Conn
-	mu  sync.Mutex
-	buf bytes.Buffer
+	mu     sync.Mutex
+	buf    bytes.Buffer
+	writes int
 }
 
 func (c *bufConn) Write(b []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.writes++
 	return c.buf.Write(b)
 }
 

@@ -28,7 +28,20 @@ const (
 	// classIntercept messages are buffered whole and given to the handler,
 	// which writes whatever replaces them (possibly nothing).
 	classIntercept
+	// classReplace messages are buffered whole and given to the handler's
+	// replace method, which returns what to relay in their place: the
+	// message itself (then it passes in the same write as its neighbours,
+	// like a peeked one) or other bytes. The handler must not write to the
+	// pump's destination itself.
+	classReplace
 )
+
+// replacer is implemented by handlers that use classReplace.
+type replacer interface {
+	// replace returns the bytes to relay for msg (msg itself to relay it
+	// unchanged). The slice msg is only valid during the call.
+	replace(typ byte, msg []byte) ([]byte, error)
+}
 
 // errStopAfter, returned by a handler, relays the current message and then
 // stops the pump with errStopped.
@@ -278,6 +291,32 @@ func (p *pump) process() error {
 					return ferr
 				}
 				return err
+			}
+		case classReplace:
+			if p.w-p.r < length+1 {
+				need = length + 1
+				stop = true
+				continue
+			}
+			msg := p.buf[p.r : p.r+1+length]
+			out, err := p.h.(replacer).replace(typ, msg)
+			if err != nil {
+				if ferr := p.flush(start, p.r); ferr != nil {
+					return ferr
+				}
+				return err
+			}
+			if len(out) == len(msg) && (len(out) == 0 || &out[0] == &msg[0]) {
+				p.r += length + 1
+				continue
+			}
+			if err := p.flush(start, p.r); err != nil {
+				return err
+			}
+			p.r += length + 1
+			start = p.r
+			if err := p.dst.write(out, false); err != nil {
+				return &writeError{err}
 			}
 		case classIntercept:
 			if p.w-p.r < length+1 {

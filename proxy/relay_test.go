@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -201,5 +202,56 @@ func TestPanicEndsOnlyTheSession(t *testing.T) {
 	var ce *clientError
 	if !errors.As(err, &ce) || ce.code != codeInternalError || outcome(err) != "internal_error" {
 		t.Fatalf("a panicking pump ended with %v", err)
+	}
+}
+
+// replaceHandler replaces Bind messages whose portal is "swap".
+type replaceHandler struct{ passHandler }
+
+func (h *replaceHandler) class(typ byte) msgClass {
+	if typ == 'B' {
+		return classReplace
+	}
+	return classStream
+}
+
+func (h *replaceHandler) replace(typ byte, msg []byte) ([]byte, error) {
+	if bytes.HasPrefix(msg[5:], []byte("swap\x00")) {
+		return []byte("REPLACED"), nil
+	}
+	return msg, nil
+}
+
+func TestPumpReplace(t *testing.T) {
+	enc := func(msgs ...pgproto3.FrontendMessage) []byte {
+		var out []byte
+		for _, m := range msgs {
+			var err error
+			if out, err = m.Encode(out); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return out
+	}
+	keep := enc(&pgproto3.Bind{PreparedStatement: "s"}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	out := &bufConn{}
+	p := newPump(nil, &syncWriter{conn: out, out: out}, &replaceHandler{}, DefaultMaxMessageSize, nil)
+	p.w = copy(p.buf, keep)
+	if err := p.process(); err != nil {
+		t.Fatal(err)
+	}
+	// An unchanged Bind goes out with its Execute and Sync in one write.
+	if out.writes != 1 || !bytes.Equal(out.buf.Bytes(), keep) {
+		t.Fatalf("%d writes of %q, want one of %q", out.writes, out.buf.Bytes(), keep)
+	}
+	out.buf.Reset()
+	swapped := enc(&pgproto3.Execute{Portal: "a"}, &pgproto3.Bind{DestinationPortal: "swap"}, &pgproto3.Sync{})
+	p.w, p.r = copy(p.buf, swapped), 0
+	if err := p.process(); err != nil {
+		t.Fatal(err)
+	}
+	want := append(append(enc(&pgproto3.Execute{Portal: "a"}), "REPLACED"...), enc(&pgproto3.Sync{})...)
+	if !bytes.Equal(out.buf.Bytes(), want) {
+		t.Fatalf("relayed %q, want %q", out.buf.Bytes(), want)
 	}
 }

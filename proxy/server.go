@@ -474,8 +474,10 @@ type Stats struct {
 	ClientBytes, ServerBytes int64
 	// Queries counts answered sync points.
 	Queries int64
-	// PlanCacheHits and PlanCacheMisses count rewrite plan lookups.
-	PlanCacheHits, PlanCacheMisses uint64
+	// PlanCacheHits and PlanCacheMisses count rewrite plan lookups;
+	// PlanTemplateHits are the hits a statement template answered (a text
+	// seen for the first time whose shape was known; rewrite/template.go).
+	PlanCacheHits, PlanCacheMisses, PlanTemplateHits uint64
 }
 
 // Stats returns the running totals.
@@ -489,6 +491,7 @@ func (s *Server) Stats() Stats {
 	}
 	s.mu.Unlock()
 	st.PlanCacheHits, st.PlanCacheMisses = s.cache.Stats()
+	st.PlanTemplateHits = s.cache.ShapeHits()
 	return st
 }
 

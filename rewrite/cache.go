@@ -49,6 +49,9 @@ type Cache struct {
 	items map[CacheKey]*list.Element
 	hits  uint64
 	miss  uint64
+	// shapes holds statement templates by shape (template.go).
+	shapes    map[CacheKey]*template
+	shapeHits uint64
 }
 
 type cacheEntry struct {
@@ -62,7 +65,7 @@ func NewCache(max int) *Cache {
 	if max <= 0 {
 		max = 10000
 	}
-	return &Cache{max: max, ll: list.New(), items: make(map[CacheKey]*list.Element), proj: projectionCache{m: map[projKey]projection{}}}
+	return &Cache{max: max, ll: list.New(), items: make(map[CacheKey]*list.Element), shapes: map[CacheKey]*template{}, proj: projectionCache{m: map[projKey]projection{}}}
 }
 
 // Rewrite returns the cached outcome for sql in s, analysing it on a miss.

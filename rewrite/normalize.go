@@ -1,8 +1,8 @@
-package proxy
+package rewrite
 
 import "strings"
 
-// normalizeSQL appends to dst the statement text with every literal
+// NormalizeSQL appends to dst the statement text with every literal
 // replaced by "?" and whitespace and comments collapsed, so that texts that
 // differ only in their constants share one analysis (usage facts) and one
 // audit fingerprint. It reports false when it cannot scan the text with
@@ -17,7 +17,22 @@ import "strings"
 // positional references to output columns (right after ORDER BY, GROUP
 // BY, DISTINCT ON ( or a comma in those lists) are kept, because they
 // change which columns a statement uses.
-func normalizeSQL(dst []byte, sql string, standardStrings bool) ([]byte, bool) {
+func NormalizeSQL(dst []byte, sql string, standardStrings bool) ([]byte, bool) {
+	return Normalize(dst, sql, standardStrings, nil)
+}
+
+// LiteralScan collects the literals Normalize replaced: plain '...'
+// strings and unsigned decimal numbers in Lits (what a statement template
+// can take, template.go); Other is set when some literal is of another
+// kind (E'..', a dollar-quoted string, 0x1F, ...).
+type LiteralScan struct {
+	Lits  []Literal
+	Other bool
+}
+
+// Normalize is NormalizeSQL that also records the literals in ls, if not
+// nil.
+func Normalize(dst []byte, sql string, standardStrings bool, ls *LiteralScan) ([]byte, bool) {
 	var (
 		prev      string // the previous significant token, lower-cased for keywords
 		space     bool   // whitespace or a comment since the last token
@@ -32,9 +47,16 @@ func normalizeSQL(dst []byte, sql string, standardStrings bool) ([]byte, bool) {
 		space = false
 		dst = append(dst, tok...)
 	}
-	emitLiteral := func() {
+	emitLiteral := func(start, end int, plain bool) {
 		emit("?")
 		prev = "?"
+		if ls != nil {
+			if plain {
+				ls.Lits = append(ls.Lits, Literal{Start: start, End: end})
+			} else {
+				ls.Other = true
+			}
+		}
 	}
 	i := 0
 	n := len(sql)
@@ -75,8 +97,8 @@ func normalizeSQL(dst []byte, sql string, standardStrings bool) ([]byte, bool) {
 			if !ok {
 				return dst, false
 			}
+			emitLiteral(i, end, standardStrings)
 			i = end
-			emitLiteral()
 		case c == '"':
 			j := i + 1
 			for {
@@ -118,15 +140,18 @@ func normalizeSQL(dst []byte, sql string, standardStrings bool) ([]byte, bool) {
 			if end < 0 {
 				return dst, false
 			}
+			emitLiteral(i, end+len(tag), false)
 			i = end + len(tag)
-			emitLiteral()
 		case c >= '0' && c <= '9' || c == '.' && i+1 < n && sql[i+1] >= '0' && sql[i+1] <= '9':
 			j := scanNumber(sql, i)
 			if depth == listDepth && (prev == "by" || prev == "," || prev == "(") {
 				emit(sql[i:j]) // a positional reference (ORDER BY 2)
 				prev = "#"
 			} else {
-				emitLiteral()
+				// Only decimal forms are put back verbatim by statement
+				// templates: PostgreSQL 15 reads 0x1F or 1_000 as a
+				// number followed by an identifier.
+				emitLiteral(i, j, decimalNumber(sql[i:j]))
 			}
 			i = j
 		case isIdentStart(c):
@@ -143,8 +168,8 @@ func normalizeSQL(dst []byte, sql string, standardStrings bool) ([]byte, bool) {
 					if !ok {
 						return dst, false
 					}
+					emitLiteral(i, end, false)
 					i = end
-					emitLiteral()
 					continue
 				}
 			}
@@ -153,8 +178,8 @@ func normalizeSQL(dst []byte, sql string, standardStrings bool) ([]byte, bool) {
 				if !ok {
 					return dst, false
 				}
+				emitLiteral(i, end, false)
 				i = end
-				emitLiteral()
 				continue
 			}
 			emit(word)
@@ -232,7 +257,7 @@ func scanNumber(sql string, i int) int {
 	j := i
 	if sql[j] == '0' && j+1 < n && (sql[j+1]|0x20 == 'x' || sql[j+1]|0x20 == 'o' || sql[j+1]|0x20 == 'b') {
 		j += 2
-		for j < n && (isHexDigit(sql[j]) || sql[j] == '_') {
+		for j < n && (isHexDigitByte(sql[j]) || sql[j] == '_') {
 			j++
 		}
 		return j
@@ -261,13 +286,26 @@ func scanNumber(sql string, i int) int {
 	return j
 }
 
+// decimalNumber reports whether tok is a numeric constant in the decimal
+// forms every PostgreSQL version reads alike (digits, a fraction, an
+// exponent).
+func decimalNumber(tok string) bool {
+	for i := 0; i < len(tok); i++ {
+		c := tok[i]
+		if !(c >= '0' && c <= '9' || c == '.' || c|0x20 == 'e' || c == '+' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
 func isIdentStart(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || c >= 0x80
 }
 
 func isIdentChar(c byte) bool { return isIdentStart(c) || c >= '0' && c <= '9' || c == '$' }
 
-func isHexDigit(c byte) bool {
+func isHexDigitByte(c byte) bool {
 	return c >= '0' && c <= '9' || c|0x20 >= 'a' && c|0x20 <= 'f'
 }
 

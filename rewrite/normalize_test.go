@@ -1,6 +1,9 @@
-package proxy
+package rewrite
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestNormalizeSQL(t *testing.T) {
 	for _, tc := range []struct {
@@ -25,7 +28,7 @@ func TestNormalizeSQL(t *testing.T) {
 		{in: "SELECT $tag$ never closed", fail: true},
 		{in: "SELECT '2024-01-01'::date, date '2024-01-01', interval '1 day'", want: "SELECT ?::date, date ?, interval ?"},
 	} {
-		got, ok := normalizeSQL(nil, tc.in, !tc.scsOff)
+		got, ok := NormalizeSQL(nil, tc.in, !tc.scsOff)
 		if tc.fail {
 			if ok {
 				t.Errorf("%q: scanned as %q, want a failure", tc.in, got)
@@ -52,7 +55,7 @@ func TestNormalizeSameShape(t *testing.T) {
 		{"SELECT $1", "SELECT $2"},
 	}
 	key := func(s string) string {
-		b, ok := normalizeSQL(nil, s, true)
+		b, ok := NormalizeSQL(nil, s, true)
 		if !ok {
 			t.Fatalf("%q does not scan", s)
 		}
@@ -73,7 +76,7 @@ func TestNormalizeSameShape(t *testing.T) {
 func TestNormalizeAllocatesNothing(t *testing.T) {
 	buf := make([]byte, 0, 256)
 	sql := "SELECT abalance FROM pgbench_accounts WHERE aid = 4711 ORDER BY 1 LIMIT 10"
-	if n := testing.AllocsPerRun(100, func() { buf, _ = normalizeSQL(buf[:0], sql, true) }); n != 0 {
+	if n := testing.AllocsPerRun(100, func() { buf, _ = NormalizeSQL(buf[:0], sql, true) }); n != 0 {
 		t.Fatalf("%v allocations per normalisation", n)
 	}
 }
@@ -82,7 +85,7 @@ func BenchmarkNormalize(b *testing.B) {
 	buf := make([]byte, 0, 256)
 	sql := "SELECT abalance FROM pgbench_accounts WHERE aid = 4711;"
 	for b.Loop() {
-		buf, _ = normalizeSQL(buf[:0], sql, true)
+		buf, _ = NormalizeSQL(buf[:0], sql, true)
 	}
 }
 
@@ -91,22 +94,32 @@ func FuzzNormalize(f *testing.F) {
 		f.Add(s, true)
 	}
 	f.Fuzz(func(t *testing.T, sql string, scs bool) {
-		out, ok := normalizeSQL(nil, sql, scs)
+		var ls LiteralScan
+		out, ok := Normalize(nil, sql, scs, &ls)
 		if ok && len(out) > 2*len(sql)+1 {
 			t.Fatalf("output %d bytes for %d input bytes", len(out), len(sql))
 		}
+		if !ok {
+			return
+		}
+		// The literals a statement template may put back are ordered,
+		// disjoint, and each is one whole token: a '...' string (only
+		// with standard strings) or a decimal number.
+		prev := 0
+		for _, l := range ls.Lits {
+			if l.Start < prev || l.End <= l.Start || l.End > len(sql) {
+				t.Fatalf("bad literal span %v after %d in %q", l, prev, sql)
+			}
+			tok := sql[l.Start:l.End]
+			switch {
+			case tok[0] == '\'':
+				if !scs || tok[len(tok)-1] != '\'' || strings.Count(tok, "'")%2 != 0 {
+					t.Fatalf("bad string literal %q in %q", tok, sql)
+				}
+			case !decimalNumber(tok):
+				t.Fatalf("bad numeric literal %q in %q", tok, sql)
+			}
+			prev = l.End
+		}
 	})
-}
-
-func TestFingerprint(t *testing.T) {
-	if got := fingerprint(""); got != "" {
-		t.Errorf("empty text: %q", got)
-	}
-	// FNV-1a 64 of "a" is af63dc4c8601ec8c.
-	if got := fingerprint("a"); got != "af63dc4c8601ec8c" {
-		t.Errorf("fingerprint(a) = %q", got)
-	}
-	if fingerprint("SELECT ?") == fingerprint("SELECT ?;") {
-		t.Error("different texts share a fingerprint")
-	}
 }
