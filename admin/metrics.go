@@ -44,7 +44,7 @@ type Metrics struct {
 // Totals are running totals the proxy keeps itself; Metrics reads them
 // at scrape time (see WatchTotals).
 type Totals struct {
-	ClientBytes, ServerBytes       int64
+	ClientBytes, ServerBytes                         int64
 	PlanCacheHits, PlanCacheMisses, PlanTemplateHits uint64
 }
 
