@@ -307,7 +307,7 @@ func (h *serverSide) class(typ byte) msgClass {
 		if !h.ready {
 			return classIntercept
 		}
-	case '1', '3':
+	case '1', '2', '3':
 		if h.s.swallowing.Load() {
 			return classIntercept
 		}
@@ -470,7 +470,7 @@ func (h *serverSide) message(typ byte, msg []byte) error {
 		return h.auth(msg)
 	case 'K':
 		return h.keyData(msg)
-	case '1', '3':
+	case '1', '2', '3':
 		if s.swallowed(typ) {
 			return nil
 		}

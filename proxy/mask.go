@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -48,9 +50,17 @@ type maskedSession struct {
 	// because the policy has encrypted columns: its errors are not
 	// scrubbed.
 	raw bool
-	// shape and lits are scratch space for statement templates (analyse).
-	shape []byte
-	lits  []rewrite.Literal
+	// shape and lits are scratch space for statement templates (analyse);
+	// bound and boundLits are set by analyse when a template that may run
+	// as a prepared statement answered, with the text's literals.
+	shape     []byte
+	lits      []rewrite.Literal
+	bound     *rewrite.Bound
+	boundLits []rewrite.Literal
+	// tplStmts names the prepared statements the session made for bound
+	// templates (by Bound.ID); tplSeq numbers them. Guarded by mu.
+	tplStmts map[uint64]string
+	tplSeq   uint64
 
 	mu         sync.Mutex
 	policy     *rules.Policy
@@ -177,7 +187,9 @@ func (m *maskedSession) analyse(sql string) (plan *rewrite.Plan, text string, er
 	if err != nil {
 		return nil, "", &rewrite.Refusal{Rule: "unavailable", Message: "the policy or catalog is unavailable"}
 	}
-	plan, text, err = m.cache.RewriteShape(sql, rs, func() (string, []rewrite.Literal) {
+	var lits []rewrite.Literal
+	var bound *rewrite.Bound
+	plan, text, bound, err = m.cache.RewriteShape(sql, rs, func() (string, []rewrite.Literal) {
 		// standard_conforming_strings is pinned on in these sessions.
 		ls := rewrite.LiteralScan{Lits: m.lits[:0]}
 		shape, ok := rewrite.Normalize(m.shape[:0], sql, true, &ls)
@@ -185,10 +197,15 @@ func (m *maskedSession) analyse(sql string) (plan *rewrite.Plan, text string, er
 		if !ok || ls.Other {
 			return "", nil
 		}
+		lits = ls.Lits
 		return string(shape), ls.Lits
 	})
+	m.bound, m.boundLits = nil, nil
 	if err != nil {
 		return nil, "", err
+	}
+	if bound != nil {
+		m.bound, m.boundLits = bound, lits
 	}
 	// The server is the authority on search_path: after a statement that
 	// may change it, or that ends a transaction in which it changed, the
@@ -212,10 +229,16 @@ func (m *maskedSession) analyse(sql string) (plan *rewrite.Plan, text string, er
 		case st.DeallocateAll:
 			m.mu.Lock()
 			m.prepared = map[string]prepInfo{}
+			m.tplStmts = nil
 			m.mu.Unlock()
 		case st.Deallocates != "":
 			m.mu.Lock()
 			delete(m.prepared, st.Deallocates)
+			for id, name := range m.tplStmts {
+				if name == st.Deallocates {
+					delete(m.tplStmts, id)
+				}
+			}
 			m.mu.Unlock()
 		}
 	}
@@ -478,11 +501,125 @@ func (m *maskedSession) query(msg []byte) ([]byte, error) {
 	if err := m.refreshPath(); err != nil {
 		return nil, err
 	}
+	orig := sql
 	sql, changed := m.rewriteSQL(sql)
+	if m.lastErr == nil && m.bound != nil {
+		return m.runBound(orig, m.bound, m.boundLits), nil
+	}
 	if !changed {
 		return msg, nil
 	}
 	return (&pgproto3.Query{String: sql}).Encode(nil)
+}
+
+// maxBoundStatements bounds the prepared statements a session keeps for
+// statement templates; past it one is closed for each new one.
+const maxBoundStatements = 256
+
+// runBound returns the messages that run the text sql, answered by the
+// template b, as the session's prepared statement for b with sql's
+// literals as parameters: Parse (the first time), Bind, Describe, Execute
+// and Sync. The server's ParseComplete, CloseComplete and BindComplete are
+// swallowed, so the client sees what its Query would have produced:
+// RowDescription, rows, CommandComplete, ReadyForQuery. The server parses
+// and plans the masking sub-query once per session instead of once per
+// text (rewrite/prepare.go says when the typing of the constants allows it).
+func (m *maskedSession) runBound(sql string, b *rewrite.Bound, lits []rewrite.Literal) []byte {
+	var out []byte
+	parse, closes := 0, 0
+	m.mu.Lock()
+	if m.tplStmts == nil {
+		m.tplStmts = map[uint64]string{}
+	}
+	name, ok := m.tplStmts[b.ID]
+	if !ok {
+		if len(m.tplStmts) >= maxBoundStatements {
+			for id, old := range m.tplStmts {
+				out, _ = (&pgproto3.Close{ObjectType: 'S', Name: old}).Encode(out)
+				delete(m.tplStmts, id)
+				closes++
+				break
+			}
+		}
+		m.tplSeq++
+		name = "pgveil_tpl_" + strconv.FormatUint(m.tplSeq, 10)
+		m.tplStmts[b.ID] = name
+		parse = 1
+	}
+	m.mu.Unlock()
+	if parse == 1 {
+		oids := make([]uint32, len(lits))
+		for i, l := range lits {
+			oids[i] = literalType(sql[l.Start:l.End])
+		}
+		out, _ = (&pgproto3.Parse{Name: name, Query: b.SQL, ParameterOIDs: oids}).Encode(out)
+	}
+	// Bind: unnamed portal, text parameters, text results.
+	start := len(out)
+	out = append(out, 'B', 0, 0, 0, 0, 0)
+	out = append(out, name...)
+	out = append(out, 0, 0, 0)
+	out = binary.BigEndian.AppendUint16(out, uint16(len(lits)))
+	for _, l := range lits {
+		tok := sql[l.Start:l.End]
+		if tok[0] == '\'' {
+			// A plain string (standard_conforming_strings is pinned on):
+			// only a doubled quote stands for one.
+			v := tok[1 : len(tok)-1]
+			n := len(v) - strings.Count(v, "''")
+			out = binary.BigEndian.AppendUint32(out, uint32(n))
+			for len(v) > 0 {
+				i := strings.Index(v, "''")
+				if i < 0 {
+					out = append(out, v...)
+					break
+				}
+				out = append(out, v[:i+1]...)
+				v = v[i+2:]
+			}
+			continue
+		}
+		out = binary.BigEndian.AppendUint32(out, uint32(len(tok)))
+		out = append(out, tok...)
+	}
+	out = append(out, 0, 0)
+	putLength(out[start:])
+	out = append(out, 'D', 0, 0, 0, 6, 'P', 0)
+	out = append(out, 'E', 0, 0, 0, 9, 0, 0, 0, 0, 0)
+	out = append(out, 'S', 0, 0, 0, 4)
+	var lost func()
+	if parse == 1 {
+		id := b.ID
+		lost = func() {
+			// The Parse failed (say, in an aborted transaction): prepare
+			// again next time.
+			m.mu.Lock()
+			if m.tplStmts[id] == name {
+				delete(m.tplStmts, id)
+			}
+			m.mu.Unlock()
+		}
+	}
+	m.s.swallowBatch(swallowEntry{parse: parse, close: closes, bind: 1, lost: lost})
+	return out
+}
+
+// literalType is the type a literal token has in PostgreSQL, as a bound
+// parameter's type: 0 (to be inferred, like an untyped literal) for a
+// string, int4, int8 or numeric for a number.
+func literalType(tok string) uint32 {
+	if tok[0] == '\'' {
+		return 0
+	}
+	if !strings.ContainsAny(tok, ".eE") {
+		if v, err := strconv.ParseInt(tok, 10, 64); err == nil {
+			if v >= math.MinInt32 && v <= math.MaxInt32 {
+				return 23 // int4
+			}
+			return 20 // int8
+		}
+	}
+	return 1700 // numeric
 }
 
 // rewriteSQL returns the text to send for sql: the rewrite, the refusal

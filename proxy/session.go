@@ -220,8 +220,11 @@ func (s *session) serve() {
 
 // swallowEntry counts answers to drop in one batch.
 type swallowEntry struct {
-	batch        uint64
-	parse, close int
+	batch              uint64
+	parse, close, bind int
+	// lost, if set, is called when the batch ends with parse answers
+	// still expected (the Parse failed).
+	lost func()
 }
 
 // swallow arranges for the server side to drop parse ParseComplete and
@@ -230,19 +233,35 @@ type swallowEntry struct {
 // batch these answers carry no data, so dropping any of them leaves the
 // client exactly the stream it expects.
 func (s *session) swallow(parse, close int) {
+	s.swallowBatch(swallowEntry{parse: parse, close: close})
+}
+
+// swallowBatch is swallow with BindComplete answers (bind) and a callback
+// for a Parse that failed.
+func (s *session) swallowBatch(e swallowEntry) {
 	s.swallowMu.Lock()
 	defer s.swallowMu.Unlock()
 	batch := s.syncsSent.Load() + 1
 	if n := len(s.swallows); n > 0 && s.swallows[n-1].batch == batch {
-		s.swallows[n-1].parse += parse
-		s.swallows[n-1].close += close
+		last := &s.swallows[n-1]
+		last.parse += e.parse
+		last.close += e.close
+		last.bind += e.bind
+		if e.lost != nil {
+			if prev := last.lost; prev != nil {
+				last.lost = func() { prev(); e.lost() }
+			} else {
+				last.lost = e.lost
+			}
+		}
 	} else {
-		s.swallows = append(s.swallows, swallowEntry{batch: batch, parse: parse, close: close})
+		e.batch = batch
+		s.swallows = append(s.swallows, e)
 	}
 	s.swallowing.Store(true)
 }
 
-// swallowed reports whether the answer typ ('1' or '3') of the batch being
+// swallowed reports whether the answer typ ('1', '2' or '3') of the batch being
 // answered is one the proxy caused, and if so counts it dropped.
 func (s *session) swallowed(typ byte) bool {
 	s.swallowMu.Lock()
@@ -258,10 +277,12 @@ func (s *session) swallowed(typ byte) bool {
 			e.parse--
 		case typ == '3' && e.close > 0:
 			e.close--
+		case typ == '2' && e.bind > 0:
+			e.bind--
 		default:
 			return false
 		}
-		if e.parse == 0 && e.close == 0 {
+		if e.parse == 0 && e.close == 0 && e.bind == 0 {
 			s.swallows = slices.Delete(s.swallows, i, i+1)
 			s.swallowing.Store(len(s.swallows) > 0)
 		}
@@ -291,10 +312,22 @@ func (s *session) syncDone(outcome string) {
 	done := s.syncsDone.Add(1)
 	if s.swallowing.Load() {
 		// Answers the server skipped after an error are not coming.
+		var lost []func()
 		s.swallowMu.Lock()
-		s.swallows = slices.DeleteFunc(s.swallows, func(e swallowEntry) bool { return e.batch <= done })
+		s.swallows = slices.DeleteFunc(s.swallows, func(e swallowEntry) bool {
+			if e.batch > done {
+				return false
+			}
+			if e.parse > 0 && e.lost != nil {
+				lost = append(lost, e.lost)
+			}
+			return true
+		})
 		s.swallowing.Store(len(s.swallows) > 0)
 		s.swallowMu.Unlock()
+		for _, f := range lost {
+			f()
+		}
 	}
 	d := time.Duration(-1)
 	if n == 0 {

@@ -85,7 +85,8 @@ func (w *walker) statement(n *pg_query.Node) (Statement, error) {
 		err = w.setStmt(x.VariableSetStmt, &st)
 	case *pg_query.Node_DiscardStmt:
 		if x.DiscardStmt.Target == pg_query.DiscardMode_DISCARD_ALL {
-			st.ResetSearchPath, st.ResetRole = true, true
+			// DISCARD ALL is also DEALLOCATE ALL.
+			st.ResetSearchPath, st.ResetRole, st.DeallocateAll = true, true, true
 		}
 	case *pg_query.Node_ListenStmt:
 		err = refuse("listen", "LISTEN is not allowed for masked sessions: notification payloads are not masked")

@@ -4,6 +4,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"sync/atomic"
 )
 
 // Statement templates let a masked session's simple-protocol queries that
@@ -65,7 +66,20 @@ type template struct {
 	fixed int // total length of parts
 	ok    bool
 	fails int
+	bound *Bound
 }
+
+// Bound is a template the proxy may run as a prepared statement of the
+// session (prepare.go): SQL is the template with the text's literals as
+// parameters $1..$n, numbered in text order; ID identifies the template in
+// this process.
+type Bound struct {
+	ID  uint64
+	SQL string
+}
+
+// boundIDs numbers Bound templates.
+var boundIDs atomic.Uint64
 
 // splice returns the template's text with the literals of sql.
 func (t *template) splice(sql string, lits []Literal) string {
@@ -88,10 +102,20 @@ func (t *template) splice(sql string, lits []Literal) string {
 // exact text is not cached. It returns the plan and the text to send
 // (Plan.SQL, or sql itself for a plan that is not Rewritten). On a
 // template hit the returned plan is the shape's (its SQL holds parameters,
-// not sql's literals): use the returned text.
-func (c *Cache) RewriteShape(sql string, s *Session, scan func() (string, []Literal)) (*Plan, string, error) {
+// not sql's literals): use the returned text; bound is then set when the
+// text may run as a prepared statement instead (Bound, prepare.go), with
+// the literals scan returned as its parameters.
+func (c *Cache) RewriteShape(sql string, s *Session, scan func() (string, []Literal)) (plan *Plan, text string, bound *Bound, err error) {
+	plan, text, t, err := c.rewriteShape(sql, s, scan)
+	if t != nil {
+		bound = t.bound
+	}
+	return plan, text, bound, err
+}
+
+func (c *Cache) rewriteShape(sql string, s *Session, scan func() (string, []Literal)) (*Plan, string, *template, error) {
 	if s == nil || s.Policy == nil || s.Grants == nil || s.Catalog == nil {
-		return nil, "", ErrNoSession
+		return nil, "", nil, ErrNoSession
 	}
 	key := KeyFor(s, sql)
 	c.mu.Lock()
@@ -100,13 +124,13 @@ func (c *Cache) RewriteShape(sql string, s *Session, scan func() (string, []Lite
 		c.hits++
 		e := el.Value.(*cacheEntry)
 		c.mu.Unlock()
-		return e.plan, planText(e.plan, sql), e.err
+		return e.plan, planText(e.plan, sql), nil, e.err
 	}
 	c.mu.Unlock()
 	shape, lits := scan()
 	if shape == "" || len(lits) == 0 || len(lits) > maxTemplateLiterals || s.Grants.AllRaw() {
 		plan, err := c.Rewrite(sql, s)
-		return plan, planText(plan, sql), err
+		return plan, planText(plan, sql), nil, err
 	}
 	skey := key
 	skey.SQL = shape
@@ -116,12 +140,12 @@ func (c *Cache) RewriteShape(sql string, s *Session, scan func() (string, []Lite
 		c.hits++
 		c.shapeHits++
 		c.mu.Unlock()
-		return t.plan, t.splice(sql, lits), nil
+		return t.plan, t.splice(sql, lits), t, nil
 	}
 	c.mu.Unlock()
 	plan, err := c.Rewrite(sql, s)
 	if err != nil || (t != nil && t.fails >= templateRetries) {
-		return plan, planText(plan, sql), err
+		return plan, planText(plan, sql), nil, err
 	}
 	nt := c.buildTemplate(sql, s, lits, plan)
 	c.mu.Lock()
@@ -137,7 +161,7 @@ func (c *Cache) RewriteShape(sql string, s *Session, scan func() (string, []Lite
 		c.shapes[skey] = nt
 	}
 	c.mu.Unlock()
-	return plan, planText(plan, sql), nil
+	return plan, planText(plan, sql), nil, nil
 }
 
 // ShapeHits returns how many lookups a template answered.
@@ -189,6 +213,16 @@ func (c *Cache) buildTemplate(sql string, s *Session, lits []Literal, plan *Plan
 		return fail
 	}
 	t.ok = true
+	if preparable(b.String(), len(lits)) {
+		var sb strings.Builder
+		for i, k := range t.slots {
+			sb.WriteString(t.parts[i])
+			sb.WriteByte('$')
+			sb.WriteString(strconv.Itoa(k + 1))
+		}
+		sb.WriteString(t.parts[len(t.slots)])
+		t.bound = &Bound{ID: boundIDs.Add(1), SQL: sb.String()}
+	}
 	return t
 }
 

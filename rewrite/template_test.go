@@ -27,7 +27,7 @@ func TestTemplateHit(t *testing.T) {
 	s := session(t, caseHeader{roles: []string{"analyst"}, searchPath: []string{"$user", "public"}})
 	run := func(sql string) (*Plan, string) {
 		t.Helper()
-		plan, text, err := c.RewriteShape(sql, s, func() (string, []Literal) { return scanLits(sql) })
+		plan, text, _, err := c.RewriteShape(sql, s, func() (string, []Literal) { return scanLits(sql) })
 		if err != nil {
 			t.Fatalf("%s: %v", sql, err)
 		}
@@ -69,7 +69,7 @@ func TestTemplateHit(t *testing.T) {
 	} {
 		before := c.ShapeHits()
 		for _, q := range pair {
-			_, _, _ = c.RewriteShape(q, s, func() (string, []Literal) { return scanLits(q) })
+			_, _, _, _ = c.RewriteShape(q, s, func() (string, []Literal) { return scanLits(q) })
 		}
 		if c.ShapeHits() != before {
 			t.Errorf("%q took a template", pair[1])
@@ -118,12 +118,12 @@ func TestTemplateCorpus(t *testing.T) {
 		h := parseHeader(sql)
 		s := session(t, h)
 		c := NewCache(0)
-		_, _, _ = c.RewriteShape(sql, s, func() (string, []Literal) { return shape, lits })
+		_, _, _, _ = c.RewriteShape(sql, s, func() (string, []Literal) { return shape, lits })
 		vshape, vlits := scanLits(varied)
 		if vshape != shape {
 			t.Fatalf("%s: varying literals changed the shape:\n%s\n%s", dir, shape, vshape)
 		}
-		plan, text, err := c.RewriteShape(varied, s, func() (string, []Literal) { return vshape, vlits })
+		plan, text, _, err := c.RewriteShape(varied, s, func() (string, []Literal) { return vshape, vlits })
 		direct, derr := Rewrite(varied, s)
 		if outcome(direct, derr) != outcome(&Plan{SQL: text}, err) {
 			t.Errorf("%s: through the cache:\n%s\nrewritten:\n%s", dir, outcome(&Plan{SQL: text}, err), outcome(direct, derr))
@@ -157,7 +157,7 @@ func BenchmarkTemplateHit(b *testing.B) {
 	for b.Loop() {
 		sql := texts[i%2]
 		i++
-		_, _, err := c.RewriteShape(sql, s, func() (string, []Literal) {
+		_, _, _, err := c.RewriteShape(sql, s, func() (string, []Literal) {
 			ls.Lits = ls.Lits[:0]
 			shape, _ = Normalize(shape[:0], sql, true, &ls)
 			return string(shape), ls.Lits

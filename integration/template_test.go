@@ -1,0 +1,80 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestStatementTemplates sends a masked analyst's simple-protocol texts
+// that share shapes (so that statement templates answer them, and those
+// whose constants allow it run as the session's prepared statements) and
+// checks every answer against the same texts run directly over masked
+// data. It covers quoting, every numeric type, bad input, an aborted
+// transaction (the Parse fails and is redone), DISCARD ALL, DEALLOCATE of
+// the proxy's own statement, and more shapes than a session keeps
+// prepared.
+func TestStatementTemplates(t *testing.T) {
+	f := advSetup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var texts []string
+	add := func(format string, args ...any) { texts = append(texts, fmt.Sprintf(format, args...)) }
+	for round := 0; round < 3; round++ {
+		add("SELECT id, name, email, ssn, birth_date, salary FROM customers WHERE id = %d", round+1)
+		add("SELECT id, email FROM customers WHERE name = 'it''s %d' OR email LIKE '%%@%%' ORDER BY id LIMIT %d", round, round+2)
+		add("SELECT id FROM customers WHERE id IN (%d, %d, 3) ORDER BY id", round+1, round+2)
+		add("SELECT id, salary FROM customers WHERE salary > %d.5 ORDER BY id", round*1000)
+		add("SELECT id FROM customers WHERE id > %d ORDER BY id LIMIT 2", int64(1)<<40+int64(round)) // int8
+		add("SELECT id FROM customers WHERE id < 123456789012345678901234567890%d", round)        // numeric
+		add("SELECT id, birth_date FROM customers WHERE birth_date BETWEEN '19%d0-01-01' AND '2030-12-31' ORDER BY id", 5+round)
+		add("SELECT id FROM customers WHERE id = 'x%d'", round) // bad input: an error at Bind
+		add("SELECT '%d'::int + id AS v FROM customers WHERE id = %d", round, round+1)
+		add("SELECT id, 'const %d' AS c FROM customers WHERE id = %d", round, round+1) // not preparable: a bare constant
+	}
+	// An aborted transaction: the first Parse of a shape fails there.
+	add("BEGIN")
+	add("SELECT 1/0")
+	add("SELECT id FROM customers WHERE id = 77 AND name <> 'fresh shape'")
+	add("ROLLBACK")
+	add("SELECT id FROM customers WHERE id = 1 AND name <> 'fresh shape'")
+	add("SELECT id FROM customers WHERE id = 2 AND name <> 'fresh shape'")
+	add("DISCARD ALL")
+	add("SELECT id FROM customers WHERE id = 3 AND name <> 'fresh shape'")
+	add("DEALLOCATE pgveil_tpl_1")
+	add("SELECT id, name, email, ssn, birth_date, salary FROM customers WHERE id = 4")
+	// More shapes than a session keeps prepared (256).
+	for i := 0; i < 300; i++ {
+		for _, id := range []int{1, 2} {
+			add("SELECT id AS c%d FROM customers WHERE id = %d", i, id)
+		}
+	}
+	before := f.proxy.srv.Stats().PlanTemplateHits
+	run := func(viaProxy bool) string {
+		conn, _, err := advConn(ctx, f, viaProxy, advAnalyst, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		var b strings.Builder
+		for _, q := range texts {
+			fmt.Fprintf(&b, "> %s\n%s", q, advTranscript(advExec(ctx, conn, q, "attack"), true))
+		}
+		return b.String()
+	}
+	got, want := run(true), run(false)
+	if got != want {
+		gl, wl := strings.Split(got, "\n"), strings.Split(want, "\n")
+		for i := range min(len(gl), len(wl)) {
+			if gl[i] != wl[i] {
+				t.Fatalf("first difference at line %d:\nthrough the proxy: %s\ndirect, masked:    %s\n(context: %s)", i, gl[i], wl[i], strings.Join(gl[max(0, i-3):i], " | "))
+			}
+		}
+		t.Fatalf("transcripts differ in length: %d vs %d lines", len(gl), len(wl))
+	}
+	if hits := f.proxy.srv.Stats().PlanTemplateHits - before; hits < 300 {
+		t.Fatalf("only %d texts were answered by templates", hits)
+	}
+}
