@@ -28,7 +28,7 @@ func TestStatementTemplates(t *testing.T) {
 		add("SELECT id FROM customers WHERE id IN (%d, %d, 3) ORDER BY id", round+1, round+2)
 		add("SELECT id, salary FROM customers WHERE salary > %d.5 ORDER BY id", round*1000)
 		add("SELECT id FROM customers WHERE id > %d ORDER BY id LIMIT 2", int64(1)<<40+int64(round)) // int8
-		add("SELECT id FROM customers WHERE id < 123456789012345678901234567890%d", round)        // numeric
+		add("SELECT id FROM customers WHERE id < 123456789012345678901234567890%d", round)           // numeric
 		add("SELECT id, birth_date FROM customers WHERE birth_date BETWEEN '19%d0-01-01' AND '2030-12-31' ORDER BY id", 5+round)
 		add("SELECT id FROM customers WHERE id = 'x%d'", round) // bad input: an error at Bind
 		add("SELECT '%d'::int + id AS v FROM customers WHERE id = %d", round, round+1)
