@@ -8,7 +8,8 @@
 #                 literal-free facts cache), and
 #   masked:       a select by id from a protected table as a masked role.
 # Usage: bash bench/tracking.sh   (BENCH_SECONDS, BENCH_ROUNDS, BENCH_CLIENTS, BENCH_MODES;
-#        TRACK_PROFILE=cpu.out writes a CPU profile of the tracking instance)
+#        BENCH_WORKLOADS; TRACK_PROFILE=cpu.out and PLAIN_PROFILE=cpu.out write CPU
+#        profiles of the tracking and the plain instance)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -71,7 +72,7 @@ YAML
 
 go build -o "$WORK/veil" .
 up="postgres://pgveil@127.0.0.1:$PGPORT/postgres?sslmode=disable"
-"$WORK/veil" serve --listen "127.0.0.1:$PLAIN" --admin-listen "" --log-level warn --policy "$WORK/policy.yaml" --upstream "$up" \
+PGVEIL_CPUPROFILE="${PLAIN_PROFILE:-}" "$WORK/veil" serve --listen "127.0.0.1:$PLAIN" --admin-listen "" --log-level warn --policy "$WORK/policy.yaml" --upstream "$up" \
 	>"$WORK/plain.log" 2>&1 &
 PLAIN_PID=$!
 PGVEIL_CPUPROFILE="${TRACK_PROFILE:-}" "$WORK/veil" serve --listen "127.0.0.1:$TRACK" --admin-listen "" --log-level warn --policy "$WORK/policy.yaml" --upstream "$up" \
@@ -139,8 +140,8 @@ for workload in ${BENCH_WORKLOADS:-pass-through masked}; do
 		done
 	done
 done
-kill "$TRACK_PID"; wait "$TRACK_PID" 2>/dev/null || true
-TRACK_PID=
+kill "$TRACK_PID" "$PLAIN_PID"; wait "$TRACK_PID" "$PLAIN_PID" 2>/dev/null || true
+TRACK_PID= PLAIN_PID=
 lines=$(wc -l <"$WORK/audit.log")
 echo
 echo "audit log: $lines lines; $("$WORK/veil" audit verify "$WORK/audit.log" 2>&1 | head -1)"

@@ -115,10 +115,10 @@ func (p *pending) outputs() []rewrite.Output {
 func (t *tracker) headStatement() *rewrite.Statement {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if len(t.queue) == 0 || t.queue[0].sync || t.queue[0].ts == nil {
+	if t.qh == len(t.queue) || t.queue[t.qh].sync || t.queue[t.qh].ts == nil {
 		return nil
 	}
-	return t.queue[0].ts.st
+	return t.queue[t.qh].ts.st
 }
 
 // headOutputs returns the transformed outputs of the statement being
@@ -126,10 +126,10 @@ func (t *tracker) headStatement() *rewrite.Statement {
 func (t *tracker) headOutputs() []rewrite.Output {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if len(t.queue) == 0 || t.queue[0].sync {
+	if t.qh == len(t.queue) || t.queue[t.qh].sync {
 		return nil
 	}
-	return t.queue[0].outputs()
+	return t.queue[t.qh].outputs()
 }
 
 // tracker follows the statements of a session to their outcome and hands
@@ -145,12 +145,18 @@ type tracker struct {
 	scratch []byte
 	ev      StatementEvent
 
-	mu      sync.Mutex
-	queue   []pending
+	// The maps belong to the client-side goroutine.
 	stmts   map[string]*trackedStmt // protocol-level prepared statements
 	portals map[string]*trackedStmt
 	sqlPrep map[string]*trackedStmt // SQL PREPARE, for EXECUTE
 	cursors map[string]*trackedStmt // DECLARE, for FETCH
+
+	// mu guards what both goroutines use: the queue of statements sent
+	// and not yet answered (from queue[qh]; the client side appends, the
+	// server side consumes) and the name-resolution context below.
+	mu    sync.Mutex
+	queue []pending
+	qh    int
 	// path and user are the name-resolution context of a relayed
 	// (unmasked) session: read at its start, then followed through the
 	// SET search_path and SET ROLE statements the analysis sees.
@@ -168,7 +174,13 @@ type tracker struct {
 	// skips the shared cache's lock and hashing.
 	lastKey   []byte
 	lastStmts []*trackedStmt
+	// byPlan remembers the tracked statements of a masked session's
+	// plans (the client-side goroutine's).
+	byPlan map[*rewrite.Plan][]*trackedStmt
 }
+
+// maxPlanMemo bounds a tracker's byPlan; it is cleared when full.
+const maxPlanMemo = 256
 
 func newTracker(s *session, sink StatementSink, roles []string, grants *rules.Grants, masked bool) *tracker {
 	host := s.client.RemoteAddr().String()
@@ -228,8 +240,21 @@ func (t *tracker) analyse(sql string, plan *rewrite.Plan, refusal error) []*trac
 		return []*trackedStmt{&ts}
 	}
 	if t.masked || plan != nil {
+		// A plan belongs to one text, or (a statement template's) to one
+		// literal-free shape, so its normalized text is the same each
+		// time: its tracked statements are made once per session.
+		if stmts, ok := t.byPlan[plan]; ok && plan != nil {
+			return stmts
+		}
 		norm, _ := t.normalize(sql)
-		return stmtsOf(plan, nil, norm)
+		stmts := stmtsOf(plan, nil, norm)
+		if plan != nil {
+			if t.byPlan == nil || len(t.byPlan) >= maxPlanMemo {
+				t.byPlan = map[*rewrite.Plan][]*trackedStmt{}
+			}
+			t.byPlan[plan] = stmts
+		}
+		return stmts
 	}
 	return t.s.srv.facts.lookup(t, sql)
 }
@@ -302,9 +327,17 @@ func (t *tracker) follow(stmts []*trackedStmt) {
 func (t *tracker) query(sql string, plan *rewrite.Plan, refusal error) {
 	stmts := t.analyse(sql, plan, refusal)
 	t.follow(stmts)
-	now := time.Now()
-	t.mu.Lock()
-	for _, ts := range stmts {
+	if len(stmts) == 1 && (stmts[0].st == nil || stmts[0].st.Prepares == "" && stmts[0].st.Declares == "" &&
+		stmts[0].st.Executes == "" && stmts[0].st.Fetches == "") {
+		// The common case: one statement, recorded as it is.
+		now := time.Now()
+		t.mu.Lock()
+		t.queue = append(t.queue, pending{ts: stmts[0], start: now}, pending{sync: true})
+		t.mu.Unlock()
+		return
+	}
+	run := make([]*trackedStmt, len(stmts))
+	for i, ts := range stmts {
 		if ts.st != nil && ts.st.Prepares != "" {
 			t.sqlPrep[ts.st.Prepares] = ts
 		}
@@ -314,7 +347,12 @@ func (t *tracker) query(sql string, plan *rewrite.Plan, refusal error) {
 			}
 			t.cursors[ts.st.Declares] = ts
 		}
-		t.queue = append(t.queue, pending{ts: t.executed(ts), start: now})
+		run[i] = t.executed(ts)
+	}
+	now := time.Now()
+	t.mu.Lock()
+	for _, ts := range run {
+		t.queue = append(t.queue, pending{ts: ts, start: now})
 	}
 	t.queue = append(t.queue, pending{sync: true})
 	t.mu.Unlock()
@@ -349,47 +387,57 @@ func (t *tracker) executed(ts *trackedStmt) *trackedStmt {
 func (t *tracker) parse(name, sql string, plan *rewrite.Plan, refusal error) {
 	stmts := t.analyse(sql, plan, refusal)
 	t.follow(stmts)
-	t.mu.Lock()
 	if len(t.stmts) > 10000 {
 		clear(t.stmts)
 	}
 	t.stmts[name] = stmts[0]
-	t.mu.Unlock()
 }
 
 // bind registers a Bind message.
 func (t *tracker) bind(msg []byte) {
-	portal, rest, ok := cutNul(msg[5:])
+	portal, rest, ok := cutZero(msg[5:])
 	if !ok {
 		return
 	}
-	stmt, _, ok := cutNul(rest)
+	stmt, _, ok := cutZero(rest)
 	if !ok {
 		return
 	}
-	t.mu.Lock()
+	ts := t.stmts[string(stmt)]
+	if cur, ok := t.portals[string(portal)]; ok && cur == ts {
+		return
+	}
 	if len(t.portals) > 10000 {
 		clear(t.portals)
 	}
-	t.portals[portal] = t.stmts[stmt]
-	t.mu.Unlock()
+	t.portals[string(portal)] = ts
+}
+
+// cutZero is cutNul without the copy: the parts alias b.
+func cutZero(b []byte) (before, after []byte, ok bool) {
+	for i, c := range b {
+		if c == 0 {
+			return b[:i], b[i+1:], true
+		}
+	}
+	return nil, nil, false
 }
 
 // execute registers an Execute message and returns its statement.
 func (t *tracker) execute(msg []byte) *trackedStmt {
-	portal, rest, ok := cutNul(msg[5:])
+	portal, rest, ok := cutZero(msg[5:])
 	var maxRows int64
 	if ok && len(rest) >= 4 {
 		maxRows = int64(int32(uint32(rest[0])<<24 | uint32(rest[1])<<16 | uint32(rest[2])<<8 | uint32(rest[3])))
 	}
-	now := time.Now()
-	t.mu.Lock()
-	ts := t.portals[portal]
+	ts := t.portals[string(portal)]
 	if ts == nil {
 		ts = &trackedStmt{}
 	} else {
 		ts = t.executed(ts)
 	}
+	now := time.Now()
+	t.mu.Lock()
 	t.queue = append(t.queue, pending{ts: ts, start: now, maxRows: maxRows})
 	t.mu.Unlock()
 	return ts
@@ -401,13 +449,11 @@ func (t *tracker) close(msg []byte) {
 		return
 	}
 	name, _, _ := cutNul(msg[6:])
-	t.mu.Lock()
 	if msg[5] == 'S' {
 		delete(t.stmts, name)
 	} else {
 		delete(t.portals, name)
 	}
-	t.mu.Unlock()
 }
 
 // syncPoint registers a Sync (or the end of a FunctionCall).
@@ -425,12 +471,46 @@ func (t *tracker) syncPoint(functionCall bool) {
 func (t *tracker) next() (pending, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if len(t.queue) == 0 || t.queue[0].sync {
+	if t.qh == len(t.queue) || t.queue[t.qh].sync {
 		return pending{}, false
 	}
-	p := t.queue[0]
-	t.queue = t.queue[1:]
+	p := t.queue[t.qh]
+	t.queue[t.qh] = pending{}
+	t.qh++
+	t.compact()
 	return p, true
+}
+
+// compact moves the queue down to its start when most of it is consumed
+// (a client that pipelines never lets it run empty). The caller holds
+// t.mu.
+func (t *tracker) compact() {
+	if t.qh >= 1024 && 2*t.qh >= len(t.queue) {
+		n := copy(t.queue, t.queue[t.qh:])
+		clear(t.queue[n:])
+		t.queue, t.qh = t.queue[:n], 0
+	}
+}
+
+// skipToSync drops the statements before the next sync point; with
+// andSync, the sync point too. The caller holds t.mu.
+func (t *tracker) skipToSync(andSync bool) {
+	for t.qh < len(t.queue) && !t.queue[t.qh].sync {
+		t.queue[t.qh] = pending{}
+		t.qh++
+	}
+	if andSync && t.qh < len(t.queue) {
+		t.queue[t.qh] = pending{}
+		t.qh++
+	}
+	switch {
+	case t.qh < len(t.queue):
+		t.compact()
+	case cap(t.queue) > 64:
+		t.queue, t.qh = nil, 0
+	default:
+		t.queue, t.qh = t.queue[:0], 0
+	}
 }
 
 // answered handles a server message that ends a statement: 'C'
@@ -456,11 +536,7 @@ func (t *tracker) answered(typ byte, msg []byte) {
 func (t *tracker) failed(code string, refusal error) {
 	p, ok := t.next()
 	t.mu.Lock()
-	i := 0
-	for i < len(t.queue) && !t.queue[i].sync {
-		i++
-	}
-	t.queue = t.queue[i:]
+	t.skipToSync(false)
 	t.mu.Unlock()
 	if !ok {
 		return
@@ -483,17 +559,7 @@ func (t *tracker) failed(code string, refusal error) {
 // answers is over.
 func (t *tracker) ready() {
 	t.mu.Lock()
-	i := 0
-	for i < len(t.queue) && !t.queue[i].sync {
-		i++
-	}
-	if i < len(t.queue) {
-		i++
-	}
-	t.queue = t.queue[i:]
-	if len(t.queue) == 0 && cap(t.queue) > 64 {
-		t.queue = nil
-	}
+	t.skipToSync(true)
 	t.mu.Unlock()
 }
 
