@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // TestStatementTemplates sends a masked analyst's simple-protocol texts
@@ -76,5 +78,66 @@ func TestStatementTemplates(t *testing.T) {
 	}
 	if hits := f.proxy.srv.Stats().PlanTemplateHits - before; hits < 300 {
 		t.Fatalf("only %d texts were answered by templates", hits)
+	}
+}
+
+// TestContextChangeInBatch: in one extended-protocol batch, a statement
+// after one that may change search_path is refused (its names would be
+// resolved under the old path), unless it resolves no names; the session
+// goes on after the Sync.
+func TestContextChangeInBatch(t *testing.T) {
+	f := advSetup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, _, err := advConn(ctx, f, true, advAnalyst, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	batch := func(sqls ...string) []string {
+		pl := conn.StartPipeline(ctx)
+		for _, q := range sqls {
+			pl.SendQueryParams(q, nil, nil, nil, nil)
+		}
+		pl.SendPipelineSync()
+		if err := pl.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for {
+			res, err := pl.GetResults()
+			if err != nil {
+				out = append(out, serverCode(err)+" "+err.Error())
+				continue
+			}
+			if rr, ok := res.(*pgconn.ResultReader); ok {
+				r := rr.Read()
+				if r.Err != nil {
+					out = append(out, serverCode(r.Err)+" "+r.Err.Error())
+				} else {
+					out = append(out, r.CommandTag.String())
+				}
+				continue
+			}
+			if _, ok := res.(*pgconn.PipelineSync); ok {
+				break
+			}
+		}
+		if err := pl.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	got := batch("SET search_path = shadow, public", "SELECT ssn FROM customers")
+	if len(got) < 2 || got[0] != "SET" || !strings.HasPrefix(got[1], "42501 ") || !strings.Contains(got[1], "followed by Sync") {
+		t.Fatalf("SET then SELECT in one batch: %q", got)
+	}
+	got = batch("BEGIN", "SET LOCAL search_path = shadow, public", "SHOW search_path", "COMMIT")
+	if strings.Join(got, "|") != "BEGIN|SET|SHOW|COMMIT" {
+		t.Fatalf("name-free statements after SET in one batch: %q", got)
+	}
+	got = batch("SELECT count(*) FROM customers")
+	if len(got) != 1 || got[0] != "SELECT 1" {
+		t.Fatalf("the next batch: %q", got)
 	}
 }

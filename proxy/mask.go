@@ -512,6 +512,23 @@ func (m *maskedSession) query(msg []byte) ([]byte, error) {
 	return (&pgproto3.Query{String: sql}).Encode(nil)
 }
 
+// errContextInBatch refuses a Parse that follows, in the same batch, a
+// statement that may change search_path or the current role.
+var errContextInBatch = &rewrite.Refusal{Rule: "context-in-batch", Message: "a statement that may change search_path or the role must be followed by Sync before the next Parse in a masked session"}
+
+// resolvesNoNames reports whether plan's statements look up no relation,
+// function or type names.
+func resolvesNoNames(plan *rewrite.Plan) bool {
+	for _, st := range plan.Statements {
+		switch st.Kind {
+		case "TransactionStmt", "VariableSetStmt", "VariableShowStmt", "DiscardStmt":
+		default:
+			return false
+		}
+	}
+	return true
+}
+
 // maxBoundStatements bounds the prepared statements a session keeps for
 // statement templates; past it one is closed for each new one.
 const maxBoundStatements = 256
@@ -685,13 +702,32 @@ func (m *maskedSession) parse(msg []byte, atBoundary bool) ([]byte, error) {
 	if !ok {
 		return nil, &protocolError{"malformed Parse message"}
 	}
-	if atBoundary {
+	var (
+		out  string
+		plan *rewrite.Plan
+		err  error
+	)
+	switch {
+	case atBoundary:
 		if err := m.refreshPath(); err != nil {
 			return nil, err
 		}
+		out, plan, err = m.textFor(sql)
+	case m.dirty:
+		// An earlier statement of this batch may change search_path or
+		// the role, and what it changes to is known only once it ran:
+		// analysing a statement that resolves names under the old context
+		// could resolve them differently from the server, so it is
+		// refused (fail closed). Statements that resolve no names
+		// (transaction control, SET, SHOW, DISCARD) pass.
+		out, plan, err = m.textFor(sql)
+		if err == nil && !resolvesNoNames(plan) {
+			out, plan, err = "", nil, errContextInBatch
+		}
+	default:
+		out, plan, err = m.textFor(sql)
 	}
 	sql0 := sql
-	out, plan, err := m.textFor(sql)
 	m.lastPlan, m.lastErr = plan, err
 	changed := true
 	switch {
