@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"hash"
 	"strconv"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -49,12 +50,23 @@ func newChain(key []byte) *chain {
 // application), JSON-encoded once by NewSession. It is immutable and may
 // be shared.
 type Session struct {
-	enc []byte // from `,"session":` to the end of the application member
+	enc   []byte // from `,"session":` to the end of the application member
+	shard uint32 // the writer's queue shard for the session's statements
 }
+
+// sessionShards hands out queue shards to sessions, round robin.
+var sessionShards atomic.Uint32
 
 // NewSession encodes the session members of statement lines. Roles nil is
 // written as [].
 func NewSession(id, user string, roles []string, client, database, application string) *Session {
+	ss := newSession(id, user, roles, client, database, application)
+	ss.shard = sessionShards.Add(1)
+	return ss
+}
+
+// newSession is NewSession in queue shard 0.
+func newSession(id, user string, roles []string, client, database, application string) *Session {
 	b := make([]byte, 0, 96+len(id)+len(user)+len(client)+len(database)+len(application)+16*len(roles))
 	b = append(b, `,"session":`...)
 	b = appendString(b, id)
@@ -108,14 +120,15 @@ func NewShape(fingerprint, sql string, cols []Column) *Shape {
 
 // The forms of a nil Session and a nil Shape.
 var (
-	emptySession = NewSession("", "", nil, "", "", "")
+	emptySession = newSession("", "", nil, "", "", "")
 	emptyShape   = NewShape("", "", nil)
 )
 
-// statementOf converts r to the writer's form.
+// statementOf converts r to the writer's form. Its session is in queue
+// shard 0, so that records given to Write keep their order.
 func statementOf(r *Record) Statement {
 	return Statement{Time: r.Time,
-		Session: NewSession(r.Session, r.User, r.Roles, r.Client, r.Database, r.Application),
+		Session: newSession(r.Session, r.User, r.Roles, r.Client, r.Database, r.Application),
 		Shape:   NewShape(r.Fingerprint, r.SQL, r.Columns),
 		Rows:    r.Rows, Duration: r.Duration, Outcome: r.Outcome, SQLState: r.SQLState, Rule: r.Rule}
 }

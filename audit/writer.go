@@ -129,6 +129,26 @@ func reasonText(r int) string {
 	return s
 }
 
+// queueShard is one shard of the queue. Writes waiting for room
+// (OnFullBlock) wait on space and are counted in waiting.
+type queueShard struct {
+	mu      sync.Mutex
+	space   sync.Cond
+	batch   []Statement
+	waiting int
+	spare   []Statement // the goroutine's: the batch it took last, emptied
+	_       [64]byte
+}
+
+// queueShards is how many shards a queue of size n has: one for small
+// queues (tests), eight from 1024 on (each shard holds n/shards).
+func queueShards(n int) int {
+	if n < 1024 {
+		return 1
+	}
+	return 8
+}
+
 // pending counts what the unwritten buffer holds.
 type pending struct {
 	stmts   int
@@ -153,19 +173,17 @@ type Writer struct {
 	obs Observer
 	log *slog.Logger
 
-	// The queue: Write appends to batch under mu and wakes the writer
-	// goroutine (kick) only when the batch becomes non-empty or reaches
-	// kickAt, so that the goroutine wakes a few times per FlushInterval
-	// rather than once per statement. Writes waiting for room
-	// (OnFullBlock) wait on space and are counted in waiting.
-	mu      sync.Mutex
-	space   sync.Cond
-	batch   []Statement
-	spare   []Statement // the goroutine's: the batch it took last, emptied
-	closed  bool        // under mu: Write drops
-	waiting int
-	kick    chan struct{}
-	kickAt  int
+	// The queue, in shards: WriteStatement appends to the batch of the
+	// statement's session's shard under that shard's lock (so that
+	// sessions rarely contend) and wakes the writer goroutine (kick) only
+	// when the batch becomes non-empty or reaches kickAt, so that the
+	// goroutine wakes a few times per FlushInterval rather than once per
+	// statement. Each shard holds at most limit statements.
+	shards []queueShard
+	limit  int
+	kickAt int
+	kick   chan struct{}
+	merge  []int // the goroutine's: merge positions per shard
 
 	flushReq  chan chan error
 	closing   chan struct{}
@@ -245,7 +263,6 @@ func New(cfg Config) (*Writer, error) {
 		obs:      cfg.Observer,
 		log:      cfg.Logger,
 		kick:     make(chan struct{}, 1),
-		kickAt:   max(1, cfg.QueueSize/2),
 		flushReq: make(chan chan error),
 		closing:  make(chan struct{}),
 		abort:    make(chan struct{}),
@@ -253,7 +270,13 @@ func New(cfg Config) (*Writer, error) {
 		chain:    newChain(cfg.Key),
 		buf:      make([]byte, 0, flushSize+4096),
 	}
-	w.space.L = &w.mu
+	w.shards = make([]queueShard, queueShards(cfg.QueueSize))
+	w.limit = cfg.QueueSize / len(w.shards)
+	w.kickAt = max(1, w.limit/2)
+	w.merge = make([]int, len(w.shards))
+	for i := range w.shards {
+		w.shards[i].space.L = &w.shards[i].mu
+	}
 	if w.obs == nil {
 		w.obs = noObserver{}
 	}
@@ -292,29 +315,33 @@ func (w *Writer) Write(r *Record) {
 // (OnFullBlock). After Close, it is dropped and counted. It does not
 // allocate (once the queue has grown to its working size).
 func (w *Writer) WriteStatement(st *Statement) {
-	w.mu.Lock()
-	if w.closed {
-		w.mu.Unlock()
+	q := &w.shards[0]
+	if st.Session != nil && len(w.shards) > 1 {
+		q = &w.shards[st.Session.shard%uint32(len(w.shards))]
+	}
+	q.mu.Lock()
+	if w.stopping.Load() {
+		q.mu.Unlock()
 		w.drop()
 		return
 	}
-	for len(w.batch) >= w.cfg.QueueSize {
+	for len(q.batch) >= w.limit {
 		if w.cfg.OnFull == OnFullDrop {
-			w.mu.Unlock()
+			q.mu.Unlock()
 			w.drop()
 			return
 		}
-		w.waiting++
+		q.waiting++
 		w.wake()
-		w.space.Wait()
-		w.waiting--
+		q.space.Wait()
+		q.waiting--
 	}
-	w.batch = append(w.batch, *st)
-	n := len(w.batch)
+	q.batch = append(q.batch, *st)
+	n := len(q.batch)
 	if st.Time.IsZero() {
-		w.batch[n-1].Time = time.Now()
+		q.batch[n-1].Time = time.Now()
 	}
-	w.mu.Unlock()
+	q.mu.Unlock()
 	if n == 1 || n == w.kickAt {
 		w.wake()
 	}
@@ -329,27 +356,76 @@ func (w *Writer) wake() {
 }
 
 // takeBatch encodes every statement queued now into the buffer, and makes
-// room for Writes waiting for it.
+// room for Writes waiting for it. The shards' batches are merged by
+// statement time (each shard's order is kept).
 func (w *Writer) takeBatch() {
-	w.mu.Lock()
-	b := w.batch
-	w.batch = w.spare
-	if w.waiting > 0 {
-		w.space.Broadcast()
+	for i := range w.shards {
+		q := &w.shards[i]
+		q.mu.Lock()
+		b := q.batch
+		q.batch = q.spare[:0]
+		if q.waiting > 0 {
+			q.space.Broadcast()
+		}
+		q.mu.Unlock()
+		q.spare = b
 	}
-	w.mu.Unlock()
-	for i := range b {
-		w.take(&b[i])
+	if len(w.shards) == 1 {
+		b := w.shards[0].spare
+		for i := range b {
+			w.take(&b[i])
+		}
+	} else {
+		pos := w.merge
+		clear(pos)
+		for {
+			best := -1
+			for i := range w.shards {
+				b := w.shards[i].spare
+				if pos[i] < len(b) && (best < 0 || b[pos[i]].Time.Before(w.shards[best].spare[pos[best]].Time)) {
+					best = i
+				}
+			}
+			if best < 0 {
+				break
+			}
+			w.take(&w.shards[best].spare[pos[best]])
+			pos[best]++
+		}
 	}
-	clear(b) // drop the references to sessions and shapes
-	w.spare = b[:0]
+	for i := range w.shards {
+		q := &w.shards[i]
+		clear(q.spare) // drop the references to sessions and shapes
+		q.spare = q.spare[:0]
+	}
 }
 
-// batchLen returns the number of statements queued.
-func (w *Writer) batchLen() int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return len(w.batch)
+// halfFull reports whether some shard holds kickAt statements or more.
+func (w *Writer) halfFull() bool {
+	for i := range w.shards {
+		q := &w.shards[i]
+		q.mu.Lock()
+		n := len(q.batch)
+		q.mu.Unlock()
+		if n >= w.kickAt {
+			return true
+		}
+	}
+	return false
+}
+
+// idle reports whether the queue is empty and no Write waits for room.
+func (w *Writer) idle() bool {
+	for i := range w.shards {
+		q := &w.shards[i]
+		q.mu.Lock()
+		busy := q.waiting > 0 || len(q.batch) > 0
+		q.mu.Unlock()
+		if busy {
+			return false
+		}
+	}
+	return true
 }
 
 func (w *Writer) drop() {
@@ -412,9 +488,13 @@ func (w *Writer) Close(ctx context.Context) error {
 	w.closeOnce.Do(func() {
 		first = true
 		w.stopping.Store(true)
-		w.mu.Lock()
-		w.closed = true
-		w.mu.Unlock()
+		// A WriteStatement that saw stopping false holds its shard's
+		// lock until it has queued: after this, every such statement is
+		// in a batch, and later ones are dropped.
+		for i := range w.shards {
+			w.shards[i].mu.Lock()
+			w.shards[i].mu.Unlock()
+		}
 		close(w.closing)
 	})
 	if !first {
@@ -451,7 +531,7 @@ func (w *Writer) run() {
 				w.takeBatch()
 				w.flush()
 				continue
-			case w.batchLen() >= w.kickAt:
+			case w.halfFull():
 				w.takeBatch()
 			}
 			if flushC == nil {
@@ -496,10 +576,7 @@ func (w *Writer) run() {
 func (w *Writer) finish() {
 	for {
 		w.takeBatch()
-		w.mu.Lock()
-		idle := w.waiting == 0 && len(w.batch) == 0
-		w.mu.Unlock()
-		if idle {
+		if w.idle() {
 			break
 		}
 		select {

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -165,6 +166,44 @@ func (dst counters) mergeCopy(src counters) {
 	}
 }
 
+// mergeMove adds src into dst; src must not be used afterwards (its
+// counters may now be dst's).
+func (dst counters) mergeMove(src counters) {
+	for sk, cols := range src {
+		d := dst[sk]
+		if d == nil {
+			dst[sk] = cols
+			continue
+		}
+		for ck, c := range cols {
+			if x := d[ck]; x != nil {
+				x.add(c)
+			} else {
+				d[ck] = c
+			}
+		}
+	}
+}
+
+// swap takes the shard's live counters and leaves it empty.
+func (sh *shard) swap() counters {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	c := sh.live
+	sh.live = nil
+	sh.gen++
+	return c
+}
+
+// copyLive returns a copy of the shard's live counters.
+func (sh *shard) copyLive() counters {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	c := counters{}
+	c.mergeCopy(sh.live)
+	return c
+}
+
 // keys returns the number of (session, column) keys.
 func (c counters) keys() int {
 	n := 0
@@ -182,10 +221,15 @@ type Ledger struct {
 	// flushMu serialises flushes.
 	flushMu sync.Mutex
 
-	mu       sync.Mutex
-	closed   bool
-	live     counters // recorded since the last swap
-	gen      uint64   // counts swaps of live (Session memos follow it)
+	mu     sync.Mutex
+	closed bool
+	live   counters // recorded since the last swap
+	// shards hold what Session handles record, each under its own lock
+	// so that sessions do not contend for mu; a flush swaps them out with
+	// live. closedA is closed for them.
+	shards   [numShards]shard
+	nextSh   atomic.Uint32
+	closedA  atomic.Bool
 	inflight counters // being written by a flush
 	pending  counters // kept after a failed flush, retried next time
 	roleSets map[string]string
@@ -339,6 +383,18 @@ func (c *counter) count(cl ClauseSet, rows int64, ok bool, micros int64) {
 	c.lastSeen = max(c.lastSeen, micros)
 }
 
+// numShards is how many independently locked parts Session handles
+// record into (round robin).
+const numShards = 8
+
+// shard is one part of the live counters.
+type shard struct {
+	mu   sync.Mutex
+	live counters
+	gen  uint64 // counts swaps of live (Session memos follow it)
+	_    [64]byte
+}
+
 // maxMemo bounds a Session's memo of statement shapes; it is cleared when
 // full.
 const maxMemo = 1024
@@ -352,10 +408,11 @@ const maxMemo = 1024
 // Session needs no closing.
 type Session struct {
 	l    *Ledger
+	sh   *shard
 	sk   sessKey // the identity; hour is set per use
-	gen  uint64  // the ledger's gen the memo belongs to
+	gen  uint64  // the shard's gen the memo belongs to
 	memo map[shapeKey][]*counter
-	cols colCounters // the live counters of (sk, hour)
+	cols colCounters // the shard's live counters of (sk, hour)
 }
 
 // shapeKey identifies a statement shape by its columns slice.
@@ -370,7 +427,8 @@ func (l *Ledger) Session(database, user string, roles []string, application stri
 	l.mu.Lock()
 	r := l.roleSet(roles)
 	l.mu.Unlock()
-	return &Session{l: l, memo: map[shapeKey][]*counter{},
+	sh := &l.shards[l.nextSh.Add(1)%numShards]
+	return &Session{l: l, sh: sh, memo: map[shapeKey][]*counter{},
 		sk: sessKey{database: strings.Clone(database), user: strings.Clone(user), roles: r, app: strings.Clone(application)}}
 }
 
@@ -391,19 +449,23 @@ func (s *Session) Record(t time.Time, cols []ColumnUse, rows int64, ok bool) {
 	sec := t.Unix()
 	hour := sec - ((sec%3600)+3600)%3600
 	micros := t.UnixMicro()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.closed {
+	sh := s.sh
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if l.closedA.Load() {
 		return
 	}
-	if s.gen != l.gen || s.sk.hour != hour || s.cols == nil {
+	if s.gen != sh.gen || s.sk.hour != hour || s.cols == nil {
 		s.sk.hour = hour
-		s.cols = l.live[s.sk]
+		if sh.live == nil {
+			sh.live = counters{}
+		}
+		s.cols = sh.live[s.sk]
 		if s.cols == nil {
 			s.cols = make(colCounters, len(cols))
-			l.live[s.sk] = s.cols
+			sh.live[s.sk] = s.cols
 		}
-		s.gen = l.gen
+		s.gen = sh.gen
 		clear(s.memo)
 	}
 	k := shapeKey{&cols[0], len(cols)}
@@ -507,7 +569,9 @@ func (l *Ledger) flush(ctx context.Context) error {
 	l.mu.Lock()
 	fresh := l.live
 	l.live = make(counters, len(fresh))
-	l.gen++
+	for i := range l.shards {
+		fresh.mergeMove(l.shards[i].swap())
+	}
 	batch := fresh
 	if len(l.pending) > 0 {
 		batch = l.pending
@@ -641,6 +705,7 @@ func (l *Ledger) Close(ctx context.Context) error {
 	<-l.flusherDone
 	l.mu.Lock()
 	l.closed = true // Record stops counting; Flush refuses from here on.
+	l.closedA.Store(true)
 	l.mu.Unlock()
 
 	wait := closeRetry
@@ -693,6 +758,9 @@ func (l *Ledger) Snapshot() Snapshot {
 	all := counters{}
 	for _, src := range []counters{l.pending, l.inflight, l.live} {
 		all.mergeCopy(src)
+	}
+	for i := range l.shards {
+		all.mergeMove(l.shards[i].copyLive())
 	}
 	written := make(colCounters, len(l.written))
 	for k, c := range l.written {
