@@ -162,13 +162,17 @@ type tracker struct {
 	// SET search_path and SET ROLE statements the analysis sees.
 	path []string
 	user string
-	// ctxVersion counts changes of path and user; the facts-cache key
-	// prefix is rebuilt when it, the policy or the snapshot changes.
-	ctxVersion  uint64
+	// ctxVersion counts changes of path and user (written under mu, read
+	// without it); the facts-cache key prefix is rebuilt when it, the
+	// policy or the snapshot changes. The prefix fields, with the path
+	// and user it was built from, are the client side's.
+	ctxVersion  atomic.Uint64
 	prefix      []byte
 	prefixOf    [2]any
 	prefixCtxV  uint64
 	prefixValid bool
+	prefixPath  []string
+	prefixUser  string
 	// lastKey and lastStmts remember the session's last facts-cache
 	// entry: applications repeat a few statement shapes, and a hit here
 	// skips the shared cache's lock and hashing.
@@ -201,7 +205,7 @@ func newTracker(s *session, sink StatementSink, roles []string, grants *rules.Gr
 func (t *tracker) setContext(path []string, user string) {
 	t.mu.Lock()
 	t.path, t.user = path, user
-	t.ctxVersion++
+	t.ctxVersion.Add(1)
 	t.mu.Unlock()
 }
 
@@ -307,18 +311,18 @@ func (t *tracker) follow(stmts []*trackedStmt) {
 		switch {
 		case ts.st.SearchPath != nil:
 			t.path = ts.st.SearchPath
-			t.ctxVersion++
+			t.ctxVersion.Add(1)
 		case ts.st.ResetSearchPath:
 			t.path = nil
-			t.ctxVersion++
+			t.ctxVersion.Add(1)
 		}
 		switch {
 		case ts.st.Role != "":
 			t.user = ts.st.Role
-			t.ctxVersion++
+			t.ctxVersion.Add(1)
 		case ts.st.ResetRole:
 			t.user = t.s.user
-			t.ctxVersion++
+			t.ctxVersion.Add(1)
 		}
 	}
 }
@@ -646,10 +650,11 @@ func (c *factsCache) lookup(t *tracker, sql string) []*trackedStmt {
 	if policy == nil || snap == nil {
 		return []*trackedStmt{{}}
 	}
-	t.mu.Lock()
-	path, user, ctxV := t.path, t.user, t.ctxVersion
-	t.mu.Unlock()
-	if !t.prefixValid || t.prefixOf != [2]any{policy, snap} || t.prefixCtxV != ctxV {
+	if ctxV := t.ctxVersion.Load(); !t.prefixValid || t.prefixOf != [2]any{policy, snap} || t.prefixCtxV != ctxV {
+		t.mu.Lock()
+		path, user, ctxV := t.path, t.user, t.ctxVersion.Load()
+		t.mu.Unlock()
+		t.prefixPath, t.prefixUser = path, user
 		p := t.prefix[:0]
 		p = append(p, policy.Hash...)
 		p = strconv.AppendUint(append(p, 0), snap.Version, 10)
@@ -661,6 +666,7 @@ func (c *factsCache) lookup(t *tracker, sql string) []*trackedStmt {
 		t.prefix = append(p, 1)
 		t.prefixOf, t.prefixCtxV, t.prefixValid = [2]any{policy, snap}, ctxV, true
 	}
+	path, user := t.prefixPath, t.prefixUser
 	var ok bool
 	t.scratch = append(t.scratch[:0], t.prefix...)
 	prefix := len(t.scratch)
