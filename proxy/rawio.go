@@ -7,8 +7,9 @@ import (
 	"unsafe"
 )
 
-// The relay's reads and writes on plain TCP and Unix sockets go through
-// rawConn instead of net.Conn's Read and Write. The difference is how the
+// The relay's reads (pump.runRaw) and writes (rawWriter) on plain TCP and
+// Unix sockets use syscall.RawConn with raw system calls instead of
+// net.Conn's Read and Write. The difference is how the
 // system call is made: net.Conn uses syscall.Syscall, which tells the Go
 // scheduler that the goroutine entered a system call that may block. When
 // every P of the process is idle (between two queries of a sidecar, or with
@@ -20,7 +21,9 @@ import (
 // readiness), so a read or write never blocks and syscall.RawSyscall, which
 // skips the scheduler's bookkeeping, is correct: EAGAIN makes
 // syscall.RawConn wait in the poller exactly as net.Conn would, and
-// deadlines and Close still interrupt that wait.
+// deadlines and Close still interrupt that wait. (A pump that always finds
+// more data to read notices a Close at its next write to the other side,
+// which is closed too when a session ends.)
 //
 // TLS connections keep net.Conn (the bytes go through crypto/tls).
 

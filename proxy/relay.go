@@ -72,7 +72,7 @@ type handler interface {
 type syncWriter struct {
 	mu   sync.Mutex
 	conn net.Conn
-	// out writes to conn: a rawConn for plain sockets, else conn itself.
+	// out writes to conn: a rawWriter for plain sockets, else conn itself.
 	out    io.Writer
 	mid    bool
 	broken error
