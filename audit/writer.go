@@ -201,6 +201,8 @@ type Writer struct {
 
 	closeErr error // set by the goroutine before done is closed
 
+	syncs sync.WaitGroup // background syncs of rotated files
+
 	// The fields below belong to the writer goroutine (and to New).
 	f           *os.File
 	size        int64 // bytes of the current file that are written
@@ -603,6 +605,7 @@ func (w *Writer) finish() {
 	if err := w.f.Sync(); err != nil && !w.failing {
 		errs = append(errs, fmt.Errorf("audit: sync log: %w", err))
 	}
+	w.syncs.Wait()
 	if err := w.f.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("audit: close log: %w", err))
 	}
@@ -849,10 +852,21 @@ func (w *Writer) rotate() {
 		fail(err)
 		return
 	}
-	if err := w.f.Sync(); err != nil {
-		w.noteError(errKind(err), err)
-	}
-	w.f.Close()
+	// The rotated file is synced and closed in the background: on a
+	// slow disk the sync can take a second, during which the writer must
+	// go on taking the queue (or the queue fills and records are
+	// dropped). Close waits for it.
+	old := w.f
+	w.syncs.Add(1)
+	go func() {
+		defer w.syncs.Done()
+		if err := old.Sync(); err != nil {
+			w.errs.Add(1)
+			w.obs.Error(errKind(err))
+			w.log.Error("audit log: sync of the rotated file failed", "path", w.cfg.Path, "err", err)
+		}
+		old.Close()
+	}()
 	w.f, w.size = nf, 0
 	w.rotations.Add(1)
 	w.obs.Rotated()
