@@ -650,6 +650,9 @@ func (h *serverSide) parameterStatus(msg []byte) error {
 		return &protocolError{"malformed ParameterStatus from server"}
 	}
 	h.s.params[ps.Name] = ps.Value
+	if ps.Name == "standard_conforming_strings" {
+		h.s.scsOff.Store(ps.Value == "off")
+	}
 	if h.masked != nil {
 		switch {
 		case ps.Name == "client_encoding" && !utf8Encoding(ps.Value),

@@ -92,6 +92,9 @@ type session struct {
 	saslStarted atomic.Bool
 	// params holds the server's ParameterStatus values (server side only).
 	params map[string]string
+	// scsOff mirrors params["standard_conforming_strings"] == "off" for
+	// the client side (the statement tracker's literal scanner).
+	scsOff atomic.Bool
 	// masked is set at the first ReadyForQuery for sessions whose
 	// statements are rewritten; modeDecided is closed once that decision
 	// is made, and the client side waits for it before relaying queries.

@@ -212,7 +212,7 @@ func (t *tracker) setContext(path []string, user string) {
 // normalize returns the normalized text of sql.
 func (t *tracker) normalize(sql string) (string, bool) {
 	var ok bool
-	t.scratch, ok = normalizeSQL(t.scratch[:0], sql, t.s.params["standard_conforming_strings"] != "off")
+	t.scratch, ok = normalizeSQL(t.scratch[:0], sql, !t.s.scsOff.Load())
 	if !ok {
 		return "", false
 	}
@@ -670,7 +670,7 @@ func (c *factsCache) lookup(t *tracker, sql string) []*trackedStmt {
 	var ok bool
 	t.scratch = append(t.scratch[:0], t.prefix...)
 	prefix := len(t.scratch)
-	t.scratch, ok = normalizeSQL(t.scratch, sql, t.s.params["standard_conforming_strings"] != "off")
+	t.scratch, ok = normalizeSQL(t.scratch, sql, !t.s.scsOff.Load())
 	if !ok {
 		// Not scannable: key on the exact text.
 		t.scratch = append(t.scratch[:prefix], sql...)
