@@ -150,3 +150,92 @@ func TestRawIOAllocatesNothing(t *testing.T) {
 		t.Fatalf("relaying %d results allocated %d times", msgs, n)
 	}
 }
+
+// A pump at rest (after ReadyForQuery) does not read again until new data
+// comes; a FIN that arrived with the last message is found by probeRest,
+// which ends the pump with EOF; a live peer is left alone.
+func TestRawPumpRestAndProbe(t *testing.T) {
+	payload := pgbenchSelect(t) // ends with ReadyForQuery
+	run := func(p *pump) chan error {
+		done := make(chan error, 1)
+		go func() { done <- p.run() }()
+		return done
+	}
+	waitRest := func(p *pump) {
+		deadline := time.Now().Add(5 * time.Second)
+		for p.restSeq.Load()&1 == 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("the pump never came to rest")
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+
+	// A live peer: probing finds nothing, more data still flows.
+	src, peer := tcpPair(t)
+	out := &bufConn{}
+	p := newPump(src, &syncWriter{conn: out, out: out}, &passHandler{}, DefaultMaxMessageSize, nil)
+	p.rest = serverRest
+	done := run(p)
+	if _, err := peer.Write(payload); err != nil {
+		t.Fatal(err)
+	}
+	waitRest(p)
+	if p.probeRest() {
+		t.Fatal("a live peer was taken for gone")
+	}
+	if _, err := peer.Write(payload); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		out.mu.Lock()
+		n := out.buf.Len()
+		out.mu.Unlock()
+		if n == 2*len(payload) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("relayed %d bytes, want %d", n, 2*len(payload))
+		}
+	}
+	waitRest(p)
+	peer.Close() // a FIN on its own raises its own edge
+	select {
+	case err := <-done:
+		if !errors.Is(err, io.EOF) {
+			t.Fatalf("pump ended with %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the pump did not see a FIN that came on its own")
+	}
+
+	// The last message and the FIN under one edge: the pump rests, the
+	// probe finds the FIN.
+	src, peer = tcpPair(t)
+	if _, err := peer.Write(payload); err != nil {
+		t.Fatal(err)
+	}
+	peer.Close()
+	time.Sleep(50 * time.Millisecond)
+	out = &bufConn{}
+	p = newPump(src, &syncWriter{conn: out, out: out}, &passHandler{}, DefaultMaxMessageSize, nil)
+	p.rest = serverRest
+	done = run(p)
+	waitRest(p)
+	select {
+	case err := <-done:
+		t.Fatalf("pump ended before the probe: %v", err)
+	case <-time.After(20 * time.Millisecond):
+	}
+	if !p.probeRest() {
+		t.Fatal("the probe did not find the FIN")
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, io.EOF) {
+			t.Fatalf("pump ended with %v, want EOF", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the probe did not end the pump")
+	}
+}

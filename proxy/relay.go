@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
+	"unsafe"
 )
 
 // pumpBufferSize is the read buffer of each pump. 32 KiB holds a typical
@@ -118,6 +120,22 @@ func (w *syncWriter) inject(b []byte) bool {
 	return true
 }
 
+// Message types after which a peer waits for the other side: a client
+// after Sync, Query, FunctionCall or Flush; the server after
+// ReadyForQuery.
+var (
+	clientRest = restSet('S', 'Q', 'F', 'H')
+	serverRest = restSet('Z')
+)
+
+func restSet(types ...byte) *[256]bool {
+	var t [256]bool
+	for _, c := range types {
+		t[c] = true
+	}
+	return &t
+}
+
 // pump relays one direction of a session: it reads from src, frames the
 // bytes into messages and writes them to dst.
 type pump struct {
@@ -130,6 +148,15 @@ type pump struct {
 	buf       []byte
 	r, w      int // unread bytes are buf[r:w]
 	remaining int // body bytes of the current streaming message not yet relayed
+	// last is the type of the last message whose header was read; rest,
+	// if set, lists the types after which the peer waits for the other
+	// side (see runRaw).
+	last byte
+	rest *[256]bool
+	// restSeq is odd while the pump waits at rest without having seen
+	// EAGAIN, and counts such waits; peerGone is set by probeRest.
+	restSeq  atomic.Uint64
+	peerGone atomic.Bool
 	// count accumulates the bytes read from src, for statistics.
 	count *atomic.Int64
 }
@@ -167,14 +194,22 @@ func (p *pump) run() error {
 
 // runRaw is run for a plain socket. The whole relay loop runs inside one
 // syscall.RawConn.Read callback: it reads with raw system calls, relays
-// what it read, and returns to the runtime's poller only when a read says
-// EAGAIN. (It must read until EAGAIN even after a short read: the poller is
-// edge-triggered, and a peer's last message and its FIN can arrive under
-// one edge; stopping after the short read that returned the message would
-// wait for an edge that never comes. TestServerKilledMidQuery caught that.)
+// what it read, and returns to the runtime's poller when a read says
+// EAGAIN — or, to spare that read, when the socket is drained and the
+// peer is at rest: a read returned less than the free buffer space (the
+// receive queue is empty) and ended with a complete message after which
+// the peer waits for the other side (a client's Sync or Query, the
+// server's ReadyForQuery). New data raises a new edge of the
+// edge-triggered poller, so nothing is missed — except a FIN (or reset)
+// that arrived with the last message under the same edge. probeRest
+// finds those: the prober (Server.restProber) peeks once at every pump
+// that has rested for a while.
 func (p *pump) runRaw() error {
 	var rerr, perr error
 	fn := func(fd uintptr) bool {
+		if seq := p.restSeq.Load(); seq&1 == 1 {
+			p.restSeq.Store(seq + 1)
+		}
 		for {
 			if p.w == len(p.buf) {
 				p.compact(len(p.buf) + pumpBufferSize)
@@ -194,10 +229,15 @@ func (p *pump) runRaw() error {
 				rerr = io.EOF
 				return true
 			}
+			space := len(p.buf) - p.w
 			p.w += n
 			p.count.Add(int64(n))
 			if perr = p.process(); perr != nil {
 				return true
+			}
+			if p.rest != nil && n < space && p.r == p.w && p.remaining == 0 && p.rest[p.last] {
+				p.restSeq.Add(1)
+				return false
 			}
 		}
 	}
@@ -207,10 +247,33 @@ func (p *pump) runRaw() error {
 		return perr
 	case rerr != nil:
 		return &readError{rerr}
+	case err != nil && p.peerGone.Load():
+		return &readError{io.EOF}
 	case err != nil:
 		return &readError{err}
 	}
 	return &readError{io.ErrUnexpectedEOF}
+}
+
+// probeRest looks once at a pump that has been at rest since seq (see
+// runRaw): if its peer closed the connection or reset it meanwhile, the
+// pump is woken (a read deadline in the past) and ends as if its read had
+// returned EOF. It reports whether the peer is gone.
+func (p *pump) probeRest() bool {
+	if p.raw == nil {
+		return false
+	}
+	gone := false
+	_ = p.raw.Control(func(fd uintptr) {
+		var b [1]byte
+		n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1, syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+		gone = e == 0 && n == 0 || e != 0 && e != syscall.EAGAIN && e != syscall.EINTR
+	})
+	if gone {
+		p.peerGone.Store(true)
+		_ = p.src.SetReadDeadline(time.Unix(1, 0))
+	}
+	return gone
 }
 
 // readError wraps a failure to read from the pump's source.
@@ -255,6 +318,7 @@ func (p *pump) process() error {
 			break
 		}
 		typ := p.buf[p.r]
+		p.last = typ
 		length := int(binary.BigEndian.Uint32(p.buf[p.r+1 : p.r+5]))
 		if length < 4 || length > p.maxSize {
 			_ = p.flush(start, p.r)

@@ -137,7 +137,7 @@ type Server struct {
 	// closedIn, closedOut and closedQueries hold the totals of ended
 	// sessions (under mu, with sessions, so Stats never counts twice).
 	closedIn, closedOut, closedQueries int64
-	janitorOnce                        sync.Once
+	janitorOnce, proberOnce            sync.Once
 	stopJanitor                        chan struct{}
 }
 
@@ -283,6 +283,7 @@ func (s *Server) newSession(conn net.Conn) *session {
 	if s.cfg.IdleTimeout > 0 {
 		s.janitorOnce.Do(func() { go s.janitor() })
 	}
+	s.proberOnce.Do(func() { go s.restProber() })
 	return sess
 }
 
@@ -438,6 +439,54 @@ func (s *Server) janitor() {
 			s.mu.Unlock()
 			for _, sess := range list {
 				sess.checkIdle(now, timeout)
+			}
+		}
+	}
+}
+
+// restProbe is what the rest prober remembers of one pump.
+type restProbe struct {
+	seq    uint64
+	probed bool
+}
+
+// restPeriod is how often the rest prober looks at the pumps: a peer that
+// closed its connection together with its last message is noticed within
+// about two periods.
+const restPeriod = 250 * time.Millisecond
+
+// restProber peeks once at every pump that has been at rest for a whole
+// period without seeing EAGAIN (pump.runRaw), to find a FIN or reset that
+// came with the peer's last message.
+func (s *Server) restProber() {
+	t := time.NewTicker(restPeriod)
+	defer t.Stop()
+	var list []*session
+	for {
+		select {
+		case <-s.stopJanitor:
+			return
+		case <-t.C:
+			list = list[:0]
+			s.mu.Lock()
+			for sess := range s.sessions {
+				list = append(list, sess)
+			}
+			s.mu.Unlock()
+			for _, sess := range list {
+				for i, p := range [2]*pump{sess.up.Load(), sess.down.Load()} {
+					if p == nil {
+						continue
+					}
+					st := &sess.probed[i]
+					switch seq := p.restSeq.Load(); {
+					case seq&1 == 0 || seq != st.seq:
+						st.seq, st.probed = seq, false
+					case !st.probed:
+						st.probed = true
+						p.probeRest()
+					}
+				}
 			}
 		}
 	}

@@ -92,6 +92,12 @@ type session struct {
 	saslStarted atomic.Bool
 	// params holds the server's ParameterStatus values (server side only).
 	params map[string]string
+	// up and down are the session's pumps once it relays (restProber).
+	up, down atomic.Pointer[pump]
+	// probedUp and probedDown are the rest sequence numbers the prober
+	// saw at its last tick and whether it already probed them (prober
+	// goroutine only).
+	probed [2]restProbe
 	// scsOff mirrors params["standard_conforming_strings"] == "off" for
 	// the client side (the statement tracker's literal scanner).
 	scsOff atomic.Bool
@@ -369,6 +375,9 @@ func (s *session) relay() error {
 	max := s.srv.cfg.MaxMessageSize
 	up := newPump(s.client, &s.toSrv, &clientSide{s: s}, max, &s.bytesIn)
 	down := newPump(s.server, &s.toCl, &serverSide{s: s}, max, &s.bytesOut)
+	up.rest, down.rest = clientRest, serverRest
+	s.up.Store(up)
+	s.down.Store(down)
 	upDone := make(chan error, 1)
 	go func() { upDone <- s.fromPumpUp(s.runSafely(up)) }()
 	downErr := s.fromPumpDown(s.runSafely(down))
