@@ -3,7 +3,8 @@
 # protected table through pgveil, against the same query on an equivalent
 # masking view read directly from PostgreSQL (the view's query is exactly
 # pgveil's masking sub-query, printed by bench/maskview), alternating runs.
-# It also runs the raw table direct, for reference. Usage:
+# It also runs the raw table direct and the view through PgBouncer (session
+# pooling), which shows what one proxy hop costs here. Usage:
 #   bash bench/masked.sh            (BENCH_SECONDS, BENCH_ROUNDS, BENCH_CLIENTS, BENCH_MODES)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,7 @@ ROWS=${BENCH_ROWS:-100000}
 bench_workdir pgveil-masked
 cleanup() {
 	[[ -n ${VEIL_PID:-} ]] && kill "$VEIL_PID" 2>/dev/null || true
+	[[ -s $WORK/pgbouncer.pid ]] && kill "$(cat "$WORK/pgbouncer.pid")" 2>/dev/null || true
 	stop_pg
 	rm -rf "$WORK"
 }
@@ -26,6 +28,7 @@ trap cleanup EXIT
 
 PGPORT=$(free_port)
 VEILPORT=$(free_port)
+PGBPORT=$(free_port)
 
 start_pg
 
@@ -68,6 +71,12 @@ go build -o "$WORK/pgveil" .
 VEIL_PID=$!
 for _ in $(seq 50); do "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$VEILPORT" && break; sleep 0.1; done
 
+sed -e "s|@PGPORT@|$PGPORT|g" -e "s|@PGBPORT@|$PGBPORT|g" -e "s|@WORK@|$WORK|g" bench/pgbouncer.ini.template >"$WORK/pgbouncer.ini"
+printf '"analyst" ""\n' >"$WORK/userlist.txt"
+[[ $(id -u) == 0 ]] && chown postgres "$WORK/pgbouncer.ini" "$WORK/userlist.txt"
+"${as_pg[@]}" "${PGBOUNCER_BIN:-/usr/sbin/pgbouncer}" -d -q "$WORK/pgbouncer.ini"
+for _ in $(seq 50); do "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PGBPORT" && break; sleep 0.1; done
+
 printf '\\set id random(1, %d)\nSELECT id, name, email, ssn, birth_date, salary FROM customers WHERE id = :id;\n' "$ROWS" >"$WORK/table.sql"
 printf '\\set id random(1, %d)\nSELECT id, name, email, ssn, birth_date, salary FROM customers_masked WHERE id = :id;\n' "$ROWS" >"$WORK/view-q.sql"
 
@@ -84,20 +93,22 @@ tps() { # port script mode clients
 }
 
 echo
-echo "| mode | clients | raw table direct | masking view direct | pgveil (masked) | pgveil / view |"
-echo "|---|---|---|---|---|---|"
+echo "| mode | clients | raw table direct | masking view direct | view through PgBouncer | pgveil (masked) | pgveil / view | PgBouncer view / view |"
+echo "|---|---|---|---|---|---|---|---|"
 for mode in $MODES; do
 	for c in $CLIENTS; do
-		best_raw=0 best_view=0 best_veil=0
+		best_raw=0 best_view=0 best_veil=0 best_pgb=0
 		for _ in $(seq "$ROUNDS"); do
 			r=$(tps "$PGPORT" "$WORK/table.sql" "$mode" "$c")
 			v=$(tps "$PGPORT" "$WORK/view-q.sql" "$mode" "$c")
 			p=$(tps "$VEILPORT" "$WORK/table.sql" "$mode" "$c")
+			g=$(tps "$PGBPORT" "$WORK/view-q.sql" "$mode" "$c")
 			best_raw=$(awk -v a="$best_raw" -v b="$r" 'BEGIN{print (b>a)?b:a}')
 			best_view=$(awk -v a="$best_view" -v b="$v" 'BEGIN{print (b>a)?b:a}')
 			best_veil=$(awk -v a="$best_veil" -v b="$p" 'BEGIN{print (b>a)?b:a}')
+			best_pgb=$(awk -v a="$best_pgb" -v b="$g" 'BEGIN{print (b>a)?b:a}')
 		done
-		printf '| %s | %s | %.0f | %.0f | %.0f | %.2f |\n' "$mode" "$c" "$best_raw" "$best_view" "$best_veil" \
-			"$(awk -v a="$best_veil" -v b="$best_view" 'BEGIN{print a/b}')"
+		printf '| %s | %s | %.0f | %.0f | %.0f | %.0f | %.2f | %.2f |\n' "$mode" "$c" "$best_raw" "$best_view" "$best_pgb" "$best_veil" \
+			"$(awk -v a="$best_veil" -v b="$best_view" 'BEGIN{print a/b}')" "$(awk -v a="$best_pgb" -v b="$best_view" 'BEGIN{print a/b}')"
 	done
 done
