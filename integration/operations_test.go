@@ -309,6 +309,12 @@ func TestHotReloadUnderLoad(t *testing.T) {
 	if metricValue(body, "pgveil_rewrites_total") < 10 {
 		t.Errorf("pgveil_rewrites_total = %v", metricValue(body, "pgveil_rewrites_total"))
 	}
+	// The simple-protocol run sends a new text per query: statement
+	// templates (run as prepared statements) answer them across the
+	// reloads.
+	if metricValue(body, "pgveil_plan_cache_template_hits_total") < 10 {
+		t.Errorf("pgveil_plan_cache_template_hits_total = %v", metricValue(body, "pgveil_plan_cache_template_hits_total"))
+	}
 	t.Logf("%d masked pgbench transactions across three reloads", total)
 }
 
