@@ -1,5 +1,5 @@
 # lib.sh is sourced by bench/masked.sh, tracking.sh and encryption.sh: the
-# set-up they share. It expects PGBIN and defines:
+# set-up they share (run.sh uses only its disturbance guard). It expects PGBIN and defines:
 #   bench_workdir PREFIX  WORK, a temp dir PostgreSQL may use, and as_pg,
 #                         the prefix that runs a command as the postgres OS
 #                         user when run as root
@@ -11,6 +11,12 @@
 #                         benchmarks: fsync off, 256 MB shared buffers)
 #   stop_pg               stop it
 #   psql_su ARGS          psql as the superuser on PGPORT
+#   other_cpu_pct A B     % of the machine's CPU that processes outside the
+#                         benchmark used between two "ns busy ours"
+#                         snapshots (the script's cpu_snapshot; needs
+#                         CLK_TCK and NCPU)
+#   over_limit PCT [LIM]  whether PCT exceeds LIM (default
+#                         BENCH_MAX_OTHER_CPU)
 
 bench_workdir() {
 	WORK=$(mktemp -d "/tmp/$1.XXXXXX")
@@ -45,3 +51,15 @@ start_pg() {
 stop_pg() { "${as_pg[@]}" "$PGBIN/pg_ctl" -D "$WORK/data" -m fast stop >/dev/null 2>&1 || true; }
 
 psql_su() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U postgres "$@"; }
+
+other_cpu_pct() {
+	awk -v a="$1" -v b="$2" -v tck="$CLK_TCK" -v ncpu="$NCPU" 'BEGIN {
+		split(a, x, " "); split(b, y, " ")
+		wall = (y[1] - x[1]) / 1e9
+		other = (y[2] - x[2]) - (y[3] - x[3])
+		if (other < 0) other = 0
+		printf "%.1f", (wall > 0) ? 100 * other / (wall * tck * ncpu) : 0
+	}'
+}
+
+over_limit() { awk -v v="$1" -v lim="${2:-$BENCH_MAX_OTHER_CPU}" 'BEGIN { exit !(v > lim) }'; }

@@ -37,6 +37,8 @@
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh
+. "$SCRIPT_DIR/lib.sh" # other_cpu_pct, over_limit
 REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
 
 BENCH_SECONDS=${BENCH_SECONDS:-10}
@@ -246,18 +248,6 @@ cpu_snapshot() {
 		END { print t + 0 }')
 	echo "$(date +%s%N) $busy $ours"
 }
-# other_cpu_pct "SNAP_BEFORE" "SNAP_AFTER" -> % of the machine's CPU used
-# by processes outside the benchmark between the two snapshots
-other_cpu_pct() {
-	awk -v a="$1" -v b="$2" -v tck="$CLK_TCK" -v ncpu="$NCPU" 'BEGIN {
-		split(a, x, " "); split(b, y, " ")
-		wall = (y[1] - x[1]) / 1e9
-		other = (y[2] - x[2]) - (y[3] - x[3])
-		if (other < 0) other = 0
-		printf "%.1f", (wall > 0) ? 100 * other / (wall * tck * ncpu) : 0
-	}'
-}
-over_limit() { awk -v v="$1" -v lim="$BENCH_MAX_OTHER_CPU" 'BEGIN { exit !(v > lim) }'; }
 
 # ---------------------------------------------------------------- pgveil binary
 PGVEIL=

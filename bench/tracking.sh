@@ -136,17 +136,6 @@ cpu_snapshot() {
 		END { print t + 0 }')
 	echo "$(date +%s%N) $busy $ours"
 }
-# other_cpu_pct SNAP_BEFORE SNAP_AFTER -> % of the machine's CPU used by
-# other processes between the two snapshots
-other_cpu_pct() {
-	awk -v a="$1" -v b="$2" -v tck="$CLK_TCK" -v ncpu="$NCPU" 'BEGIN {
-		split(a, x, " "); split(b, y, " ")
-		wall = (y[1] - x[1]) / 1e9
-		other = (y[2] - x[2]) - (y[3] - x[3])
-		if (other < 0) other = 0
-		printf "%.1f", (wall > 0) ? 100 * other / (wall * tck * ncpu) : 0
-	}'
-}
 
 # Each round runs the two instances back to back (in alternating order)
 # and keeps the ratio of that pair; the table shows the median ratio of
@@ -170,7 +159,7 @@ for workload in ${BENCH_WORKLOADS:-pass-through masked}; do
 					fi
 					sleep 0.2 # let the process substitutions be reaped
 					other=$(other_cpu_pct "$s0" "$(cpu_snapshot)")
-					awk -v v="$other" -v lim="$MAX_OTHER" 'BEGIN { exit !(v > lim) }' || break
+					over_limit "$other" "$MAX_OTHER" || break
 					((attempt < RETRIES)) && echo "  ($workload $mode $c round $r: other processes used $other% CPU; repeating)" >&2 && sleep 5
 				done
 				omax=$(best "$omax" "$other")

@@ -379,12 +379,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 	}
-	s.mu.Lock()
-	sessions = sessions[:0]
-	for sess := range s.sessions {
-		sessions = append(sessions, sess)
-	}
-	s.mu.Unlock()
+	sessions = s.appendSessions(sessions[:0])
 	for _, sess := range sessions {
 		sess.kill(errShutdown)
 	}
@@ -416,6 +411,17 @@ func (s *Server) isAdmin(user string) bool {
 	return false
 }
 
+// appendSessions appends the open sessions to list, for the periodic
+// checks that must not hold s.mu while they look at each one.
+func (s *Server) appendSessions(list []*session) []*session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for sess := range s.sessions {
+		list = append(list, sess)
+	}
+	return list
+}
+
 // janitor ends sessions idle for longer than IdleTimeout. A session is
 // idle when no sync point is unanswered and its client has sent no byte
 // since the last check; checking a few times per timeout keeps the hot
@@ -431,12 +437,7 @@ func (s *Server) janitor() {
 		case <-s.stopJanitor:
 			return
 		case now := <-t.C:
-			list = list[:0]
-			s.mu.Lock()
-			for sess := range s.sessions {
-				list = append(list, sess)
-			}
-			s.mu.Unlock()
+			list = s.appendSessions(list[:0])
 			for _, sess := range list {
 				sess.checkIdle(now, timeout)
 			}
@@ -467,12 +468,7 @@ func (s *Server) restProber() {
 		case <-s.stopJanitor:
 			return
 		case <-t.C:
-			list = list[:0]
-			s.mu.Lock()
-			for sess := range s.sessions {
-				list = append(list, sess)
-			}
-			s.mu.Unlock()
+			list = s.appendSessions(list[:0])
 			for _, sess := range list {
 				for i, p := range [2]*pump{sess.up.Load(), sess.down.Load()} {
 					if p == nil {
@@ -560,12 +556,7 @@ type SessionInfo struct {
 
 // SessionList returns the open sessions, oldest first.
 func (s *Server) SessionList() []SessionInfo {
-	s.mu.Lock()
-	list := make([]*session, 0, len(s.sessions))
-	for sess := range s.sessions {
-		list = append(list, sess)
-	}
-	s.mu.Unlock()
+	list := s.appendSessions(nil)
 	out := make([]SessionInfo, 0, len(list))
 	for _, sess := range list {
 		out = append(out, sess.info())
@@ -619,12 +610,7 @@ func (s *Server) Revalidate() int {
 	if policy == nil || snap == nil {
 		return 0
 	}
-	s.mu.Lock()
-	list := make([]*session, 0, len(s.sessions))
-	for sess := range s.sessions {
-		list = append(list, sess)
-	}
-	s.mu.Unlock()
+	list := s.appendSessions(nil)
 	n := 0
 	for _, sess := range list {
 		if sess.console || !sess.ready.Load() || sess.masked.Load() != nil || snap.Database != sess.database {

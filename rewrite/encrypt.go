@@ -477,19 +477,7 @@ func countParams(n *pg_query.Node, out map[int32]int) {
 				return
 			}
 		}
-		m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-			if fd.Kind() != protoreflect.MessageKind {
-				return true
-			}
-			if fd.IsList() {
-				for i := 0; i < v.List().Len(); i++ {
-					visit(v.List().Get(i).Message())
-				}
-			} else {
-				visit(v.Message())
-			}
-			return true
-		})
+		forEachChild(m, visit)
 	}
 	visit(n.ProtoReflect())
 }

@@ -1194,20 +1194,7 @@ func (a *analyzer) walk(m protoreflect.Message, sc *scope, l *lin) {
 	case *pg_query.RangeVar, *pg_query.TypeName, *pg_query.Alias:
 		return
 	}
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		if fd.Kind() != protoreflect.MessageKind {
-			return true
-		}
-		if fd.IsList() {
-			list := v.List()
-			for i := 0; i < list.Len(); i++ {
-				a.walk(list.Get(i).Message(), sc, l)
-			}
-		} else {
-			a.walk(v.Message(), sc, l)
-		}
-		return true
-	})
+	forEachChild(m, func(c protoreflect.Message) { a.walk(c, sc, l) })
 }
 
 // generic records every column reference under n with clause, for

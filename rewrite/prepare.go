@@ -62,20 +62,7 @@ func preparable(sql string, n int) bool {
 		case *pg_query.TypeCast:
 			mark(x.Arg)
 		}
-		m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-			if fd.Kind() != protoreflect.MessageKind {
-				return true
-			}
-			if fd.IsList() {
-				l := v.List()
-				for i := 0; i < l.Len(); i++ {
-					visit(l.Get(i).Message())
-				}
-			} else {
-				visit(v.Message())
-			}
-			return true
-		})
+		forEachChild(m, visit)
 	}
 	visit(tree.Stmts[0].ProtoReflect())
 	if total != n {

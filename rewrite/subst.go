@@ -303,19 +303,7 @@ func qualifyBuiltins(m protoreflect.Message) {
 	case *pg_query.TypeName:
 		x.Names = pinned(x.Names)
 	}
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		if fd.Kind() != protoreflect.MessageKind {
-			return true
-		}
-		if fd.IsList() {
-			for i := 0; i < v.List().Len(); i++ {
-				qualifyBuiltins(v.List().Get(i).Message())
-			}
-		} else {
-			qualifyBuiltins(v.Message())
-		}
-		return true
-	})
+	forEachChild(m, qualifyBuiltins)
 }
 
 // pinned prefixes an unqualified name list with pg_catalog.

@@ -186,6 +186,26 @@ func (w *walker) fields(m protoreflect.Message, skip map[protoreflect.Name]bool)
 	return err
 }
 
+// forEachChild calls f with every message-valued field of m, list items
+// one by one: the step of the whole-tree walks that need no pruning per
+// field.
+func forEachChild(m protoreflect.Message, f func(protoreflect.Message)) {
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Kind() != protoreflect.MessageKind {
+			return true
+		}
+		if fd.IsList() {
+			l := v.List()
+			for i := 0; i < l.Len(); i++ {
+				f(l.Get(i).Message())
+			}
+		} else {
+			f(v.Message())
+		}
+		return true
+	})
+}
+
 // pushCTEs analyses a WITH clause and brings its names into scope; the
 // caller pops the scope when the statement ends.
 func (w *walker) pushCTEs(wc *pg_query.WithClause) error {
