@@ -206,6 +206,7 @@ type Writer struct {
 	// The fields below belong to the writer goroutine (and to New).
 	f           *os.File
 	size        int64 // bytes of the current file that are written
+	cache       cacheRelease
 	chain       *chain
 	committed   head // chain position at the end of what is written
 	buf         []byte
@@ -290,6 +291,7 @@ func New(cfg Config) (*Writer, error) {
 		return nil, err
 	}
 	w.f, w.size, w.committed, w.head = f, size, h, h
+	w.cache.reset(size)
 	w.chain.seq, w.chain.hash = h.seq, h.hash
 	if torn > 0 {
 		w.pendingTorn = torn
@@ -730,6 +732,7 @@ func (w *Writer) writeOut(n int, end head, counts pending) error {
 		}
 	}
 	w.size += int64(n)
+	w.cache.wrote(w.f, w.size)
 	w.committed = end
 	w.headMu.Lock()
 	w.head = end
@@ -864,10 +867,13 @@ func (w *Writer) rotate() {
 			w.errs.Add(1)
 			w.obs.Error(errKind(err))
 			w.log.Error("audit log: sync of the rotated file failed", "path", w.cfg.Path, "err", err)
+		} else {
+			releaseAll(old)
 		}
 		old.Close()
 	}()
 	w.f, w.size = nf, 0
+	w.cache.reset(0)
 	w.rotations.Add(1)
 	w.obs.Rotated()
 }
@@ -898,6 +904,7 @@ func (w *Writer) checkFile() {
 	w.noteError("reopen", fmt.Errorf("%s was moved or deleted while being written; continuing in a new file", w.cfg.Path))
 	w.f.Close()
 	w.f, w.size = nf, fi.Size()
+	w.cache.reset(w.size)
 }
 
 // errKind labels a write error for metrics and logs.
