@@ -18,8 +18,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
-SECONDS_PER_RUN=${BENCH_SECONDS:-10}
-ROUNDS=${BENCH_ROUNDS:-5}
+SECONDS_PER_RUN=${BENCH_SECONDS:-3}
+ROUNDS=${BENCH_ROUNDS:-15}
 CLIENTS=${BENCH_CLIENTS:-"1 16"}
 MODES=${BENCH_MODES:-"simple prepared"}
 
@@ -141,8 +141,12 @@ cpu_snapshot() {
 # and keeps the ratio of that pair; the table shows the median ratio of
 # the rounds (robust to a disturbed run) and the best TPS of each.
 median() { sort -g | awk '{a[NR]=$1} END{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
-echo "| workload | mode | clients | pgveil TPS (best) | pgveil + ledger + audit TPS (best) | tracked / plain (median of $ROUNDS paired rounds) | ratios | proxy CPU µs/txn plain → tracked (medians) | other processes' CPU % (max) |"
-echo "|---|---|---|---|---|---|---|---|---|"
+# median_ci: the distribution-free 95% confidence interval of the median
+# of the numbers on stdin (order statistics k and n+1-k, k = the largest
+# integer <= (n+1)/2 - 0.98 sqrt(n)); "–" for fewer than 6 numbers.
+median_ci() { sort -g | awk '{a[NR]=$1} END{k=int((NR+1)/2 - 0.98*sqrt(NR)); if (k<1) print "–"; else printf "%.3f–%.3f", a[k], a[NR+1-k]}'; }
+echo "| workload | mode | clients | pgveil TPS (best) | pgveil + ledger + audit TPS (best) | tracked / plain (median of $ROUNDS paired rounds) | 95% CI of the median | ratios | proxy CPU µs/txn plain → tracked (medians) | other processes' CPU % (max) |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for workload in ${BENCH_WORKLOADS:-pass-through masked}; do
 	user=app script=builtin
 	[[ $workload == masked ]] && user=analyst script="$WORK/masked.sql"
@@ -168,8 +172,9 @@ for workload in ${BENCH_WORKLOADS:-pass-through masked}; do
 				ratios+=("$(awk -v a="${t:-0}" -v b="${p:-0}" 'BEGIN{printf "%.3f", (b>0)?a/b:0}')")
 			done
 			med=$(printf '%s\n' "${ratios[@]}" | median)
+			ci=$(printf '%s\n' "${ratios[@]}" | median_ci)
 			mcp=$(printf '%s\n' "${cpus_p[@]}" | median); mct=$(printf '%s\n' "${cpus_t[@]}" | median)
-			printf '| %s | %s | %s | %.0f | %.0f | %.3f | %s | %.1f → %.1f | %s |\n' "$workload" "$mode" "$c" "$bp" "$bt" "$med" "${ratios[*]}" "$mcp" "$mct" "$omax"
+			printf '| %s | %s | %s | %.0f | %.0f | %.3f | %s | %s | %.1f → %.1f | %s |\n' "$workload" "$mode" "$c" "$bp" "$bt" "$med" "$ci" "${ratios[*]}" "$mcp" "$mct" "$omax"
 		done
 	done
 done
