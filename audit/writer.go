@@ -16,7 +16,7 @@ import (
 
 // Defaults for the zero values of Config.
 const (
-	defaultQueueSize     = 8192
+	defaultQueueSize     = 32768
 	defaultKeep          = 10
 	defaultRetryInterval = time.Second
 )
