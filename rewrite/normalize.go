@@ -31,8 +31,16 @@ type LiteralScan struct {
 }
 
 // Normalize is NormalizeSQL that also records the literals in ls, if not
-// nil.
+// nil. With ls, a literal is replaced by a NUL byte instead of "?": the
+// text is then a template's shape, and "?" is also an operator character
+// (jsonb's ?, ?| and ?&), so that "x ? '1'" and "x '1' ?" would share
+// one shape although only the first parses. A NUL cannot occur in a
+// statement text.
 func Normalize(dst []byte, sql string, standardStrings bool, ls *LiteralScan) ([]byte, bool) {
+	placeholder := "?"
+	if ls != nil {
+		placeholder = "\x00"
+	}
 	var (
 		prev      string // the previous significant token, lower-cased for keywords
 		space     bool   // whitespace or a comment since the last token
@@ -48,7 +56,7 @@ func Normalize(dst []byte, sql string, standardStrings bool, ls *LiteralScan) ([
 		dst = append(dst, tok...)
 	}
 	emitLiteral := func(start, end int, plain bool) {
-		emit("?")
+		emit(placeholder)
 		prev = "?"
 		if ls != nil {
 			if plain {

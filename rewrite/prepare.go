@@ -112,3 +112,45 @@ func comparisonWithColumn(e *pg_query.A_Expr) bool {
 	}
 	return col(e.Lexpr) && param(e.Rexpr) || col(e.Rexpr) && param(e.Lexpr) && e.Kind == pg_query.A_Expr_Kind_AEXPR_OP
 }
+
+// listParam reports whether a parameter of the parsed text stands anywhere
+// in an ORDER BY, GROUP BY or DISTINCT ON list. A number there may be a
+// positional reference to an output column even where Normalize takes it
+// for a constant (ORDER BY (2), GROUP BY ROLLUP (1), GROUP BY ALL 1), and
+// then texts of one shape use different columns: no template is built.
+func listParam(sql string) bool {
+	tree, err := pg_query.Parse(sql)
+	if err != nil {
+		return true
+	}
+	found := false
+	var hasParam func(m protoreflect.Message)
+	hasParam = func(m protoreflect.Message) {
+		if found || m == nil || !m.IsValid() {
+			return
+		}
+		if _, ok := m.Interface().(*pg_query.ParamRef); ok {
+			found = true
+			return
+		}
+		forEachChild(m, hasParam)
+	}
+	var visit func(m protoreflect.Message)
+	visit = func(m protoreflect.Message) {
+		if found || m == nil || !m.IsValid() {
+			return
+		}
+		if s, ok := m.Interface().(*pg_query.SelectStmt); ok {
+			for _, list := range [][]*pg_query.Node{s.SortClause, s.GroupClause, s.DistinctClause} {
+				for _, n := range list {
+					hasParam(n.ProtoReflect())
+				}
+			}
+		}
+		forEachChild(m, visit)
+	}
+	for _, st := range tree.Stmts {
+		visit(st.ProtoReflect())
+	}
+	return found
+}

@@ -198,6 +198,9 @@ func (c *Cache) buildTemplate(sql string, s *Session, lits []Literal, plan *Plan
 		prev = l.End
 	}
 	b.WriteString(sql[prev:])
+	if listParam(b.String()) {
+		return fail
+	}
 	withProj := *s
 	withProj.projections = &c.proj
 	pplan, err := Rewrite(b.String(), &withProj)

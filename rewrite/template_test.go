@@ -69,6 +69,17 @@ func TestTemplateHit(t *testing.T) {
 		// parameter: the template does not reproduce the rewrite.
 		{"SELECT email FROM customers WHERE id = -5", "SELECT email FROM customers WHERE id = -6"},
 		{"PREPARE p1 AS SELECT email FROM customers WHERE id = 1", "PREPARE p2 AS SELECT email FROM customers WHERE id = 2"},
+		// "?" is an operator character: the second text does not parse,
+		// and must not share the first one's shape.
+		{`SELECT '{"a":1}'::jsonb ? 'a', id FROM orders`, `SELECT '{"a":1}'::jsonb 'a' ?, id FROM orders`},
+		// A number in these lists may be a positional reference to an
+		// output column (ORDER BY (2) sorts by ssn), a string is not.
+		{"SELECT id, ssn FROM customers ORDER BY ('x')", "SELECT id, ssn FROM customers ORDER BY (2)"},
+		{"SELECT id, ssn FROM customers ORDER BY (1.5)", "SELECT id, ssn FROM customers ORDER BY (2)"},
+		{"SELECT city, count(*) FROM customers GROUP BY DISTINCT 'x'", "SELECT city, count(*) FROM customers GROUP BY DISTINCT 1"},
+		{"SELECT city, count(*) FROM customers GROUP BY ROLLUP('x')", "SELECT city, count(*) FROM customers GROUP BY ROLLUP(1)"},
+		{"SELECT city, count(*) FROM customers GROUP BY GROUPING SETS (('x'))", "SELECT city, count(*) FROM customers GROUP BY GROUPING SETS ((1))"},
+		{"SELECT DISTINCT ON (('x')) id, ssn FROM customers", "SELECT DISTINCT ON ((2)) id, ssn FROM customers"},
 	} {
 		before := c.ShapeHits()
 		for _, q := range pair {
