@@ -66,6 +66,7 @@ const (
 // advFixture is the running fixture.
 type advFixture struct {
 	proxy *proxyInstance
+	mask  *liveMasking
 }
 
 // advSQL reads a file of testdata/adversarial.
@@ -106,7 +107,7 @@ func advSetup(t *testing.T) *advFixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(p.close)
-	return &advFixture{proxy: p}
+	return &advFixture{proxy: p, mask: mk}
 }
 
 // advSuper runs SQL as the superuser in both databases: data for adv and

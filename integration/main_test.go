@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -269,14 +270,17 @@ func cleanEnv() []string {
 
 // liveMasking is the tests' proxy.Masking: a policy file and a catalog
 // kept fresh like the real one (every refresh interval, and soon after the
-// proxy sees DDL).
+// proxy sees DDL). setPolicy stands for a policy reload.
 type liveMasking struct {
-	policy *rules.Policy
+	policy atomic.Pointer[rules.Policy]
 	cat    *catalog.Catalog
 }
 
-func (m *liveMasking) Current() (*rules.Policy, *catalog.Snapshot) { return m.policy, m.cat.Current() }
-func (m *liveMasking) Invalidate()                                 { m.cat.Invalidate() }
+func (m *liveMasking) Current() (*rules.Policy, *catalog.Snapshot) {
+	return m.policy.Load(), m.cat.Current()
+}
+func (m *liveMasking) Invalidate()               { m.cat.Invalidate() }
+func (m *liveMasking) setPolicy(p *rules.Policy) { m.policy.Store(p) }
 
 // newLiveMasking loads policyFile, reads the catalog through connString,
 // and keeps it fresh until stop is called.
@@ -295,5 +299,7 @@ func newLiveMasking(ctx context.Context, policyFile, connString string) (m *live
 	runCtx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); cat.Run(runCtx, nil) }()
-	return &liveMasking{policy: pol, cat: cat}, func() { cancel(); <-done }, nil
+	m = &liveMasking{cat: cat}
+	m.policy.Store(pol)
+	return m, func() { cancel(); <-done }, nil
 }

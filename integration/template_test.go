@@ -3,11 +3,16 @@ package integration
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgveil/pgveil/rules"
 )
 
 // TestStatementTemplates sends a masked analyst's simple-protocol texts
@@ -15,8 +20,8 @@ import (
 // whose constants allow it run as the session's prepared statements) and
 // checks every answer against the same texts run directly over masked
 // data. It covers quoting, every numeric type, bad input, an aborted
-// transaction (the Parse fails and is redone), DISCARD ALL, DEALLOCATE of
-// the proxy's own statement, and more shapes than a session keeps
+// transaction (the Parse fails and is redone), DISCARD ALL, constants of
+// one shape typed differently, and more shapes than a session keeps
 // prepared.
 func TestStatementTemplates(t *testing.T) {
 	f := advSetup(t)
@@ -45,8 +50,18 @@ func TestStatementTemplates(t *testing.T) {
 	add("SELECT id FROM customers WHERE id = 2 AND name <> 'fresh shape'")
 	add("DISCARD ALL")
 	add("SELECT id FROM customers WHERE id = 3 AND name <> 'fresh shape'")
-	add("DEALLOCATE pgveil_tpl_1")
 	add("SELECT id, name, email, ssn, birth_date, salary FROM customers WHERE id = 4")
+	// Texts of one shape whose constants are of another kind: each typing
+	// gets its own statement ('01'::text is 01, 01::text is 1).
+	add("SELECT '01'::text AS v, id FROM customers WHERE id = 1")
+	add("SELECT 01::text AS v, id FROM customers WHERE id = 2")
+	add("SELECT id FROM customers WHERE id = 1")
+	add("SELECT id FROM customers WHERE id = 1.5")
+	add("SELECT id FROM customers WHERE id = '2'")
+	add("SELECT id FROM customers ORDER BY id LIMIT 1")
+	add("SELECT id FROM customers ORDER BY id LIMIT 1.5")
+	add("SELECT id FROM customers WHERE birth_date = '1990-01-01'")
+	add("SELECT id FROM customers WHERE birth_date = '1985-01-01'")
 	// More shapes than a session keeps prepared (256).
 	for i := 0; i < 300; i++ {
 		for _, id := range []int{1, 2} {
@@ -82,9 +97,11 @@ func TestStatementTemplates(t *testing.T) {
 }
 
 // TestContextChangeInBatch: in one extended-protocol batch, a statement
-// after one that may change search_path is refused (its names would be
-// resolved under the old path), unless it resolves no names; the session
-// goes on after the Sync.
+// (Parse, or Bind of a prepared one) after one that may change
+// search_path is refused (its names would be resolved under the old
+// path), unless it resolves no names; the session goes on after the Sync,
+// and a prepared statement is stale once the change is committed. In one
+// simple-protocol text, EXECUTE after such a statement is refused.
 func TestContextChangeInBatch(t *testing.T) {
 	f := advSetup(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -94,10 +111,16 @@ func TestContextChangeInBatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
+	// batch sends one Sync-terminated batch; an item "@name" runs the
+	// prepared statement name, any other item is a statement text.
 	batch := func(sqls ...string) []string {
 		pl := conn.StartPipeline(ctx)
 		for _, q := range sqls {
-			pl.SendQueryParams(q, nil, nil, nil, nil)
+			if name, ok := strings.CutPrefix(q, "@"); ok {
+				pl.SendQueryPrepared(name, nil, nil, nil)
+			} else {
+				pl.SendQueryParams(q, nil, nil, nil, nil)
+			}
 		}
 		pl.SendPipelineSync()
 		if err := pl.Flush(); err != nil {
@@ -139,5 +162,207 @@ func TestContextChangeInBatch(t *testing.T) {
 	got = batch("SELECT count(*) FROM customers")
 	if len(got) != 1 || got[0] != "SELECT 1" {
 		t.Fatalf("the next batch: %q", got)
+	}
+
+	// The same with statements prepared before: a Bind that resolves
+	// names after one that may change search_path is refused too.
+	for name, sql := range map[string]string{
+		"set_shadow": "SET search_path = shadow, public",
+		"read_ssn":   "SELECT ssn FROM customers",
+		"show_path":  "SHOW search_path",
+	} {
+		if _, err := conn.Prepare(ctx, name, sql, nil); err != nil {
+			t.Fatalf("prepare %s: %v", name, err)
+		}
+	}
+	got = batch("@set_shadow", "@read_ssn")
+	if len(got) < 2 || got[0] != "SET" || !strings.HasPrefix(got[1], "42501 ") || !strings.Contains(got[1], "followed by Sync") {
+		t.Fatalf("Bind of SET then Bind of SELECT in one batch: %q", got)
+	}
+	got = batch("@set_shadow", "@show_path")
+	if strings.Join(got, "|") != "SET|SHOW" {
+		t.Fatalf("Bind of SET then Bind of SHOW in one batch: %q", got)
+	}
+	// That batch committed the new search_path: a statement prepared
+	// under the old one is stale from the next batch's first Bind on.
+	got = batch("@read_ssn")
+	if len(got) != 1 || !strings.HasPrefix(got[0], "42501 ") || !strings.Contains(got[0], "prepare it again") {
+		t.Fatalf("Bind of a statement prepared under the old search_path: %q", got)
+	}
+
+	// In one simple-protocol text, EXECUTE after a statement that may
+	// change search_path is refused, and with it the whole text.
+	if _, err := conn.Exec(ctx, "SET search_path = public; PREPARE p_ssn AS SELECT ssn FROM customers").ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = conn.Exec(ctx, "SET search_path = shadow, public; EXECUTE p_ssn").ReadAll()
+	if serverCode(err) != "42501" || !strings.Contains(err.Error(), "prepare it again") {
+		t.Fatalf("SET search_path; EXECUTE in one text: %v", err)
+	}
+	rs, err := conn.Exec(ctx, "SHOW search_path").ReadAll()
+	if err != nil || len(rs) != 1 || len(rs[0].Rows) != 1 || string(rs[0].Rows[0][0]) != "public" {
+		t.Fatalf("search_path after the refused text: %v %v", rs, err)
+	}
+}
+
+// TestTemplateReservedNames: the prepared statements the proxy makes for
+// statement templates (pgveil_tpl_N) cannot be named by a masked client in
+// any way, so it can neither run one nor take its name over; the
+// session's templates go on working.
+func TestTemplateReservedNames(t *testing.T) {
+	f := advSetup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, _, err := advConn(ctx, f, true, advAnalyst, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	shape := func(id int) string {
+		t.Helper()
+		q := fmt.Sprintf("SELECT id FROM customers WHERE id = %d", id)
+		rs := advExec(ctx, conn, q, "shape")
+		if got := advTranscript(rs, true); !strings.Contains(got, fmt.Sprint(id)) || strings.Contains(got, "ERROR") {
+			t.Fatalf("%s: %s", q, got)
+		}
+		return q
+	}
+	before := f.proxy.srv.Stats().PlanTemplateHits
+	shape(1)
+	shape(2) // a template hit, run as pgveil_tpl_1
+	if f.proxy.srv.Stats().PlanTemplateHits == before {
+		t.Fatal("the second text of the shape was not answered by its template")
+	}
+	refused := func(what string, err error) {
+		t.Helper()
+		if serverCode(err) != "42501" || !strings.Contains(err.Error(), "reserved for the proxy") {
+			t.Errorf("%s: want 42501 reserved-name, got %v", what, err)
+		}
+	}
+	for _, q := range []string{
+		"PREPARE pgveil_tpl_2(int) AS SELECT $1",
+		"EXECUTE pgveil_tpl_1(1)",
+		"DEALLOCATE pgveil_tpl_1",
+		"SELECT 1; DEALLOCATE PREPARE pgveil_tpl_1",
+	} {
+		_, err := conn.Exec(ctx, q).ReadAll()
+		refused(q, err)
+	}
+	_, err = conn.Prepare(ctx, "pgveil_tpl_2", "SELECT pg_catalog.set_config('search_path', 'pg_catalog', false)", nil)
+	refused("Parse", err)
+	refused("Bind", conn.ExecPrepared(ctx, "pgveil_tpl_1", [][]byte{[]byte("1")}, nil, nil).Read().Err)
+	// Describe and Close (pgconn's Deallocate returns at the error without
+	// reading the ReadyForQuery) are sent as they are, with a Sync.
+	rawErr := func(msg pgproto3.FrontendMessage) error {
+		t.Helper()
+		conn.Frontend().Send(msg)
+		conn.Frontend().Send(&pgproto3.Sync{})
+		if err := conn.Frontend().Flush(); err != nil {
+			t.Fatal(err)
+		}
+		var first error
+		for {
+			msg, err := conn.ReceiveMessage(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch msg := msg.(type) {
+			case *pgproto3.ErrorResponse:
+				if first == nil {
+					first = pgconn.ErrorResponseToPgError(msg)
+				}
+			case *pgproto3.ReadyForQuery:
+				return first
+			}
+		}
+	}
+	refused("Describe", rawErr(&pgproto3.Describe{ObjectType: 'S', Name: "pgveil_tpl_1"}))
+	refused("Close", rawErr(&pgproto3.Close{ObjectType: 'S', Name: "pgveil_tpl_1"}))
+	if err := rawErr(&pgproto3.Close{ObjectType: 'P', Name: "pgveil_tpl_1"}); err != nil {
+		t.Errorf("Close of a portal: %v", err) // portals may have any name
+	}
+	// The proxy's statement is still there and still its own.
+	before = f.proxy.srv.Stats().PlanTemplateHits
+	shape(3)
+	if f.proxy.srv.Stats().PlanTemplateHits == before {
+		t.Fatal("the shape's template stopped answering")
+	}
+	rs, err := conn.Exec(ctx, "SELECT name FROM pg_prepared_statements ORDER BY name").ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, r := range rs {
+		for _, row := range r.Rows {
+			names = append(names, string(row[0]))
+		}
+	}
+	if strings.Join(names, ",") != "pgveil_tpl_1" {
+		t.Fatalf("prepared statements of the session: %q", names)
+	}
+}
+
+// TestTemplateAfterReload: after a policy reload takes a raw grant away,
+// the session's texts are masked, template hits included, and the
+// statement the proxy prepared under the old policy cannot be run.
+func TestTemplateAfterReload(t *testing.T) {
+	f := advSetup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, _, err := advConn(ctx, f, true, advSupport, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	old := f.mask.policy.Load()
+	t.Cleanup(func() { f.mask.setPolicy(old) })
+	email := func(q string) string {
+		t.Helper()
+		rs, err := conn.Exec(ctx, q).ReadAll()
+		if err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		if len(rs) != 1 || len(rs[0].Rows) != 1 {
+			t.Fatalf("%s: %d results", q, len(rs))
+		}
+		return string(rs[0].Rows[0][1])
+	}
+	const canary = "canary.person@leak.example"
+	if got := email("SELECT id, email FROM customers WHERE id = 1"); got != canary {
+		t.Fatalf("support's raw e-mail: %q", got)
+	}
+	if got := email("SELECT id, email FROM customers WHERE id = 2"); got != "bob.smith@corp.example" { // prepares pgveil_tpl_1 with e-mail raw
+		t.Fatalf("support's raw e-mail from a template: %q", got)
+	}
+	data, err := os.ReadFile(filepath.Join("testdata", "adversarial", "policy.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Replace(string(data), "adv_support: { raw: [email] }", "adv_support: {}", 1)
+	if text == string(data) {
+		t.Fatal("the test's policy edit did not apply")
+	}
+	p2, err := rules.Parse("policy.yaml", []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.mask.setPolicy(p2)
+	if got := email("SELECT id, email FROM customers WHERE id = 1"); got != "c***@leak.example" {
+		t.Fatalf("e-mail after the reload: %q", got)
+	}
+	before := f.proxy.srv.Stats().PlanTemplateHits
+	if got := email("SELECT id, email FROM customers WHERE id = 3"); got != "z***@z.example" {
+		t.Fatalf("e-mail from a template after the reload: %q", got)
+	}
+	if f.proxy.srv.Stats().PlanTemplateHits == before {
+		t.Fatal("the text was not answered by a template")
+	}
+	for what, err := range map[string]error{
+		"EXECUTE": func() error { _, err := conn.Exec(ctx, "EXECUTE pgveil_tpl_1(1)").ReadAll(); return err }(),
+		"Bind":    conn.ExecPrepared(ctx, "pgveil_tpl_1", [][]byte{[]byte("1")}, nil, nil).Read().Err,
+	} {
+		if serverCode(err) != "42501" {
+			t.Errorf("%s of the statement prepared under the old policy: %v", what, err)
+		}
 	}
 }

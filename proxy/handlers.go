@@ -40,6 +40,14 @@ func (h *clientSide) class(typ byte) msgClass {
 	if h.masked != nil {
 		switch typ {
 		case 'B':
+			if !h.inBatch && h.masked.dirty {
+				// The first Bind after a sync point, when an earlier
+				// statement may have changed search_path or the role:
+				// the proxy reads them again first (maskedSession.bind).
+				return classIntercept
+			}
+			return classReplace
+		case 'D', 'C':
 			return classReplace
 		case 'Q', 'P', 'F':
 			return classIntercept
@@ -134,9 +142,18 @@ func (h *clientSide) message(typ byte, msg []byte) error {
 		}
 		h.note(typ)
 		out, err = (&pgproto3.Query{String: h.masked.refuse(&rewriteRefusalFunctionCall)}).Encode(nil)
+	case 'B':
+		if err := h.masked.refreshPath(); err != nil {
+			return err
+		}
+		out, err = h.masked.bind(msg, true)
+		if t != nil && err == nil {
+			t.bind(msg)
+		}
+		h.note(typ)
 	case 'd', 'c', 'f':
 		return h.copyIn(typ, msg)
-	case 'E', 'S', 'C':
+	case 'E', 'S':
 		// Peeked for the tracker only.
 		switch typ {
 		case 'E':
@@ -148,8 +165,6 @@ func (h *clientSide) message(typ byte, msg []byte) error {
 			h.s.copyIn.Store(newCopyIn(st))
 		case 'S':
 			t.syncPoint(false)
-		case 'C':
-			t.close(msg)
 		}
 		return h.note(typ)
 	default:
@@ -164,16 +179,33 @@ func (h *clientSide) message(typ byte, msg []byte) error {
 	return nil
 }
 
-// replace handles a masked session's Bind: it usually passes unchanged, in
-// the same write as the Execute and Sync that follow it, and is replaced
-// when its statement must be prepared again or its parameters encrypted.
+// replace handles a masked session's Bind, Describe and Close. A Bind
+// usually passes unchanged, in the same write as the Execute and Sync that
+// follow it, and is replaced when its statement must be prepared again or
+// its parameters encrypted. Each is refused when it names one of the
+// proxy's own prepared statements (reservedName).
 func (h *clientSide) replace(typ byte, msg []byte) ([]byte, error) {
-	if typ != 'B' || h.masked == nil {
+	if h.masked == nil {
 		return nil, fmt.Errorf("unexpected replaced message %q", typ)
 	}
-	out, err := h.masked.bind(msg)
-	if t := h.s.track; t != nil {
-		t.bind(msg)
+	var (
+		out []byte
+		err error
+	)
+	t := h.s.track
+	switch typ {
+	case 'B':
+		out, err = h.masked.bind(msg, !h.inBatch)
+		if t != nil && err == nil {
+			t.bind(msg)
+		}
+	case 'D', 'C':
+		out, err = h.masked.describeOrClose(typ, msg)
+		if t != nil && typ == 'C' && err == nil {
+			t.close(msg)
+		}
+	default:
+		return nil, fmt.Errorf("unexpected replaced message %q", typ)
 	}
 	h.note(typ)
 	return out, err

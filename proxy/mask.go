@@ -59,7 +59,7 @@ type maskedSession struct {
 	boundLits []rewrite.Literal
 	// tplStmts names the prepared statements the session made for bound
 	// templates (by Bound.ID); tplSeq numbers them. Guarded by mu.
-	tplStmts map[uint64]string
+	tplStmts map[tplKey]tplStmt
 	tplSeq   uint64
 
 	mu         sync.Mutex
@@ -204,6 +204,11 @@ func (m *maskedSession) analyse(sql string) (plan *rewrite.Plan, text string, er
 	if err != nil {
 		return nil, "", err
 	}
+	for _, st := range plan.Statements {
+		if reservedName(st.Prepares) || reservedName(st.Executes) || reservedName(st.Deallocates) {
+			return nil, "", errReservedName
+		}
+	}
 	if bound != nil {
 		m.bound, m.boundLits = bound, lits
 	}
@@ -213,19 +218,24 @@ func (m *maskedSession) analyse(sql string) (plan *rewrite.Plan, text string, er
 	if changesContext(plan) {
 		m.dirty, m.changedInTx = true, true
 	}
-	for _, st := range plan.Statements {
+	changed := false // an earlier statement of this text may change the context
+	for i := range plan.Statements {
+		st := &plan.Statements[i]
 		switch {
 		case st.Kind == "TransactionStmt" && m.changedInTx:
 			m.dirty = true
 		}
-		if st.Executes != "" && m.stale(st.Executes) {
+		if st.Executes != "" && (changed || m.stale(st.Executes)) {
 			return nil, "", &rewrite.Refusal{Rule: "stale-statement", Message: "prepared statement " + st.Executes + " was analysed under another search_path, role or policy; prepare it again"}
+		}
+		if st.SearchPath != nil || st.ResetSearchPath || st.Role != "" || st.ResetRole {
+			changed = true
 		}
 	}
 	for _, st := range plan.Statements {
 		switch {
 		case st.Prepares != "":
-			m.remember(st.Prepares, "", nil, nil)
+			m.remember(st.Prepares, "", nil, nil, false)
 		case st.DeallocateAll:
 			m.mu.Lock()
 			m.prepared = map[string]prepInfo{}
@@ -234,9 +244,9 @@ func (m *maskedSession) analyse(sql string) (plan *rewrite.Plan, text string, er
 		case st.Deallocates != "":
 			m.mu.Lock()
 			delete(m.prepared, st.Deallocates)
-			for id, name := range m.tplStmts {
-				if name == st.Deallocates {
-					delete(m.tplStmts, id)
+			for k, ts := range m.tplStmts {
+				if ts.name == st.Deallocates {
+					delete(m.tplStmts, k)
 				}
 			}
 			m.mu.Unlock()
@@ -275,18 +285,21 @@ type prepInfo struct {
 	types           []byte
 	// encrypt lists the parameters to encrypt at each Bind.
 	encrypt []rewrite.EncryptValue
+	// noNames is set for a protocol-level statement that resolves no
+	// names (resolvesNoNames).
+	noNames bool
 }
 
 // remember records that statement name was analysed in the current
 // context under the current policy; sql and types are the client's Parse
 // (empty for SQL PREPARE).
-func (m *maskedSession) remember(name, sql string, types []byte, enc []rewrite.EncryptValue) {
+func (m *maskedSession) remember(name, sql string, types []byte, enc []rewrite.EncryptValue, noNames bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if len(m.prepared) > 100000 {
 		m.prepared = map[string]prepInfo{}
 	}
-	m.prepared[name] = prepInfo{context: m.contextKey, policy: m.policy.Hash, sql: sql, types: types, encrypt: enc}
+	m.prepared[name] = prepInfo{context: m.contextKey, policy: m.policy.Hash, sql: sql, types: types, encrypt: enc, noNames: noNames}
 }
 
 // stale reports whether statement name was analysed in another context,
@@ -333,7 +346,7 @@ func (m *maskedSession) reprepare(name string) []byte {
 	if err != nil {
 		sql = m.refuse(err)
 	}
-	m.remember(name, info.sql, info.types, paramEncrypts(plan))
+	m.remember(name, info.sql, info.types, paramEncrypts(plan), plan != nil && resolvesNoNames(plan))
 	m.mu.Lock()
 	m.changers[name] = plan != nil && changesContext(plan)
 	m.mu.Unlock()
@@ -361,8 +374,11 @@ func appendParse(out []byte, name, sql string, types []byte) []byte {
 // bind checks a Bind message: binding a statement analysed under another
 // search_path or role is refused (the Bind is replaced by a Parse of the
 // refusal marker, so the server reports an error at this point of the
-// batch and skips the rest until Sync).
-func (m *maskedSession) bind(msg []byte) ([]byte, error) {
+// batch and skips the rest until Sync), and so is binding, after a
+// statement of the same batch that may change them, a statement that
+// resolves names (like parse's errContextInBatch). atBoundary says the
+// Bind is the first message after a sync point.
+func (m *maskedSession) bind(msg []byte, atBoundary bool) ([]byte, error) {
 	_, rest, ok := cutNul(msg[5:])
 	if !ok {
 		return nil, &protocolError{"malformed Bind message"}
@@ -371,9 +387,16 @@ func (m *maskedSession) bind(msg []byte) ([]byte, error) {
 	if !ok {
 		return nil, &protocolError{"malformed Bind message"}
 	}
+	if reservedName(stmt) {
+		return (&pgproto3.Parse{Query: m.refuse(errReservedName)}).Encode(nil)
+	}
 	m.mu.Lock()
 	changes := m.changers[stmt]
+	noNames := m.prepared[stmt].noNames
 	m.mu.Unlock()
+	if m.dirty && !atBoundary && !noNames {
+		return (&pgproto3.Parse{Query: m.refuse(errContextInBatch)}).Encode(nil)
+	}
 	if changes {
 		m.dirty, m.changedInTx = true, true
 	}
@@ -389,6 +412,23 @@ func (m *maskedSession) bind(msg []byte) ([]byte, error) {
 	}
 	marker := m.refuse(&rewrite.Refusal{Rule: "stale-statement", Message: "prepared statement " + strconv.Quote(stmt) + " was analysed under another search_path, role or policy; prepare it again"})
 	return (&pgproto3.Parse{Query: marker}).Encode(nil)
+}
+
+// describeOrClose checks a Describe or Close message: one naming a
+// prepared statement of the proxy's own is refused (replaced by a Parse of
+// the refusal marker); any other passes unchanged.
+func (m *maskedSession) describeOrClose(typ byte, msg []byte) ([]byte, error) {
+	if len(msg) < 6 {
+		return nil, &protocolError{fmt.Sprintf("malformed %s message", map[byte]string{'D': "Describe", 'C': "Close"}[typ])}
+	}
+	name, _, ok := cutNul(msg[6:])
+	if !ok {
+		return nil, &protocolError{fmt.Sprintf("malformed %s message", map[byte]string{'D': "Describe", 'C': "Close"}[typ])}
+	}
+	if msg[5] == 'S' && reservedName(name) {
+		return (&pgproto3.Parse{Query: m.refuse(errReservedName)}).Encode(nil)
+	}
+	return msg, nil
 }
 
 // refuse registers a refusal and returns the marker statement that stands
@@ -514,7 +554,7 @@ func (m *maskedSession) query(msg []byte) ([]byte, error) {
 
 // errContextInBatch refuses a Parse that follows, in the same batch, a
 // statement that may change search_path or the current role.
-var errContextInBatch = &rewrite.Refusal{Rule: "context-in-batch", Message: "a statement that may change search_path or the role must be followed by Sync before the next Parse in a masked session"}
+var errContextInBatch = &rewrite.Refusal{Rule: "context-in-batch", Message: "a statement that may change search_path or the role must be followed by Sync before the next Parse or Bind of a statement that resolves names in a masked session"}
 
 // resolvesNoNames reports whether plan's statements look up no relation,
 // function or type names.
@@ -544,32 +584,44 @@ const maxBoundStatements = 256
 func (m *maskedSession) runBound(sql string, b *rewrite.Bound, lits []rewrite.Literal) []byte {
 	var out []byte
 	parse, closes := 0, 0
+	// The parameters are typed like the literals of this text: texts of one
+	// shape may differ in the kinds of their constants ('01' or 01, 1 or
+	// 1.5), and each typing gets its own statement.
+	sig := uint64(14695981039346656037)
+	for _, l := range lits {
+		sig ^= uint64(literalType(sql[l.Start:l.End]))
+		sig *= 1099511628211
+	}
+	key := tplKey{id: b.ID, sig: sig}
 	m.mu.Lock()
 	if m.tplStmts == nil {
-		m.tplStmts = map[uint64]string{}
+		m.tplStmts = map[tplKey]tplStmt{}
 	}
-	name, ok := m.tplStmts[b.ID]
+	ts, ok := m.tplStmts[key]
+	if ok && !ts.typedLike(sql, lits) {
+		ok = false // a hash collision of two typings: prepare anew
+	}
 	if !ok {
 		if len(m.tplStmts) >= maxBoundStatements {
-			for id, old := range m.tplStmts {
-				out, _ = (&pgproto3.Close{ObjectType: 'S', Name: old}).Encode(out)
-				delete(m.tplStmts, id)
+			for k, old := range m.tplStmts {
+				out, _ = (&pgproto3.Close{ObjectType: 'S', Name: old.name}).Encode(out)
+				delete(m.tplStmts, k)
 				closes++
 				break
 			}
 		}
 		m.tplSeq++
-		name = "pgveil_tpl_" + strconv.FormatUint(m.tplSeq, 10)
-		m.tplStmts[b.ID] = name
+		ts = tplStmt{name: tplPrefix + strconv.FormatUint(m.tplSeq, 10), oids: make([]uint32, len(lits))}
+		for i, l := range lits {
+			ts.oids[i] = literalType(sql[l.Start:l.End])
+		}
+		m.tplStmts[key] = ts
 		parse = 1
 	}
 	m.mu.Unlock()
+	name := ts.name
 	if parse == 1 {
-		oids := make([]uint32, len(lits))
-		for i, l := range lits {
-			oids[i] = literalType(sql[l.Start:l.End])
-		}
-		out, _ = (&pgproto3.Parse{Name: name, Query: b.SQL, ParameterOIDs: oids}).Encode(out)
+		out, _ = (&pgproto3.Parse{Name: name, Query: b.SQL, ParameterOIDs: ts.oids}).Encode(out)
 	}
 	// Bind: unnamed portal, text parameters, text results.
 	start := len(out)
@@ -606,19 +658,54 @@ func (m *maskedSession) runBound(sql string, b *rewrite.Bound, lits []rewrite.Li
 	out = append(out, 'S', 0, 0, 0, 4)
 	var lost func()
 	if parse == 1 {
-		id := b.ID
 		lost = func() {
 			// The Parse failed (say, in an aborted transaction): prepare
 			// again next time.
 			m.mu.Lock()
-			if m.tplStmts[id] == name {
-				delete(m.tplStmts, id)
+			if m.tplStmts[key].name == name {
+				delete(m.tplStmts, key)
 			}
 			m.mu.Unlock()
 		}
 	}
 	m.s.swallowBatch(swallowEntry{parse: parse, close: closes, bind: 1, lost: lost})
 	return out
+}
+
+// tplPrefix starts the names of the prepared statements the proxy makes
+// for bound templates. Masked clients may not name such a statement in
+// any way (PREPARE, EXECUTE, DEALLOCATE, Parse, Bind, Describe, Close):
+// they could run one prepared under an older policy or context, or take a
+// name over so that the proxy's Bind runs the client's statement.
+const tplPrefix = "pgveil_tpl_"
+
+// reservedName reports whether a prepared statement name is the proxy's.
+func reservedName(name string) bool { return strings.HasPrefix(name, tplPrefix) }
+
+var errReservedName = &rewrite.Refusal{Rule: "reserved-name", Message: "prepared statement names starting with " + tplPrefix + " are reserved for the proxy"}
+
+// tplKey identifies a bound template's prepared statement: the template
+// and a hash of its parameter types.
+type tplKey struct{ id, sig uint64 }
+
+// tplStmt is a prepared statement made for a bound template.
+type tplStmt struct {
+	name string
+	oids []uint32
+}
+
+// typedLike reports whether the literals of sql have the statement's
+// parameter types.
+func (t tplStmt) typedLike(sql string, lits []rewrite.Literal) bool {
+	if len(t.oids) != len(lits) {
+		return false
+	}
+	for i, l := range lits {
+		if literalType(sql[l.Start:l.End]) != t.oids[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // literalType is the type a literal token has in PostgreSQL, as a bound
@@ -708,6 +795,8 @@ func (m *maskedSession) parse(msg []byte, atBoundary bool) ([]byte, error) {
 		err  error
 	)
 	switch {
+	case reservedName(name):
+		err = errReservedName
 	case atBoundary:
 		if err := m.refreshPath(); err != nil {
 			return nil, err
@@ -738,10 +827,12 @@ func (m *maskedSession) parse(msg []byte, atBoundary bool) ([]byte, error) {
 	default:
 		changed = false
 	}
-	m.remember(name, sql0, append([]byte(nil), types...), paramEncrypts(plan))
-	m.mu.Lock()
-	m.changers[name] = plan != nil && changesContext(plan)
-	m.mu.Unlock()
+	if err != errReservedName {
+		m.remember(name, sql0, append([]byte(nil), types...), paramEncrypts(plan), plan != nil && resolvesNoNames(plan))
+		m.mu.Lock()
+		m.changers[name] = plan != nil && changesContext(plan)
+		m.mu.Unlock()
+	}
 	if !changed {
 		return msg, nil
 	}
