@@ -38,6 +38,16 @@ func main() {
 			}
 		}
 	}
+	// PGVEIL_MEMPROFILE=file writes the allocations of the whole run when
+	// it ends (go tool pprof -sample_index=alloc_space reads it).
+	if path := os.Getenv("PGVEIL_MEMPROFILE"); path != "" {
+		code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+		if f, err := os.Create(path); err == nil {
+			pprof.Lookup("allocs").WriteTo(f, 0)
+			f.Close()
+		}
+		os.Exit(code)
+	}
 	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 

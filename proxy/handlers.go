@@ -118,8 +118,7 @@ func (h *clientSide) message(typ byte, msg []byte) error {
 	case 'Q':
 		out, err = h.masked.query(msg)
 		if t != nil && err == nil {
-			sql, _, _ := cutNul(msg[5:])
-			t.query(sql, h.masked.lastPlan, h.masked.lastErr)
+			t.query(h.masked.lastSQL, h.masked.lastPlan, h.masked.lastErr)
 		}
 		// Clients may send COPY data before the server's CopyInResponse
 		// (pgx does), so what the data is for is settled here.
@@ -129,9 +128,7 @@ func (h *clientSide) message(typ byte, msg []byte) error {
 		atBoundary := !h.inBatch
 		out, err = h.masked.parse(msg, atBoundary)
 		if t != nil && err == nil {
-			name, rest, _ := cutNul(msg[5:])
-			sql, _, _ := cutNul(rest)
-			t.parse(name, sql, h.masked.lastPlan, h.masked.lastErr)
+			t.parse(h.masked.lastName, h.masked.lastSQL, h.masked.lastPlan, h.masked.lastErr)
 		}
 		h.note(typ)
 	case 'F':

@@ -61,6 +61,11 @@ type maskedSession struct {
 	// templates (by Bound.ID); tplSeq numbers them. Guarded by mu.
 	tplStmts map[tplKey]tplStmt
 	tplSeq   uint64
+	// boundBuf is runBound's output buffer, reused.
+	boundBuf []byte
+	// rs is the rewrite session of the last statement, reused while the
+	// policy, catalog and context stay the same (session).
+	rs *rewrite.Session
 
 	mu         sync.Mutex
 	policy     *rules.Policy
@@ -97,6 +102,9 @@ type maskedSession struct {
 	// side only), for the statement tracker.
 	lastPlan *rewrite.Plan
 	lastErr  error
+	// lastSQL and lastName are the text (and statement name) of the last
+	// Query or Parse, for the tracker too.
+	lastSQL, lastName string
 }
 
 // decideMode runs at the first ReadyForQuery: it resolves the session's
@@ -175,14 +183,23 @@ func (m *maskedSession) session() (*rewrite.Session, error) {
 		}
 		m.policy, m.grants = policy, g
 	}
-	return &rewrite.Session{Policy: m.policy, Grants: m.grants, Catalog: snap, SearchPath: m.searchPath, User: m.user}, nil
+	if rs := m.rs; rs != nil && rs.Policy == m.policy && rs.Grants == m.grants && rs.Catalog == snap && rs.User == m.user &&
+		len(rs.SearchPath) == len(m.searchPath) && (len(rs.SearchPath) == 0 || &rs.SearchPath[0] == &m.searchPath[0]) {
+		// setContext replaces the path, never changes it in place.
+		return rs, nil
+	}
+	m.rs = &rewrite.Session{Policy: m.policy, Grants: m.grants, Catalog: snap, SearchPath: m.searchPath, User: m.user}
+	return m.rs, nil
 }
 
 // analyse rewrites sql, or returns the refusal the client must see. text
 // is what to send when the plan is Rewritten: plan.SQL, or, when a
 // statement template answered (rewrite/template.go), the template with
 // sql's literals.
-func (m *maskedSession) analyse(sql string) (plan *rewrite.Plan, text string, err error) {
+//
+// With simple (a Query message), a template the session may run as its
+// prepared statement (m.bound) returns no text: query runs it instead.
+func (m *maskedSession) analyse(sql string, simple bool) (plan *rewrite.Plan, text string, err error) {
 	rs, err := m.session()
 	if err != nil {
 		return nil, "", &rewrite.Refusal{Rule: "unavailable", Message: "the policy or catalog is unavailable"}
@@ -199,7 +216,7 @@ func (m *maskedSession) analyse(sql string) (plan *rewrite.Plan, text string, er
 		}
 		lits = ls.Lits
 		return string(shape), ls.Lits
-	})
+	}, simple)
 	m.bound, m.boundLits = nil, nil
 	if err != nil {
 		return nil, "", err
@@ -338,7 +355,7 @@ func (m *maskedSession) reprepare(name string) []byte {
 	if !ok || info.sql == "" || info.policy == m.currentPolicyHash() || info.context != m.contextKey {
 		return nil
 	}
-	sql, plan, err := m.textFor(info.sql)
+	sql, plan, err := m.textFor(info.sql, false)
 	m.lastPlan, m.lastErr = plan, err
 	if t := m.s.track; t != nil {
 		t.parse(name, info.sql, plan, err)
@@ -538,6 +555,7 @@ func (m *maskedSession) query(msg []byte) ([]byte, error) {
 	if !ok {
 		return nil, &protocolError{"malformed Query message"}
 	}
+	m.lastSQL = sql
 	if err := m.refreshPath(); err != nil {
 		return nil, err
 	}
@@ -582,7 +600,14 @@ const maxBoundStatements = 256
 // and plans the masking sub-query once per session instead of once per
 // text (rewrite/prepare.go says when the typing of the constants allows it).
 func (m *maskedSession) runBound(sql string, b *rewrite.Bound, lits []rewrite.Literal) []byte {
-	var out []byte
+	// The messages are written before the next one is read: the buffer is
+	// the session's, reused (unless a long text made it large).
+	out := m.boundBuf[:0]
+	defer func() {
+		if cap(out) <= 64<<10 {
+			m.boundBuf = out[:0]
+		}
+	}()
 	parse, closes := 0, 0
 	// The parameters are typed like the literals of this text: texts of one
 	// shape may differ in the kinds of their constants ('01' or 01, 1 or
@@ -729,7 +754,7 @@ func literalType(tok string) uint32 {
 // rewriteSQL returns the text to send for sql: the rewrite, the refusal
 // marker, or sql itself (changed false).
 func (m *maskedSession) rewriteSQL(sql string) (string, bool) {
-	out, plan, err := m.textFor(sql)
+	out, plan, err := m.textFor(sql, true)
 	m.lastPlan, m.lastErr = plan, err
 	if err != nil {
 		return m.refuse(err), true
@@ -739,8 +764,8 @@ func (m *maskedSession) rewriteSQL(sql string) (string, bool) {
 
 // textFor analyses sql and returns the text to send: the rewrite, with
 // the ciphertexts of encrypted literals in place.
-func (m *maskedSession) textFor(sql string) (string, *rewrite.Plan, error) {
-	plan, text, err := m.analyse(sql)
+func (m *maskedSession) textFor(sql string, simple bool) (string, *rewrite.Plan, error) {
+	plan, text, err := m.analyse(sql, simple)
 	if err != nil {
 		return "", nil, err
 	}
@@ -789,6 +814,7 @@ func (m *maskedSession) parse(msg []byte, atBoundary bool) ([]byte, error) {
 	if !ok {
 		return nil, &protocolError{"malformed Parse message"}
 	}
+	m.lastName, m.lastSQL = name, sql
 	var (
 		out  string
 		plan *rewrite.Plan
@@ -801,7 +827,7 @@ func (m *maskedSession) parse(msg []byte, atBoundary bool) ([]byte, error) {
 		if err := m.refreshPath(); err != nil {
 			return nil, err
 		}
-		out, plan, err = m.textFor(sql)
+		out, plan, err = m.textFor(sql, false)
 	case m.dirty:
 		// An earlier statement of this batch may change search_path or
 		// the role, and what it changes to is known only once it ran:
@@ -809,12 +835,12 @@ func (m *maskedSession) parse(msg []byte, atBoundary bool) ([]byte, error) {
 		// could resolve them differently from the server, so it is
 		// refused (fail closed). Statements that resolve no names
 		// (transaction control, SET, SHOW, DISCARD) pass.
-		out, plan, err = m.textFor(sql)
+		out, plan, err = m.textFor(sql, false)
 		if err == nil && !resolvesNoNames(plan) {
 			out, plan, err = "", nil, errContextInBatch
 		}
 	default:
-		out, plan, err = m.textFor(sql)
+		out, plan, err = m.textFor(sql, false)
 	}
 	sql0 := sql
 	m.lastPlan, m.lastErr = plan, err

@@ -257,8 +257,9 @@ func (s *session) swallowBatch(e swallowEntry) {
 		last.close += e.close
 		last.bind += e.bind
 		if e.lost != nil {
-			if prev := last.lost; prev != nil {
-				last.lost = func() { prev(); e.lost() }
+			if prev, next := last.lost, e.lost; prev != nil {
+				// (Capturing next, not e, keeps e off the heap.)
+				last.lost = func() { prev(); next() }
 			} else {
 				last.lost = e.lost
 			}

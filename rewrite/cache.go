@@ -26,12 +26,15 @@ type CacheKey struct {
 
 // KeyFor returns the cache key for sql in session s.
 func KeyFor(s *Session, sql string) CacheKey {
-	w := walker{s: s}
+	if !s.pathKeySet {
+		w := walker{s: s}
+		s.pathKey, s.pathKeySet = strings.Join(w.searchPath(), "\x00"), true
+	}
 	return CacheKey{
 		Policy:      s.Policy.Hash,
 		Grants:      s.Grants.Key(),
 		Catalog:     s.Catalog.Version,
-		Path:        strings.Join(w.searchPath(), "\x00"),
+		Path:        s.pathKey,
 		SQL:         sql,
 		Track:       s.Track && s.Grants.AllRaw(),
 		SkipEncrypt: s.SkipEncrypt,

@@ -26,7 +26,9 @@ import (
 	"github.com/pgveil/pgveil/rules"
 )
 
-// Session is everything a rewrite depends on.
+// Session is everything a rewrite depends on. Its fields must not change
+// once it is in use, and it is used by one goroutine at a time (KeyFor
+// keeps a derived key in it).
 type Session struct {
 	// Policy is the loaded policy; Grants are the session's resolved
 	// treatments (rules.Policy.Grants over the session's role set).
@@ -54,6 +56,10 @@ type Session struct {
 
 	// projections caches masking sub-queries; set by Cache.Rewrite.
 	projections *projectionCache
+	// pathKey is the expanded search_path as KeyFor puts it in the key,
+	// once computed.
+	pathKey    string
+	pathKeySet bool
 }
 
 // Plan is the outcome of analysing one client SQL text.

@@ -15,7 +15,7 @@ import (
 //
 // The proxy scans each text for its literals (a lexical scan, no parse) and
 // passes their positions with the text's shape, the text with every literal
-// replaced by "?". The first text of a shape is rewritten as usual; then
+// replaced by a NUL byte (Normalize). The first text of a shape is rewritten as usual; then
 // the shape is rewritten once more with each literal replaced by a bound
 // parameter ($50001, $50002, ...), and the output, cut at those parameters,
 // becomes the shape's template. Later texts of the shape get the template
@@ -104,16 +104,18 @@ func (t *template) splice(sql string, lits []Literal) string {
 // template hit the returned plan is the shape's (its SQL holds parameters,
 // not sql's literals): use the returned text; bound is then set when the
 // text may run as a prepared statement instead (Bound, prepare.go), with
-// the literals scan returned as its parameters.
-func (c *Cache) RewriteShape(sql string, s *Session, scan func() (string, []Literal)) (plan *Plan, text string, bound *Bound, err error) {
-	plan, text, t, err := c.rewriteShape(sql, s, scan)
+// the literals scan returned as its parameters. With bindOnly the caller
+// runs a bound template whenever one is returned, and text is then empty
+// (it is not built).
+func (c *Cache) RewriteShape(sql string, s *Session, scan func() (string, []Literal), bindOnly bool) (plan *Plan, text string, bound *Bound, err error) {
+	plan, text, t, err := c.rewriteShape(sql, s, scan, bindOnly)
 	if t != nil {
 		bound = t.bound
 	}
 	return plan, text, bound, err
 }
 
-func (c *Cache) rewriteShape(sql string, s *Session, scan func() (string, []Literal)) (*Plan, string, *template, error) {
+func (c *Cache) rewriteShape(sql string, s *Session, scan func() (string, []Literal), bindOnly bool) (*Plan, string, *template, error) {
 	if s == nil || s.Policy == nil || s.Grants == nil || s.Catalog == nil {
 		return nil, "", nil, ErrNoSession
 	}
@@ -140,6 +142,9 @@ func (c *Cache) rewriteShape(sql string, s *Session, scan func() (string, []Lite
 		c.hits++
 		c.shapeHits++
 		c.mu.Unlock()
+		if bindOnly && t.bound != nil {
+			return t.plan, "", t, nil
+		}
 		return t.plan, t.splice(sql, lits), t, nil
 	}
 	c.mu.Unlock()

@@ -30,7 +30,7 @@ func TestTemplateHit(t *testing.T) {
 	s := session(t, caseHeader{roles: []string{"analyst"}, searchPath: []string{"$user", "public"}})
 	run := func(sql string) (*Plan, string) {
 		t.Helper()
-		plan, text, _, err := c.RewriteShape(sql, s, func() (string, []Literal) { return scanLits(sql) })
+		plan, text, _, err := c.RewriteShape(sql, s, func() (string, []Literal) { return scanLits(sql) }, false)
 		if err != nil {
 			t.Fatalf("%s: %v", sql, err)
 		}
@@ -83,7 +83,7 @@ func TestTemplateHit(t *testing.T) {
 	} {
 		before := c.ShapeHits()
 		for _, q := range pair {
-			_, _, _, _ = c.RewriteShape(q, s, func() (string, []Literal) { return scanLits(q) })
+			_, _, _, _ = c.RewriteShape(q, s, func() (string, []Literal) { return scanLits(q) }, false)
 		}
 		if c.ShapeHits() != before {
 			t.Errorf("%q took a template", pair[1])
@@ -132,12 +132,12 @@ func TestTemplateCorpus(t *testing.T) {
 		h := parseHeader(sql)
 		s := session(t, h)
 		c := NewCache(0)
-		_, _, _, _ = c.RewriteShape(sql, s, func() (string, []Literal) { return shape, lits })
+		_, _, _, _ = c.RewriteShape(sql, s, func() (string, []Literal) { return shape, lits }, false)
 		vshape, vlits := scanLits(varied)
 		if vshape != shape {
 			t.Fatalf("%s: varying literals changed the shape:\n%s\n%s", dir, shape, vshape)
 		}
-		plan, text, _, err := c.RewriteShape(varied, s, func() (string, []Literal) { return vshape, vlits })
+		plan, text, _, err := c.RewriteShape(varied, s, func() (string, []Literal) { return vshape, vlits }, false)
 		direct, derr := Rewrite(varied, s)
 		if outcome(direct, derr) != outcome(&Plan{SQL: text}, err) {
 			t.Errorf("%s: through the cache:\n%s\nrewritten:\n%s", dir, outcome(&Plan{SQL: text}, err), outcome(direct, derr))
@@ -175,7 +175,7 @@ func BenchmarkTemplateHit(b *testing.B) {
 			ls.Lits = ls.Lits[:0]
 			shape, _ = Normalize(shape[:0], sql, true, &ls)
 			return string(shape), ls.Lits
-		})
+		}, false)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -227,13 +227,13 @@ func FuzzTemplate(f *testing.F) {
 			return
 		}
 		c := NewCache(0)
-		_, _, _, _ = c.RewriteShape(sql, s, func() (string, []Literal) { return shape, lits })
+		_, _, _, _ = c.RewriteShape(sql, s, func() (string, []Literal) { return shape, lits }, false)
 		varied := varyLiterals(sql, lits, seed)
 		vshape, vlits := scanLits(varied)
 		if vshape != shape || len(vlits) != len(lits) {
 			return // the replacement changed how the text scans (e.g. a number next to a dot)
 		}
-		plan, text, bound, err := c.RewriteShape(varied, s, func() (string, []Literal) { return vshape, vlits })
+		plan, text, bound, err := c.RewriteShape(varied, s, func() (string, []Literal) { return vshape, vlits }, false)
 		direct, derr := Rewrite(varied, s)
 		if got, want := outcome(&Plan{SQL: text}, err), outcome(direct, derr); got != want {
 			t.Fatalf("template vs rewrite of\n%s\n--- template:\n%s--- rewrite:\n%s", varied, got, want)
