@@ -366,3 +366,103 @@ func TestTemplateAfterReload(t *testing.T) {
 		}
 	}
 }
+
+// TestPreparedBookkeeping: the proxy refuses to run a prepared statement
+// it has no record of (fail closed), so a DISCARD ALL that failed cannot
+// make it forget a statement that then escapes the stale-statement rule;
+// a statement prepared earlier in the same text runs; a Query inside an
+// unfinished extended-protocol batch is answered as the server answers it
+// (after an error in the batch: not at all), templates or not.
+func TestPreparedBookkeeping(t *testing.T) {
+	f := advSetup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, _, err := advConn(ctx, f, true, advAnalyst, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	exec := func(q string) ([]*pgconn.Result, error) { return conn.Exec(ctx, q).ReadAll() }
+	if _, err := exec("EXECUTE never_prepared"); serverCode(err) != "42501" || !strings.Contains(err.Error(), "not known to pgveil") {
+		t.Fatalf("EXECUTE of an unknown statement: %v", err)
+	}
+	if rs, err := exec("PREPARE here AS SELECT id FROM customers WHERE id = 1; EXECUTE here"); err != nil || len(rs) != 2 || len(rs[1].Rows) != 1 {
+		t.Fatalf("PREPARE and EXECUTE in one text: %v", err)
+	}
+	if _, err := exec("PREPARE p1 AS SELECT ssn FROM customers ORDER BY id"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exec("BEGIN; DISCARD ALL"); serverCode(err) != "25001" {
+		t.Fatalf("DISCARD ALL in a transaction block: %v", err)
+	}
+	if _, err := exec("ROLLBACK"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exec("SET search_path = shadow, public"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exec("EXECUTE p1"); serverCode(err) != "42501" {
+		t.Fatalf("EXECUTE of a statement whose record a failed DISCARD ALL dropped, under another search_path: %v", err)
+	}
+	if _, err := exec("RESET search_path; DEALLOCATE p1"); err != nil {
+		t.Fatal(err)
+	}
+
+	// A Query inside a batch, after an error: the server skips it.
+	for _, id := range []int{1, 2} { // the shape's template, run bound
+		if _, err := exec(fmt.Sprintf("SELECT id FROM customers WHERE id = %d", id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	transcript := func(viaProxy bool) string {
+		c, _, err := advConn(ctx, f, viaProxy, advAnalyst, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close(ctx)
+		for _, q := range []string{"SELECT id FROM customers WHERE id = 1", "SELECT id FROM customers WHERE id = 2"} {
+			if _, err := c.Exec(ctx, q).ReadAll(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		fe := c.Frontend()
+		fe.Send(&pgproto3.Parse{Query: "SELECT 1/0"})
+		fe.Send(&pgproto3.Bind{})
+		fe.Send(&pgproto3.Execute{})
+		fe.Send(&pgproto3.Query{String: "SELECT id FROM customers WHERE id = 3"})
+		fe.Send(&pgproto3.Sync{})
+		fe.Send(&pgproto3.Query{String: "SELECT 42"})
+		if err := fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		var b strings.Builder
+		for {
+			msg, err := c.ReceiveMessage(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch m := msg.(type) {
+			case *pgproto3.ParseComplete:
+				b.WriteString("1 ")
+			case *pgproto3.BindComplete:
+				b.WriteString("2 ")
+			case *pgproto3.ErrorResponse:
+				b.WriteString("E" + m.Code + " ")
+			case *pgproto3.RowDescription:
+				b.WriteString("T ")
+			case *pgproto3.DataRow:
+				b.WriteString("D" + string(m.Values[0]) + " ")
+			case *pgproto3.CommandComplete:
+				b.WriteString("C ")
+			case *pgproto3.ReadyForQuery:
+				b.WriteString("Z ")
+			}
+			if strings.HasSuffix(b.String(), "D42 C Z ") {
+				return b.String()
+			}
+		}
+	}
+	if got, want := transcript(true), transcript(false); got != want {
+		t.Fatalf("a Query inside a failed batch:\nthrough the proxy: %s\ndirect:            %s", got, want)
+	}
+}

@@ -116,7 +116,7 @@ func (h *clientSide) message(typ byte, msg []byte) error {
 	t := h.s.track
 	switch typ {
 	case 'Q':
-		out, err = h.masked.query(msg)
+		out, err = h.masked.query(msg, h.inBatch)
 		if t != nil && err == nil {
 			t.query(h.masked.lastSQL, h.masked.lastPlan, h.masked.lastErr)
 		}

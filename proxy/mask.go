@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -235,19 +236,41 @@ func (m *maskedSession) analyse(sql string, simple bool) (plan *rewrite.Plan, te
 	if changesContext(plan) {
 		m.dirty, m.changedInTx = true, true
 	}
-	changed := false // an earlier statement of this text may change the context
+	changed := false  // an earlier statement of this text may change the context
+	var here []string // statements an earlier statement of this text prepares
 	for i := range plan.Statements {
 		st := &plan.Statements[i]
 		switch {
 		case st.Kind == "TransactionStmt" && m.changedInTx:
 			m.dirty = true
 		}
-		if st.Executes != "" && (changed || m.stale(st.Executes)) {
-			return nil, "", &rewrite.Refusal{Rule: "stale-statement", Message: "prepared statement " + st.Executes + " was analysed under another search_path, role or policy; prepare it again"}
+		if st.Executes != "" {
+			switch {
+			case changed:
+				return nil, "", staleRefusal(st.Executes)
+			case slices.Contains(here, st.Executes):
+			default:
+				if err := m.stale(st.Executes); err != nil {
+					return nil, "", err
+				}
+			}
+		}
+		if st.Prepares != "" {
+			here = append(here, st.Prepares)
 		}
 		if st.SearchPath != nil || st.ResetSearchPath || st.Role != "" || st.ResetRole {
 			changed = true
 		}
+	}
+	return plan, text, nil
+}
+
+// account keeps the books of the prepared statements a statement the
+// session sends (plan) creates or removes. It runs only for statements
+// that are not refused, so that a refused DEALLOCATE forgets nothing.
+func (m *maskedSession) account(plan *rewrite.Plan) {
+	if plan == nil {
+		return
 	}
 	for _, st := range plan.Statements {
 		switch {
@@ -269,7 +292,6 @@ func (m *maskedSession) analyse(sql string, simple bool) (plan *rewrite.Plan, te
 			m.mu.Unlock()
 		}
 	}
-	return plan, text, nil
 }
 
 // changesContext reports whether running plan may change search_path or
@@ -321,17 +343,29 @@ func (m *maskedSession) remember(name, sql string, types []byte, enc []rewrite.E
 
 // stale reports whether statement name was analysed in another context,
 // or under another policy when it cannot be prepared again (SQL PREPARE).
-func (m *maskedSession) stale(name string) bool {
+//
+// It returns the refusal, nil when the statement may run. A name the
+// proxy does not know is refused too (fail closed): every statement a
+// masked session prepares is recorded, so an unknown one was never
+// prepared (the server would refuse it as well), or its record was lost
+// (a DISCARD ALL that failed, more than the bound of records).
+func (m *maskedSession) stale(name string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	prev, ok := m.prepared[name]
-	if !ok {
-		return false
+	switch {
+	case !ok:
+		return &rewrite.Refusal{Rule: "stale-statement", Message: "prepared statement " + strconv.Quote(name) + " is not known to pgveil (it was not prepared in this session, or was deallocated); prepare it again"}
+	case prev.context != m.contextKey || prev.sql == "" && prev.policy != m.currentPolicyHash():
+		return staleRefusal(name)
 	}
-	if prev.context != m.contextKey {
-		return true
-	}
-	return prev.sql == "" && prev.policy != m.currentPolicyHash()
+	return nil
+}
+
+// staleRefusal is the refusal of a statement analysed under another
+// search_path, role or policy.
+func staleRefusal(name string) error {
+	return &rewrite.Refusal{Rule: "stale-statement", Message: "prepared statement " + strconv.Quote(name) + " was analysed under another search_path, role or policy; prepare it again"}
 }
 
 // currentPolicyHash is the hash of the policy in force now.
@@ -362,6 +396,8 @@ func (m *maskedSession) reprepare(name string) []byte {
 	}
 	if err != nil {
 		sql = m.refuse(err)
+	} else {
+		m.account(plan)
 	}
 	m.remember(name, info.sql, info.types, paramEncrypts(plan), plan != nil && resolvesNoNames(plan))
 	m.mu.Lock()
@@ -424,11 +460,10 @@ func (m *maskedSession) bind(msg []byte, atBoundary bool) ([]byte, error) {
 		}
 		return append(re, msg...), nil
 	}
-	if !m.stale(stmt) {
-		return m.bindEncrypted(stmt, msg)
+	if err := m.stale(stmt); err != nil {
+		return (&pgproto3.Parse{Query: m.refuse(err)}).Encode(nil)
 	}
-	marker := m.refuse(&rewrite.Refusal{Rule: "stale-statement", Message: "prepared statement " + strconv.Quote(stmt) + " was analysed under another search_path, role or policy; prepare it again"})
-	return (&pgproto3.Parse{Query: marker}).Encode(nil)
+	return m.bindEncrypted(stmt, msg)
 }
 
 // describeOrClose checks a Describe or Close message: one naming a
@@ -550,7 +585,12 @@ func (m *maskedSession) refreshPath() error {
 }
 
 // query rewrites a simple-protocol Query message.
-func (m *maskedSession) query(msg []byte) ([]byte, error) {
+//
+// inBatch says the Query arrives inside an unfinished extended-protocol
+// batch: it then never runs as a bound template, whose own Sync would
+// end the batch early (and answer a Query the server, after an error in
+// the batch, would skip without an answer).
+func (m *maskedSession) query(msg []byte, inBatch bool) ([]byte, error) {
 	sql, _, ok := cutNul(msg[5:])
 	if !ok {
 		return nil, &protocolError{"malformed Query message"}
@@ -560,8 +600,8 @@ func (m *maskedSession) query(msg []byte) ([]byte, error) {
 		return nil, err
 	}
 	orig := sql
-	sql, changed := m.rewriteSQL(sql)
-	if m.lastErr == nil && m.bound != nil {
+	sql, changed := m.rewriteSQL(sql, !inBatch)
+	if m.lastErr == nil && m.bound != nil && !inBatch {
 		return m.runBound(orig, m.bound, m.boundLits), nil
 	}
 	if !changed {
@@ -753,12 +793,13 @@ func literalType(tok string) uint32 {
 
 // rewriteSQL returns the text to send for sql: the rewrite, the refusal
 // marker, or sql itself (changed false).
-func (m *maskedSession) rewriteSQL(sql string) (string, bool) {
-	out, plan, err := m.textFor(sql, true)
+func (m *maskedSession) rewriteSQL(sql string, bindOK bool) (string, bool) {
+	out, plan, err := m.textFor(sql, bindOK)
 	m.lastPlan, m.lastErr = plan, err
 	if err != nil {
 		return m.refuse(err), true
 	}
+	m.account(plan)
 	return out, out != sql || plan.Rewritten
 }
 
@@ -852,6 +893,9 @@ func (m *maskedSession) parse(msg []byte, atBoundary bool) ([]byte, error) {
 		sql = out
 	default:
 		changed = false
+	}
+	if err == nil {
+		m.account(plan)
 	}
 	if err != errReservedName {
 		m.remember(name, sql0, append([]byte(nil), types...), paramEncrypts(plan), plan != nil && resolvesNoNames(plan))
