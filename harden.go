@@ -795,10 +795,11 @@ func (h *hardener) protectedFor(role string, rels []catalog.Name) bool {
 }
 
 func (h *hardener) searchPath() {
-	h.section("5. A sane search_path")
-	h.comment("Pin the masked roles' default search_path, so that unqualified names resolve to the same objects for the proxy and for the server. The proxy tracks SET search_path within a session.")
+	h.section("5. A sane search_path, standard strings")
+	h.comment("Pin the masked roles' default search_path, so that unqualified names resolve to the same objects for the proxy and for the server. The proxy tracks SET search_path within a session. Pin standard_conforming_strings too: the proxy requires it on and refuses to change it, but a server-wide change (postgresql.conf and a reload) would reach running sessions before the proxy hears of it; a role setting takes precedence over the configuration file.")
 	for _, r := range h.masked {
 		h.linef(`ALTER ROLE %s SET search_path = "$user", public;`, quoteIdent(r))
+		h.linef(`ALTER ROLE %s SET standard_conforming_strings = on;`, quoteIdent(r))
 	}
 }
 

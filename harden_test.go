@@ -81,6 +81,7 @@ func TestHardenTemplate(t *testing.T) {
 		`-- GRANT SELECT (<every column of public.customers except "ssn">) ON TABLE "public"."customers" TO "analyst", "support";`,
 		`-- GRANT SELECT (<every column of public.events except "card">) ON TABLE "public"."events" TO "analyst", "support";`,
 		`ALTER ROLE "analyst" SET search_path = "$user", public;`,
+		`ALTER ROLE "analyst" SET standard_conforming_strings = on;`,
 		"--   host   all  analyst,support  10.1.2.3/32  scram-sha-256",
 		"--   host   all  analyst,support  all  reject",
 		"COMMIT;",
@@ -225,6 +226,10 @@ func TestHardenLive(t *testing.T) {
 			var sp string
 			if err := c.QueryRow(ctx, "SHOW search_path").Scan(&sp); err != nil || sp != `"$user", public` {
 				t.Errorf("search_path %q, %v", sp, err)
+			}
+			var scs, source string
+			if err := c.QueryRow(ctx, "SELECT setting, source FROM pg_settings WHERE name = 'standard_conforming_strings'").Scan(&scs, &source); err != nil || scs != "on" || source != "user" {
+				t.Errorf("standard_conforming_strings %q from %q, %v", scs, source, err)
 			}
 		})
 	}
