@@ -227,7 +227,13 @@ var advCases = []advCase{
 	{name: "ts-stat", sql: `SELECT * FROM ts_stat('SELECT to_tsvector(''simple'', ssn) FROM customers')`, want: advRefused},
 	{name: "pg-read-file", sql: `SELECT pg_read_file('postgresql.conf')`, want: advRefused},
 	{name: "pg-read-binary-file-qualified", sql: `SELECT pg_catalog.pg_read_binary_file('postgresql.conf')`, want: advRefused},
-	{name: "quoted-upper-case-function", sql: `SELECT "PG_READ_FILE"('postgresql.conf')`, want: advMasked, refErr: "42883"},
+	{name: "quoted-upper-case-function", sql: `SELECT "PG_READ_FILE"('postgresql.conf')`, want: advRefused}, // no such function: refused as unknown (rule catalog)
+	// (expr).name calls function name on expr when no field is called so.
+	{name: "attribute-call-parenthesised", sql: `SELECT (p).peek_probe FROM probe p`, want: advRefused},
+	{name: "attribute-call-row-constructor", sql: `SELECT (ROW(1, 'x')::probe).peek_probe`, want: advRefused},
+	{name: "attribute-call-scalar-shadowed", pre: []advStep{advQ(`SET search_path = shadow, pg_catalog, public`)}, sql: `SELECT ('X'::text).lower`, want: advRefused},
+	// pg_settings' update rule calls set_config behind the proxy's back.
+	{name: "update-pg-settings-search-path", sql: `UPDATE pg_settings SET setting = 'shadow, public' WHERE name = 'search_path'`, want: advRefused, tx: rollback, paths: dmlPaths},
 	{name: "lo-import", sql: `SELECT lo_import('/etc/hostname')`, want: advRefused},
 	{name: "lo-from-bytea", sql: `SELECT lo_from_bytea(0, ssn::bytea) FROM customers`, want: advRefused},
 	{name: "dblink", sql: `SELECT * FROM dblink('dbname=adv', 'SELECT ssn FROM customers') AS t(s text)`, want: advRefused},

@@ -25,7 +25,11 @@ func (w *walker) statement(n *pg_query.Node) (Statement, error) {
 	case *pg_query.Node_SelectStmt:
 		if name, value, ok := setConfigCall(x.SelectStmt); ok {
 			// SELECT set_config('name', 'value', is_local) with constant
-			// arguments, as pg_dump sends it, is a SET.
+			// arguments, as pg_dump sends it, is a SET. Its names are
+			// pinned to the catalog: with search_path = x, pg_catalog a
+			// relation x.pg_settings or a function x.set_config would
+			// otherwise run unanalysed.
+			pinSetConfig(x.SelectStmt)
 			err = w.setConfig(name, value, &st)
 			break
 		}
@@ -181,6 +185,22 @@ func setConfigCall(s *pg_query.SelectStmt) (name, value string, ok bool) {
 	return strings.ToLower(name), value, true
 }
 
+// pinSetConfig qualifies the function, the relation and the operator of
+// a statement setConfigCall recognised with pg_catalog.
+func pinSetConfig(s *pg_query.SelectStmt) {
+	if f := s.TargetList[0].GetResTarget().GetVal().GetFuncCall(); f != nil {
+		f.Funcname = pinned(f.Funcname[len(f.Funcname)-1:])
+	}
+	if len(s.FromClause) == 1 {
+		if rv := s.FromClause[0].GetRangeVar(); rv != nil {
+			rv.Schemaname = "pg_catalog"
+		}
+		if e := s.WhereClause.GetAExpr(); e != nil {
+			e.Name = pinned(e.Name)
+		}
+	}
+}
+
 // setConfig applies SET's rules to a set_config call.
 func (w *walker) setConfig(name, value string, st *Statement) error {
 	if ok, pinned := pinnedSettings[name]; pinned {
@@ -295,6 +315,13 @@ func (w *walker) target(rv *pg_query.RangeVar) (*catalog.Relation, bool, error) 
 		return nil, false, refuse("catalog", "relation %q does not exist on the search_path, or is newer than pgveil's catalog snapshot (retry shortly)", rv.Relname)
 	}
 	rv.Schemaname = rel.Name.Schema
+	switch rel.Name.Schema {
+	case "pg_catalog", "information_schema", "pg_toast":
+		// The catalogs' writable views run rules the rewrite does not
+		// see: UPDATE pg_settings calls set_config, changing search_path
+		// or a pinned setting behind the proxy's back.
+		return nil, false, refuse("statement", "writes to %s are not allowed for masked sessions", qualified(rel.Name))
+	}
 	if rel.Kind == catalog.KindView || rel.Kind == catalog.KindMatView {
 		if _, _, err := w.buildProjection(rel, true); err != nil {
 			return nil, false, err

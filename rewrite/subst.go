@@ -118,30 +118,42 @@ func (w *walker) columnRule(rel *catalog.Relation, col string) *rules.ColumnRule
 }
 
 // ColumnRule returns the policy rule that governs column col of rel for a
-// session with grants g: the rule on rel itself, else on its nearest
-// ancestor (partitions and inheritance children inherit their parents'
-// classification), else the strictest rule on any descendant (so reading
-// a parent never bypasses a classified child). pgveil harden uses it to
-// stay in step with the rewrite.
+// session with grants g: the strictest of the rule on rel itself (else on
+// its nearest ancestor: partitions and inheritance children inherit their
+// parents' classification) and the rules on its descendants, whose rows
+// reading rel returns too (so reading a parent never shows a child's
+// column under a weaker treatment than the child's own). Stricter means a
+// less permissive treatment, and among masks, deny. pgveil harden uses it
+// to stay in step with the rewrite.
 func ColumnRule(p *rules.Policy, snap *catalog.Snapshot, g *rules.Grants, rel *catalog.Relation, col string) *rules.ColumnRule {
 	key := func(n catalog.Name) rules.ColumnKey {
 		return rules.ColumnKey{Schema: n.Schema, Table: n.Name, Column: col}
 	}
-	if r := p.Column(key(rel.Name)); r != nil {
-		return r
-	}
-	for _, a := range snap.Ancestors(rel) {
-		if r := p.Column(key(a)); r != nil {
-			return r
+	strictest := p.Column(key(rel.Name))
+	if strictest == nil {
+		for _, a := range snap.Ancestors(rel) {
+			if r := p.Column(key(a)); r != nil {
+				strictest = r
+				break
+			}
 		}
 	}
-	var strictest *rules.ColumnRule
 	for _, d := range snap.Descendants(rel.Name) {
-		if r := p.Column(key(d)); r != nil && (strictest == nil || g.Treatment(r.Class.Name) < g.Treatment(strictest.Class.Name)) {
+		if r := p.Column(key(d)); r != nil && (strictest == nil || stricter(g, r, strictest)) {
 			strictest = r
 		}
 	}
 	return strictest
+}
+
+// stricter reports whether rule a treats its column more strictly than b
+// for a session with grants g.
+func stricter(g *rules.Grants, a, b *rules.ColumnRule) bool {
+	ta, tb := g.Treatment(a.Class.Name), g.Treatment(b.Class.Name)
+	if ta != tb {
+		return ta < tb
+	}
+	return ta == rules.TreatMask && a.Class.Mask.Kind == rules.MaskDeny && b.Class.Mask.Kind != rules.MaskDeny
 }
 
 // rowFilters returns the session's row filters on rel or its ancestors.
@@ -202,16 +214,38 @@ func (w *walker) buildProjection(rel *catalog.Relation, inh bool) (string, []str
 				return "", nil, refuse("statistics", "view %s reads %s, which exposes sampled column values", qualified(rel.Name), r.Name)
 			}
 		}
-		classified := false
+		classified := map[string]bool{}
 		for _, c := range rel.Columns {
 			if w.s.Policy.Column(rules.ColumnKey{Schema: rel.Name.Schema, Table: rel.Name.Name, Column: c.Name}) != nil {
-				classified = true
+				classified[c.Name] = true
 			}
 		}
-		if !classified {
-			for _, r := range rel.Reads {
-				if rr := w.s.Catalog.Relation(r); rr != nil && rr.Kind != catalog.KindView && rr.Kind != catalog.KindMatView && w.protectedFor(rr) {
-					return "", nil, refuse("view", "view %s reads protected table %s and the policy does not classify its columns", qualified(rel.Name), qualified(r))
+		for _, r := range rel.Reads {
+			rr := w.s.Catalog.Relation(r)
+			if rr == nil || rr.Kind == catalog.KindView || rr.Kind == catalog.KindMatView {
+				continue
+			}
+			// A row filter is on the table's rows, which the view's
+			// projection cannot express: the view would show them all.
+			for _, t := range append([]catalog.Name{r}, w.s.Catalog.Descendants(r)...) {
+				if tr := w.s.Catalog.Relation(t); tr != nil && len(w.rowFilters(tr)) > 0 {
+					return "", nil, refuse("view", "view %s reads %s, which has a row filter for this session", qualified(rel.Name), qualified(t))
+				}
+			}
+			if !w.protectedFor(rr) {
+				continue
+			}
+			if len(classified) == 0 {
+				return "", nil, refuse("view", "view %s reads protected table %s and the policy does not classify its columns", qualified(rel.Name), qualified(r))
+			}
+			// A partly classified view: a column named like a protected
+			// column of a table it reads must be classified too.
+			for _, c := range rel.Columns {
+				if classified[c.Name] {
+					continue
+				}
+				if tr := w.columnRule(rr, c.Name); tr != nil && w.s.Grants.Treatment(tr.Class.Name) == rules.TreatMask {
+					return "", nil, refuse("view", "view %s reads protected table %s, and the policy classifies some of the view's columns but not %q", qualified(rel.Name), qualified(r), c.Name)
 				}
 			}
 		}
@@ -348,18 +382,50 @@ func init() {
 // operator allows only built-in operators: an operator is a function
 // behind a symbol, resolved through search_path like one. Plain operators
 // are pinned to pg_catalog; the others (LIKE, IN, BETWEEN, ...) cannot be
-// written qualified and are checked only.
+// written qualified and are checked only: BETWEEN by the operators it
+// stands for (x >= a AND x <= b).
 func (w *walker) operator(e *pg_query.A_Expr) error {
+	switch e.Kind {
+	case pg_query.A_Expr_Kind_AEXPR_BETWEEN, pg_query.A_Expr_Kind_AEXPR_NOT_BETWEEN,
+		pg_query.A_Expr_Kind_AEXPR_BETWEEN_SYM, pg_query.A_Expr_Kind_AEXPR_NOT_BETWEEN_SYM:
+		for _, op := range []string{">=", "<=", "<", ">"} {
+			if _, err := w.operatorName([]*pg_query.Node{pg_query.MakeStrNode(op)}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	inCatalog, err := w.operatorName(e.Name)
+	if err != nil {
+		return err
+	}
+	if inCatalog {
+		switch e.Kind {
+		case pg_query.A_Expr_Kind_AEXPR_OP, pg_query.A_Expr_Kind_AEXPR_OP_ANY, pg_query.A_Expr_Kind_AEXPR_OP_ALL:
+			e.Name = pinned(e.Name)
+		}
+	}
+	return nil
+}
+
+// operatorName checks an operator name wherever one is resolved through
+// search_path (an expression, x op ANY (subquery), ORDER BY ... USING op,
+// and the equality CASE x WHEN, JOIN ... USING and NATURAL JOIN imply):
+// every operator of that name on the path must be built in, and an
+// unqualified name must name some operator the snapshot knows (else
+// PostgreSQL may resolve it to one created since). inCatalog reports an
+// unqualified name found in pg_catalog, which the caller may pin there.
+func (w *walker) operatorName(names []*pg_query.Node) (inCatalog bool, err error) {
 	var parts []string
-	for _, n := range e.Name {
+	for _, n := range names {
 		s := n.GetString_()
 		if s == nil {
-			return refuse("unsupported-syntax", "unexpected operator name")
+			return false, refuse("unsupported-syntax", "unexpected operator name")
 		}
 		parts = append(parts, s.Sval)
 	}
 	if len(parts) == 0 {
-		return nil
+		return false, nil
 	}
 	name := parts[len(parts)-1]
 	var candidates []*catalog.Function
@@ -369,25 +435,23 @@ func (w *walker) operator(e *pg_query.A_Expr) error {
 	case 2:
 		candidates = w.s.Catalog.Functions(catalog.Name{Schema: parts[0], Name: name})
 	default:
-		return refuse("function", "operator %s is not allowed", strings.Join(parts, "."))
+		return false, refuse("function", "operator %s is not allowed", strings.Join(parts, "."))
 	}
-	builtin := false
+	known := false
 	for _, fn := range candidates {
 		if fn.Kind != 'o' {
 			continue
 		}
+		known = true
 		if !fn.Builtin {
-			return refuse("function", "operator %s.%s is not built in; masked sessions may use built-in operators only", fn.Name.Schema, name)
+			return false, refuse("function", "operator %s.%s is not built in; masked sessions may use built-in operators only", fn.Name.Schema, name)
 		}
-		builtin = builtin || fn.Name.Schema == "pg_catalog"
+		inCatalog = inCatalog || fn.Name.Schema == "pg_catalog"
 	}
-	if len(parts) == 1 && builtin {
-		switch e.Kind {
-		case pg_query.A_Expr_Kind_AEXPR_OP, pg_query.A_Expr_Kind_AEXPR_OP_ANY, pg_query.A_Expr_Kind_AEXPR_OP_ALL:
-			e.Name = pinned(e.Name)
-		}
+	if !known && len(parts) == 1 {
+		return false, refuse("catalog", "operator %s is not known to pgveil (not in its catalog snapshot on this search_path); retry after the catalog refresh", name)
 	}
-	return nil
+	return len(parts) == 1 && inCatalog, nil
 }
 
 // funcCall allows only built-in functions that are not on the deny list.
@@ -410,13 +474,21 @@ func (w *walker) funcCall(f *pg_query.FuncCall) error {
 	switch len(parts) {
 	case 1:
 		// An unqualified name must not resolve to a non-built-in function
-		// that could read tables with its owner's rights.
-		inCatalog := false
+		// that could read tables with its owner's rights, nor to one the
+		// snapshot does not know yet (created since: it could be either).
+		inCatalog, known := false, false
 		for _, fn := range w.s.Catalog.ResolveFunctions(w.path(), name) {
+			if fn.Kind == 'o' {
+				continue
+			}
+			known = true
 			if !fn.Builtin {
 				return refuse("function", "function %s.%s is not built in; masked sessions may call built-in functions only", fn.Name.Schema, name)
 			}
 			inCatalog = inCatalog || fn.Name.Schema == "pg_catalog"
+		}
+		if !known {
+			return refuse("catalog", "function %s is not known to pgveil (not in its catalog snapshot on this search_path); retry after the catalog refresh", name)
 		}
 		// Pin it to pg_catalog, so that a prepared statement re-analysed
 		// under another search_path still calls the function checked.

@@ -123,6 +123,25 @@ func (w *walker) node(n *pg_query.Node) error {
 		return w.fields(x.FuncCall.ProtoReflect(), nil)
 	case *pg_query.Node_ColumnRef:
 		return w.columnRef(x.ColumnRef)
+	case *pg_query.Node_AIndirection:
+		return w.indirection(x.AIndirection)
+	case *pg_query.Node_SubLink:
+		// x op ANY (subquery), x IN (subquery) (op "="), (a, b) op
+		// (subquery): the operator resolves through search_path.
+		if _, err := w.operatorName(x.SubLink.OperName); err != nil {
+			return err
+		}
+	case *pg_query.Node_SortBy:
+		if _, err := w.operatorName(x.SortBy.UseOp); err != nil {
+			return err
+		}
+	case *pg_query.Node_CaseExpr:
+		// CASE x WHEN v compares with "=".
+		if x.CaseExpr.Arg != nil {
+			if _, err := w.operatorName([]*pg_query.Node{pg_query.MakeStrNode("=")}); err != nil {
+				return err
+			}
+		}
 	case *pg_query.Node_AExpr:
 		if err := w.operator(x.AExpr); err != nil {
 			return err
@@ -329,6 +348,12 @@ func (w *walker) fromItem(n *pg_query.Node) error {
 				w.refs[s.Sval] = true
 			}
 		}
+		if len(j.UsingClause) > 0 || j.IsNatural {
+			// The join columns are compared with "=".
+			if _, err := w.operatorName([]*pg_query.Node{pg_query.MakeStrNode("=")}); err != nil {
+				return err
+			}
+		}
 		return w.fields(j.ProtoReflect(), map[protoreflect.Name]bool{"larg": true, "rarg": true})
 	case *pg_query.Node_RangeSubselect:
 		return w.fields(x.RangeSubselect.ProtoReflect(), nil)
@@ -375,11 +400,45 @@ func (w *walker) columnRef(c *pg_query.ColumnRef) error {
 	// last name must not be a function that is not built in.
 	if len(c.Fields) >= 2 {
 		if last := c.Fields[len(c.Fields)-1].GetString_(); last != nil {
-			for _, fn := range w.s.Catalog.ResolveFunctions(w.path(), last.Sval) {
-				if !fn.Builtin {
-					return refuse("function", "%s may call function %s.%s, which is not built in", last.Sval, fn.Name.Schema, last.Sval)
-				}
+			return w.attributeCall(last.Sval)
+		}
+	}
+	return nil
+}
+
+// indirection analyses (expr).name, (expr)[i] and (expr).*: each name
+// selects a field or, like a.f in a column reference, calls function name
+// on expr (('x'::text).lower is lower('x')), so it gets the same check.
+func (w *walker) indirection(a *pg_query.A_Indirection) error {
+	if err := w.node(a.Arg); err != nil {
+		return err
+	}
+	for _, f := range a.Indirection {
+		switch x := f.Node.(type) {
+		case *pg_query.Node_String_:
+			w.refs[x.String_.Sval] = true
+			if err := w.attributeCall(x.String_.Sval); err != nil {
+				return err
 			}
+		case *pg_query.Node_AStar:
+			w.refs["*"] = true
+		case *pg_query.Node_AIndices:
+			if err := w.node(f); err != nil {
+				return err
+			}
+		default:
+			return refuse("unsupported-syntax", "unexpected indirection")
+		}
+	}
+	return nil
+}
+
+// attributeCall refuses name in attribute notation when a function of
+// that name that is not built in is on the search path.
+func (w *walker) attributeCall(name string) error {
+	for _, fn := range w.s.Catalog.ResolveFunctions(w.path(), name) {
+		if !fn.Builtin {
+			return refuse("function", "%s may call function %s.%s, which is not built in", name, fn.Name.Schema, name)
 		}
 	}
 	return nil

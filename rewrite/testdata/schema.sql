@@ -51,3 +51,17 @@ CREATE TABLE public.vip_customers (tier int) INHERITS (public.customers);
 CREATE TABLE public.cards (id int PRIMARY KEY, customer_id int, pan text, cvv text, holder text, token text);
 INSERT INTO public.cards VALUES (1, 1, 'ct:v1:AAAA', 'ct:v1:BBBB', 'Ada', 'dt:v1:CCCC');
 CREATE VIEW public.card_holders AS SELECT id, holder, pan FROM public.cards;
+-- Review cases: a binary operator and "=" in a schema of their own, a
+-- partitioned table whose partitions are classified differently from it,
+-- a partly classified view.
+CREATE SCHEMA shady;
+GRANT USAGE ON SCHEMA shady TO PUBLIC;
+CREATE FUNCTION shady.same(text, text) RETURNS boolean LANGUAGE sql AS 'SELECT $1 = $2';
+CREATE OPERATOR public.=~= (LEFTARG = text, RIGHTARG = text, FUNCTION = shady.same);
+CREATE OPERATOR shady.= (LEFTARG = text, RIGHTARG = text, FUNCTION = shady.same);
+CREATE OPERATOR shady.>= (LEFTARG = text, RIGHTARG = text, FUNCTION = shady.same);
+CREATE FUNCTION shady.lower(text) RETURNS text LANGUAGE sql AS 'SELECT $1';
+CREATE TABLE public.logs (id int, who text) PARTITION BY LIST (id);
+CREATE TABLE public.logs_a PARTITION OF public.logs FOR VALUES IN (1);
+CREATE TABLE public.logs_b PARTITION OF public.logs FOR VALUES IN (2);
+CREATE VIEW public.contact_view AS SELECT id, email, ssn FROM public.customers;

@@ -1,0 +1,1 @@
+SELECT (c).peek FROM customers c

@@ -1,0 +1,2 @@
+-- search_path: shady, pg_catalog, public
+SELECT ('X'::text).lower

@@ -1,0 +1,2 @@
+-- search_path: shady, pg_catalog, public
+SELECT id FROM customers WHERE name IN ('x', 'y')

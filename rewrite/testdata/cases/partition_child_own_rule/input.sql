@@ -1,0 +1,2 @@
+-- roles: support
+SELECT who FROM logs_a

@@ -1,0 +1,2 @@
+-- roles: support
+SELECT id, who FROM logs

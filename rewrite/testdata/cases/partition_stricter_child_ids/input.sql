@@ -1,0 +1,2 @@
+-- roles: support
+SELECT id FROM logs

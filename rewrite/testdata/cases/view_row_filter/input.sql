@@ -1,0 +1,2 @@
+-- roles: marketing
+SELECT email FROM masked_ok
