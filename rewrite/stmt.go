@@ -347,6 +347,32 @@ func (w *walker) assignsMasked(rel *catalog.Relation, cols []string, verb string
 	return nil
 }
 
+// referencedOracle refuses a DELETE from rel, or an UPDATE of its
+// columns cols, when a foreign key whose referencing columns are masked
+// for the session points at them: the cascade (rows of the referencing
+// table vanish or change) or the violation (23503) would tell which raw
+// values the referencing rows hold.
+func (w *walker) referencedOracle(rel *catalog.Relation, cols []string, verb string) error {
+	assigned := map[string]bool{}
+	for _, c := range cols {
+		assigned[c] = true
+	}
+	for _, r := range w.s.Catalog.Relations() {
+		for _, fk := range r.ForeignKeys {
+			if fk.References != rel.Name {
+				continue
+			}
+			masked := w.maskedColumns(r)
+			for i, c := range fk.Columns {
+				if masked[c] && i < len(fk.RefColumns) && (verb == "DELETE" || assigned[fk.RefColumns[i]]) {
+					return refuse("protected-write", "%s on %s is not allowed: the foreign key of masked column %s.%s references it", verb, qualified(rel.Name), qualified(r.Name), c)
+				}
+			}
+		}
+	}
+	return nil
+}
+
 // foreignKeyOracle refuses a write that stores into a foreign key whose
 // referenced columns are masked for the session: whether the write
 // succeeds would tell whether the raw value exists.
@@ -515,6 +541,11 @@ func (w *walker) modify(stmt proto.Message, with *pg_query.WithClause, relation 
 	}
 	if len(set) > 0 {
 		if err := w.foreignKeyOracle(rel, targetColumns(rel, set), verb); err != nil {
+			return err
+		}
+	}
+	if verb == "DELETE" || len(set) > 0 {
+		if err := w.referencedOracle(rel, targetColumns(rel, set), verb); err != nil {
 			return err
 		}
 	}

@@ -65,3 +65,6 @@ CREATE TABLE public.logs (id int, who text) PARTITION BY LIST (id);
 CREATE TABLE public.logs_a PARTITION OF public.logs FOR VALUES IN (1);
 CREATE TABLE public.logs_b PARTITION OF public.logs FOR VALUES IN (2);
 CREATE VIEW public.contact_view AS SELECT id, email, ssn FROM public.customers;
+-- A masked column referencing an unprotected lookup table.
+CREATE TABLE public.diag_codes (code text PRIMARY KEY, label text);
+CREATE TABLE public.patients (id int, diagnosis text REFERENCES public.diag_codes (code) ON DELETE CASCADE ON UPDATE CASCADE);

@@ -1,0 +1,1 @@
+DELETE FROM diag_codes WHERE code = 'F32'

@@ -1,0 +1,1 @@
+INSERT INTO diag_codes VALUES ('Z', 'z')

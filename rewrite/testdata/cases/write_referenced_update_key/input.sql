@@ -1,0 +1,1 @@
+UPDATE diag_codes SET code = 'X' WHERE code = 'F32'

@@ -1,0 +1,1 @@
+UPDATE diag_codes SET label = 'x' WHERE code = 'F32'
