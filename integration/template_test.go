@@ -408,61 +408,254 @@ func TestPreparedBookkeeping(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// A Query inside a batch, after an error: the server skips it.
-	for _, id := range []int{1, 2} { // the shape's template, run bound
-		if _, err := exec(fmt.Sprintf("SELECT id FROM customers WHERE id = %d", id)); err != nil {
-			t.Fatal(err)
-		}
+	// A Query inside an unfinished batch: the server would answer it, or
+	// skip it without an answer after an error in the batch, and the
+	// proxy cannot count the sync point: the session ends with 08P01.
+	c, _, err := advConn(ctx, f, true, advAnalyst, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	transcript := func(viaProxy bool) string {
-		c, _, err := advConn(ctx, f, viaProxy, advAnalyst, nil)
-		if err != nil {
-			t.Fatal(err)
+	defer c.Close(ctx)
+	fe := c.Frontend()
+	fe.Send(&pgproto3.Parse{Query: "SELECT 1/0"})
+	fe.Send(&pgproto3.Bind{})
+	fe.Send(&pgproto3.Execute{})
+	fe.Send(&pgproto3.Query{String: "SELECT id FROM customers WHERE id = 3"})
+	fe.Send(&pgproto3.Sync{})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var fatal error // pgconn returns a FATAL error as the error of the read
+	for fatal == nil {
+		msg, err := c.ReceiveMessage(ctx)
+		if e, ok := msg.(*pgproto3.ErrorResponse); ok && e.Severity == "FATAL" {
+			err = pgconn.ErrorResponseToPgError(e)
 		}
-		defer c.Close(ctx)
-		for _, q := range []string{"SELECT id FROM customers WHERE id = 1", "SELECT id FROM customers WHERE id = 2"} {
-			if _, err := c.Exec(ctx, q).ReadAll(); err != nil {
-				t.Fatal(err)
-			}
-		}
-		fe := c.Frontend()
-		fe.Send(&pgproto3.Parse{Query: "SELECT 1/0"})
-		fe.Send(&pgproto3.Bind{})
-		fe.Send(&pgproto3.Execute{})
-		fe.Send(&pgproto3.Query{String: "SELECT id FROM customers WHERE id = 3"})
-		fe.Send(&pgproto3.Sync{})
-		fe.Send(&pgproto3.Query{String: "SELECT 42"})
-		if err := fe.Flush(); err != nil {
-			t.Fatal(err)
-		}
-		var b strings.Builder
+		fatal = err
+	}
+	if serverCode(fatal) != "08P01" || !strings.Contains(fatal.Error(), "inside an unfinished extended-protocol batch") {
+		t.Fatalf("a Query inside a batch: %v", fatal)
+	}
+	if _, err := exec("SELECT 1"); err != nil {
+		t.Fatalf("another session after that: %v", err)
+	}
+}
+
+// TestPortalAfterReload: a cursor or a named portal opened before a policy
+// reload took a raw grant away cannot be read after it (it keeps the plan
+// of the old policy); a new one is masked.
+func TestPortalAfterReload(t *testing.T) {
+	f := advSetup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, _, err := advConn(ctx, f, true, advSupport, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	old := f.mask.policy.Load()
+	t.Cleanup(func() { f.mask.setPolicy(old) })
+	exec := func(q string) ([]*pgconn.Result, error) { return conn.Exec(ctx, q).ReadAll() }
+	if _, err := exec("BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT id, email FROM customers ORDER BY id; COMMIT"); err != nil {
+		t.Fatal(err)
+	}
+	if rs, err := exec("FETCH 1 FROM c"); err != nil || string(rs[0].Rows[0][1]) != "canary.person@leak.example" {
+		t.Fatalf("FETCH before the reload: %v", err)
+	}
+	// A named portal in an open transaction.
+	if _, err := exec("BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	fe := conn.Frontend()
+	fe.Send(&pgproto3.Parse{Query: "SELECT id, email FROM customers ORDER BY id"})
+	fe.Send(&pgproto3.Bind{DestinationPortal: "pp"})
+	fe.Send(&pgproto3.Execute{Portal: "pp", MaxRows: 1})
+	fe.Send(&pgproto3.Sync{})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	collect := func() (rows []string, first error) {
+		t.Helper()
 		for {
-			msg, err := c.ReceiveMessage(ctx)
+			msg, err := conn.ReceiveMessage(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
 			switch m := msg.(type) {
-			case *pgproto3.ParseComplete:
-				b.WriteString("1 ")
-			case *pgproto3.BindComplete:
-				b.WriteString("2 ")
-			case *pgproto3.ErrorResponse:
-				b.WriteString("E" + m.Code + " ")
-			case *pgproto3.RowDescription:
-				b.WriteString("T ")
 			case *pgproto3.DataRow:
-				b.WriteString("D" + string(m.Values[0]) + " ")
-			case *pgproto3.CommandComplete:
-				b.WriteString("C ")
+				rows = append(rows, string(m.Values[1]))
+			case *pgproto3.ErrorResponse:
+				if first == nil {
+					first = pgconn.ErrorResponseToPgError(m)
+				}
 			case *pgproto3.ReadyForQuery:
-				b.WriteString("Z ")
-			}
-			if strings.HasSuffix(b.String(), "D42 C Z ") {
-				return b.String()
+				return rows, first
 			}
 		}
 	}
-	if got, want := transcript(true), transcript(false); got != want {
-		t.Fatalf("a Query inside a failed batch:\nthrough the proxy: %s\ndirect:            %s", got, want)
+	if rows, err := collect(); err != nil || len(rows) != 1 || rows[0] != "canary.person@leak.example" {
+		t.Fatalf("the portal before the reload: %q %v", rows, err)
+	}
+
+	data, err := os.ReadFile(filepath.Join("testdata", "adversarial", "policy.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2, err := rules.Parse("policy.yaml", []byte(strings.Replace(string(data), "adv_support: { raw: [email] }", "adv_support: {}", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.mask.setPolicy(p2)
+
+	fe.Send(&pgproto3.Execute{Portal: "pp", MaxRows: 1})
+	fe.Send(&pgproto3.Sync{})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if rows, err := collect(); serverCode(err) != "42501" || len(rows) != 0 {
+		t.Fatalf("the portal after the reload: %q %v", rows, err)
+	}
+	if _, err := exec("ROLLBACK"); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"FETCH 1 FROM c", "MOVE 1 IN c", "FETCH ALL FROM c"} {
+		if rs, err := exec(q); serverCode(err) != "42501" || !strings.Contains(err.Error(), "open it again") {
+			t.Fatalf("%s after the reload: %v %v", q, rs, err)
+		}
+	}
+	if rs, err := exec("CLOSE c; BEGIN; DECLARE c CURSOR FOR SELECT id, email FROM customers WHERE id = 1; FETCH 1 FROM c"); err != nil || string(rs[len(rs)-1].Rows[0][1]) != "c***@leak.example" {
+		t.Fatalf("a new cursor after the reload: %v", err)
+	}
+}
+
+// TestPreparedBooksFollowServer: the proxy's records of prepared
+// statements and portals follow what the server keeps: a second PREPARE
+// of a name (which the server refuses) does not replace the first's
+// record, and a SET bound into a portal and run in a later batch makes
+// the proxy read the context again.
+func TestPreparedBooksFollowServer(t *testing.T) {
+	f := advSetup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, _, err := advConn(ctx, f, true, advAnalyst, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	exec := func(q string) ([]*pgconn.Result, error) { return conn.Exec(ctx, q).ReadAll() }
+	if _, err := exec("PREPARE dup AS SELECT ssn FROM customers WHERE id = 1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exec("SET search_path = shadow, public"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exec("PREPARE dup AS SELECT 1"); serverCode(err) != "42P05" {
+		t.Fatalf("a second PREPARE of the name: %v", err)
+	}
+	if _, err := exec("EXECUTE dup"); serverCode(err) != "42501" || !strings.Contains(err.Error(), "prepare it again") {
+		t.Fatalf("EXECUTE of the first statement under another search_path: %v", err)
+	}
+	if _, err := exec("RESET search_path; DEALLOCATE dup"); err != nil {
+		t.Fatal(err)
+	}
+
+	// A SET bound into a portal in one batch, run in a later one.
+	if _, err := conn.Prepare(ctx, "read_ssn", "SELECT ssn FROM customers ORDER BY id", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exec("BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	fe := conn.Frontend()
+	sync := func(msgs ...pgproto3.FrontendMessage) error {
+		t.Helper()
+		for _, m := range msgs {
+			fe.Send(m)
+		}
+		fe.Send(&pgproto3.Sync{})
+		if err := fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		var first error
+		for {
+			msg, err := conn.ReceiveMessage(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch m := msg.(type) {
+			case *pgproto3.ErrorResponse:
+				if first == nil {
+					first = pgconn.ErrorResponseToPgError(m)
+				}
+			case *pgproto3.ReadyForQuery:
+				return first
+			}
+		}
+	}
+	if err := sync(&pgproto3.Parse{Name: "sp", Query: "SET search_path = shadow, pg_catalog, public"}, &pgproto3.Bind{DestinationPortal: "p1", PreparedStatement: "sp"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exec("SELECT 1"); err != nil { // the proxy reads the context again here
+		t.Fatal(err)
+	}
+	if err := sync(&pgproto3.Execute{Portal: "p1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sync(&pgproto3.Bind{PreparedStatement: "read_ssn"}, &pgproto3.Execute{}); serverCode(err) != "42501" || !strings.Contains(err.Error(), "prepare it again") {
+		t.Fatalf("a statement prepared before the portal's SET ran: %v", err)
+	}
+	if _, err := exec("ROLLBACK"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSessionEndsWhileRefreshWaits: a Sync sent during COPY FROM STDIN is
+// ignored by the server, so the proxy waits for an answer that does not
+// come before it re-reads the search_path; a shutdown must still end that
+// session within its deadline (the wait gives way as soon as the session
+// starts to end).
+func TestSessionEndsWhileRefreshWaits(t *testing.T) {
+	f := advSetup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, _, err := advConn(ctx, f, true, advAnalyst, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	fe := conn.Frontend()
+	fe.Send(&pgproto3.Query{String: "COPY probe_u (v) FROM STDIN"})
+	fe.Send(&pgproto3.Sync{})
+	fe.Send(&pgproto3.CopyData{Data: []byte("x\n")})
+	fe.Send(&pgproto3.CopyDone{})
+	fe.Send(&pgproto3.Query{String: "SET search_path = public"})
+	fe.Send(&pgproto3.Query{String: "SELECT 1"})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// Two ReadyForQuery: the COPY's and the SET's; SELECT 1 then waits
+	// in the proxy for the Sync's answer.
+	for n := 0; n < 2; {
+		msg, err := conn.ReceiveMessage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+			n++
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	sctx, scancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer scancel()
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- f.proxy.srv.Shutdown(sctx) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Shutdown did not return: the session waiting to re-read its search_path was not ended")
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("Shutdown took %v", d)
 	}
 }

@@ -47,7 +47,7 @@ func (h *clientSide) class(typ byte) msgClass {
 				return classIntercept
 			}
 			return classReplace
-		case 'D', 'C':
+		case 'D', 'C', 'E':
 			return classReplace
 		case 'Q', 'P', 'F':
 			return classIntercept
@@ -72,8 +72,14 @@ func (h *clientSide) header(typ byte, length int) error {
 
 // note keeps the bookkeeping every client message needs, streamed or not.
 func (h *clientSide) note(typ byte) error {
-	// Query and FunctionCall are sync points of their own.
-	h.inBatch = typ != 'S' && typ != 'Q' && typ != 'F'
+	// Query and FunctionCall are sync points of their own; COPY data
+	// messages belong to neither kind of batch.
+	switch typ {
+	case 'S', 'Q', 'F':
+		h.inBatch = false
+	case 'P', 'B', 'D', 'E', 'C', 'H':
+		h.inBatch = true
+	}
 	switch typ {
 	case 'Q', 'S', 'F':
 		h.s.syncSent()
@@ -150,19 +156,9 @@ func (h *clientSide) message(typ byte, msg []byte) error {
 		h.note(typ)
 	case 'd', 'c', 'f':
 		return h.copyIn(typ, msg)
-	case 'E', 'S':
+	case 'S':
 		// Peeked for the tracker only.
-		switch typ {
-		case 'E':
-			ts := t.execute(msg)
-			var st *rewrite.Statement
-			if ts != nil {
-				st = ts.st
-			}
-			h.s.copyIn.Store(newCopyIn(st))
-		case 'S':
-			t.syncPoint(false)
-		}
+		t.syncPoint(false)
 		return h.note(typ)
 	default:
 		return fmt.Errorf("unexpected intercepted message %q", typ)
@@ -200,6 +196,16 @@ func (h *clientSide) replace(typ byte, msg []byte) ([]byte, error) {
 		out, err = h.masked.describeOrClose(typ, msg)
 		if t != nil && typ == 'C' && err == nil {
 			t.close(msg)
+		}
+	case 'E':
+		out, err = h.masked.execute(msg)
+		if t != nil && err == nil {
+			ts := t.execute(msg)
+			var st *rewrite.Statement
+			if ts != nil {
+				st = ts.st
+			}
+			h.s.copyIn.Store(newCopyIn(st))
 		}
 	default:
 		return nil, fmt.Errorf("unexpected replaced message %q", typ)

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -64,6 +65,15 @@ type maskedSession struct {
 	tplSeq   uint64
 	// boundBuf is runBound's output buffer, reused.
 	boundBuf []byte
+	// portals records, for every portal the session opened (Bind's
+	// destination, DECLARE's cursor), the policy it was opened under and
+	// whether running it may change the context: a portal keeps the plan
+	// it was opened with, so after a policy reload it would go on
+	// returning what the old policy allowed. portalBase is the policy
+	// in force when the map was last cleared: a portal not in the map
+	// was opened before then. Guarded by mu.
+	portals    map[string]portalInfo
+	portalBase string
 	// rs is the rewrite session of the last statement, reused while the
 	// policy, catalog and context stay the same (session).
 	rs *rewrite.Session
@@ -255,8 +265,16 @@ func (m *maskedSession) analyse(sql string, simple bool) (plan *rewrite.Plan, te
 				}
 			}
 		}
+		if st.Fetches != "" && !slices.Contains(here, st.Fetches) {
+			if _, err := m.stalePortal(st.Fetches, m.policy.Hash); err != nil {
+				return nil, "", err
+			}
+		}
 		if st.Prepares != "" {
 			here = append(here, st.Prepares)
+		}
+		if st.Declares != "" {
+			here = append(here, st.Declares)
 		}
 		if st.SearchPath != nil || st.ResetSearchPath || st.Role != "" || st.ResetRole {
 			changed = true
@@ -273,7 +291,15 @@ func (m *maskedSession) account(plan *rewrite.Plan) {
 		return
 	}
 	for _, st := range plan.Statements {
+		if st.Declares != "" {
+			m.openPortal(st.Declares, m.policy.Hash, false)
+		}
+		m.mu.Lock()
+		_, exists := m.prepared[st.Prepares]
+		m.mu.Unlock()
 		switch {
+		case st.Prepares != "" && exists:
+			// The server refuses it (42P05) and keeps the first.
 		case st.Prepares != "":
 			m.remember(st.Prepares, "", nil, nil, false)
 		case st.DeallocateAll:
@@ -432,7 +458,7 @@ func appendParse(out []byte, name, sql string, types []byte) []byte {
 // resolves names (like parse's errContextInBatch). atBoundary says the
 // Bind is the first message after a sync point.
 func (m *maskedSession) bind(msg []byte, atBoundary bool) ([]byte, error) {
-	_, rest, ok := cutNul(msg[5:])
+	portal, rest, ok := cutNul(msg[5:])
 	if !ok {
 		return nil, &protocolError{"malformed Bind message"}
 	}
@@ -440,6 +466,18 @@ func (m *maskedSession) bind(msg []byte, atBoundary bool) ([]byte, error) {
 	if !ok {
 		return nil, &protocolError{"malformed Bind message"}
 	}
+	out, err := m.bindChecked(stmt, msg, atBoundary)
+	if err == nil {
+		m.mu.Lock()
+		changer := m.changers[stmt]
+		m.mu.Unlock()
+		m.openPortal(portal, m.currentPolicyHash(), changer)
+	}
+	return out, err
+}
+
+// bindChecked is bind after the names are read.
+func (m *maskedSession) bindChecked(stmt string, msg []byte, atBoundary bool) ([]byte, error) {
 	if reservedName(stmt) {
 		return (&pgproto3.Parse{Query: m.refuse(errReservedName)}).Encode(nil)
 	}
@@ -479,6 +517,17 @@ func (m *maskedSession) describeOrClose(typ byte, msg []byte) ([]byte, error) {
 	}
 	if msg[5] == 'S' && reservedName(name) {
 		return (&pgproto3.Parse{Query: m.refuse(errReservedName)}).Encode(nil)
+	}
+	if typ == 'C' {
+		m.mu.Lock()
+		if msg[5] == 'P' {
+			delete(m.portals, name)
+		} else {
+			// The statement is gone: a Parse of the name may follow.
+			delete(m.prepared, name)
+			delete(m.changers, name)
+		}
+		m.mu.Unlock()
 	}
 	return msg, nil
 }
@@ -548,6 +597,9 @@ func (m *maskedSession) readyForQuery() {
 	}
 }
 
+// refreshWaitLimit bounds refreshPath's waits.
+var refreshWaitLimit = 2 * time.Minute
+
 // refreshPath reads the server's search_path when a statement may have
 // changed it. It runs on the client side between sync points: it waits
 // until every earlier answer has arrived, then sends SHOW search_path,
@@ -556,11 +608,18 @@ func (m *maskedSession) refreshPath() error {
 	if !m.dirty {
 		return nil
 	}
+	// The waits are bounded: the client pump waits here, so a session
+	// whose sync points the server never answers (the server ignores a
+	// Sync sent during COPY FROM STDIN) must end rather than hang.
+	limit := time.NewTimer(refreshWaitLimit)
+	defer limit.Stop()
 	for m.s.pending.Load() > 0 {
 		select {
 		case <-m.idle:
-		case <-m.s.endedCh:
+		case <-m.s.endingCh:
 			return errClientGone
+		case <-limit.C:
+			return &protocolError{"the server did not answer the session's earlier statements in time to re-read its search_path"}
 		}
 	}
 	m.refreshing.Store(true)
@@ -569,8 +628,10 @@ func (m *maskedSession) refreshPath() error {
 	}
 	select {
 	case <-m.refreshed:
-	case <-m.s.endedCh:
+	case <-m.s.endingCh:
 		return errClientGone
+	case <-limit.C:
+		return &protocolError{"the server did not answer pgveil's search_path query in time"}
 	}
 	if !m.refreshOK.Load() {
 		// SHOW failed (the transaction is aborted): try again before the
@@ -594,6 +655,14 @@ func (m *maskedSession) query(msg []byte, inBatch bool) ([]byte, error) {
 	sql, _, ok := cutNul(msg[5:])
 	if !ok {
 		return nil, &protocolError{"malformed Query message"}
+	}
+	if inBatch {
+		// The server answers a Query inside an unfinished batch, or
+		// skips it without an answer after an error in the batch, which
+		// the proxy cannot know when it must count the sync point; and
+		// it may not send statements of its own (a search_path re-read)
+		// inside the client's batch. No driver mixes the protocols so.
+		return nil, &protocolError{"a masked session may not send a simple Query inside an unfinished extended-protocol batch: send Sync first"}
 	}
 	m.lastSQL = sql
 	if err := m.refreshPath(); err != nil {
@@ -735,6 +804,65 @@ func (m *maskedSession) runBound(sql string, b *rewrite.Bound, lits []rewrite.Li
 	}
 	m.s.swallowBatch(swallowEntry{parse: parse, close: closes, bind: 1, lost: lost})
 	return out
+}
+
+// portalInfo is what the proxy knows of a portal (see portals).
+type portalInfo struct {
+	policy  string
+	changer bool
+}
+
+// maxPortals bounds the portals map; past it the map is cleared (see
+// portalBase).
+const maxPortals = 10000
+
+// openPortal records portal name, opened now under policy.
+func (m *maskedSession) openPortal(name, policy string, changer bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.portals == nil || len(m.portals) >= maxPortals {
+		m.portals = map[string]portalInfo{}
+		m.portalBase = policy
+	}
+	m.portals[name] = portalInfo{policy: policy, changer: changer}
+}
+
+// stalePortal returns the refusal for running portal name under policy,
+// nil when it may run; changer reports a portal whose statement may change
+// the context.
+func (m *maskedSession) stalePortal(name, policy string) (changer bool, err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p, ok := m.portals[name]
+	if !ok {
+		p.policy = m.portalBase
+		if m.portals == nil {
+			p.policy = policy // no portal was opened yet
+		}
+	}
+	if p.policy != policy {
+		return false, &rewrite.Refusal{Rule: "stale-statement", Message: "portal or cursor " + strconv.Quote(name) + " was opened under another policy; open it again"}
+	}
+	return p.changer, nil
+}
+
+// execute checks an Execute message: a portal opened under another policy
+// is refused (replaced by a Parse of the refusal marker), and one whose
+// statement may change search_path or the role marks the context for
+// reading again.
+func (m *maskedSession) execute(msg []byte) ([]byte, error) {
+	portal, _, ok := cutNul(msg[5:])
+	if !ok {
+		return nil, &protocolError{"malformed Execute message"}
+	}
+	changer, err := m.stalePortal(portal, m.currentPolicyHash())
+	if err != nil {
+		return (&pgproto3.Parse{Query: m.refuse(err)}).Encode(nil)
+	}
+	if changer {
+		m.dirty, m.changedInTx = true, true
+	}
+	return msg, nil
 }
 
 // tplPrefix starts the names of the prepared statements the proxy makes
@@ -897,7 +1025,13 @@ func (m *maskedSession) parse(msg []byte, atBoundary bool) ([]byte, error) {
 	if err == nil {
 		m.account(plan)
 	}
-	if err != errReservedName {
+	m.mu.Lock()
+	_, exists := m.prepared[name]
+	m.mu.Unlock()
+	if exists && name != "" {
+		// The server refuses a second statement of the name (42P05) and
+		// keeps the first: so do the books.
+	} else if err != errReservedName {
 		m.remember(name, sql0, append([]byte(nil), types...), paramEncrypts(plan), plan != nil && resolvesNoNames(plan))
 		m.mu.Lock()
 		m.changers[name] = plan != nil && changesContext(plan)

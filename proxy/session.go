@@ -113,8 +113,10 @@ type session struct {
 	// Config.Statements; nil when no sink is configured.
 	track      *tracker
 	decideOnce sync.Once
-	// endedCh is closed when the session ends.
-	endedCh chan struct{}
+	// endedCh is closed when the session ends; endingCh when it starts
+	// to (before the connections are closed, which waits for a pump
+	// blocked in its read callback).
+	endedCh, endingCh chan struct{}
 	// lastWasFatal is set when the last ErrorResponse from the server was FATAL.
 	lastWasFatal atomic.Bool
 
@@ -152,7 +154,7 @@ type session struct {
 }
 
 func newSession(srv *Server, conn net.Conn, id uint64) *session {
-	return &session{srv: srv, id: id, start: time.Now(), client: conn, params: map[string]string{}, modeDecided: make(chan struct{}), endedCh: make(chan struct{})}
+	return &session{srv: srv, id: id, start: time.Now(), client: conn, params: map[string]string{}, modeDecided: make(chan struct{}), endedCh: make(chan struct{}), endingCh: make(chan struct{})}
 }
 
 // serve runs the session to its end.
@@ -439,6 +441,7 @@ func (s *session) fromPumpDown(err error) error {
 // closes both connections so that both pumps return.
 func (s *session) end(cause error) {
 	s.endOnce.Do(func() {
+		close(s.endingCh)
 		defer s.markDecided()
 		defer close(s.endedCh)
 		s.endMu.Lock()
