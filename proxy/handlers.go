@@ -84,6 +84,10 @@ func (h *clientSide) note(typ byte) error {
 	case 'Q', 'S', 'F':
 		h.s.syncSent()
 	case 'X':
+		// The server closes its side once it reads the Terminate: that
+		// end of the server's stream is the client's doing, not a lost
+		// upstream (fromPumpDown), whichever pump ends first.
+		h.s.terminating.Store(true)
 		return errStopAfter
 	}
 	return nil

@@ -255,3 +255,38 @@ func TestPumpReplace(t *testing.T) {
 		t.Fatalf("relayed %q, want %q", out.buf.Bytes(), want)
 	}
 }
+
+// TestServerCloseAfterTerminate: the server closes its side once it reads
+// the client's Terminate; if the server-to-client pump sees that first, the
+// session still ends as terminated by the client, with nothing injected
+// (node-postgres reports an error that arrives after its Terminate).
+func TestServerCloseAfterTerminate(t *testing.T) {
+	up, err := ParseUpstream("postgres://127.0.0.1:1/db?sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := New(Config{Upstream: up})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, terminating := range []bool{true, false} {
+		a, b := net.Pipe()
+		s := newSession(srv, a, 1)
+		s.terminating.Store(terminating)
+		got := make(chan []byte, 1)
+		go func() {
+			buf, _ := io.ReadAll(b)
+			got <- buf
+		}()
+		err := s.fromPumpDown(&readError{io.EOF})
+		a.Close()
+		injected := <-got
+		b.Close()
+		if terminating && (!errors.Is(err, errTerminated) || len(injected) != 0) {
+			t.Errorf("after Terminate: ended with %v, client got %q", err, injected)
+		}
+		if !terminating && !errors.Is(err, errUpstreamGone) {
+			t.Errorf("without Terminate: ended with %v", err)
+		}
+	}
+}

@@ -113,6 +113,8 @@ type session struct {
 	// Config.Statements; nil when no sink is configured.
 	track      *tracker
 	decideOnce sync.Once
+	// terminating is set when the client sent Terminate.
+	terminating atomic.Bool
 	// endedCh is closed when the session ends; endingCh when it starts
 	// to (before the connections are closed, which waits for a pump
 	// blocked in its read callback).
@@ -428,6 +430,8 @@ func (s *session) fromPumpDown(err error) error {
 	switch {
 	case errors.Is(err, errStopped):
 		err = errShutdown
+	case errors.As(err, &re) && s.terminating.Load():
+		err = errTerminated
 	case errors.As(err, &re):
 		err = errUpstreamGone
 	case errors.As(err, &we):
