@@ -358,11 +358,40 @@ func liveFindings(ctx context.Context, pol *rules.Policy, up *upstreamDB) (findi
 	}
 	for v, tables := range viewReads {
 		rel := snap.Relation(v)
-		if rel == nil || classifiesAny(pol, rel) {
+		if rel == nil {
 			continue
 		}
-		out.add(sevWarning, "%s %s reads protected %s %s but the policy classifies none of its columns: masked sessions are refused on it (classify its columns to let them read it masked)",
-			kindName(rel.Kind), v, pluralWord(len(tables), "table"), strings.Join(tables, ", "))
+		if !classifiesAny(pol, rel) {
+			out.add(sevWarning, "%s %s reads protected %s %s but the policy classifies none of its columns: masked sessions are refused on it (classify its columns to let them read it masked)",
+				kindName(rel.Kind), v, pluralWord(len(tables), "table"), strings.Join(tables, ", "))
+			continue
+		}
+		// Partly classified: an unclassified column named like a
+		// classified column of a table it reads makes the proxy refuse
+		// the view; any other unclassified column is shown raw.
+		var named, other []string
+		for _, c := range rel.Columns {
+			if pol.Column(rules.ColumnKey{Schema: v.Schema, Table: v.Name, Column: c.Name}) != nil {
+				continue
+			}
+			classified := false
+			for _, t := range rel.Reads {
+				classified = classified || pol.Column(rules.ColumnKey{Schema: t.Schema, Table: t.Name, Column: c.Name}) != nil
+			}
+			if classified {
+				named = append(named, c.Name)
+			} else {
+				other = append(other, c.Name)
+			}
+		}
+		if len(named) > 0 {
+			out.add(sevWarning, "%s %s classifies some of its columns but not %s, classified on the %s it reads (%s): masked sessions that see %s masked are refused on it",
+				kindName(rel.Kind), v, strings.Join(named, ", "), pluralWord(len(tables), "table"), strings.Join(tables, ", "), pluralWord(len(named), "that column"))
+		}
+		if len(other) > 0 {
+			out.add(sevInfo, "%s %s reads protected %s and shows its unclassified %s %s as stored: check that none carries a protected value under another name",
+				kindName(rel.Kind), v, strings.Join(tables, ", "), pluralWord(len(other), "column"), strings.Join(other, ", "))
+		}
 	}
 
 	// Partitions and inheritance children of classified tables.
@@ -378,6 +407,17 @@ func liveFindings(ctx context.Context, pol *rules.Policy, up *upstreamDB) (findi
 				continue
 			}
 			if isPartitionOf(snap, child, t) {
+				var differ []string
+				for _, c := range cols {
+					if own := pol.Column(rules.ColumnKey{Schema: d.Schema, Table: d.Name, Column: c}); own != nil && own.Class.Name != pol.Column(rules.ColumnKey{Schema: t.Schema, Table: t.Name, Column: c}).Class.Name {
+						differ = append(differ, c)
+					}
+				}
+				if len(differ) > 0 {
+					out.add(sevWarning, "%s is a partition of classified table %s but classifies %s differently: reading %s applies, for every row, the stricter of the two rules",
+						d, t, strings.Join(differ, ", "), t)
+					continue
+				}
 				out.add(sevInfo, "%s is a partition of classified table %s: the proxy masks it with %s's classification", d, t, t)
 				continue
 			}
