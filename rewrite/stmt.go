@@ -615,7 +615,13 @@ func (w *walker) copyStmt(s *pg_query.CopyStmt) error {
 	if rv.Schemaname != "" {
 		name = quoteIdent(rv.Schemaname) + "." + name
 	}
-	tree, err := pg_query.Parse("SELECT " + cols + " FROM " + name)
+	from := " FROM "
+	if rel := w.resolve(rv); rel != nil && rel.Kind == catalog.KindTable {
+		// COPY table TO copies the table's own rows, not those of its
+		// inheritance children.
+		from = " FROM ONLY "
+	}
+	tree, err := pg_query.Parse("SELECT " + cols + from + name)
 	if err != nil || len(tree.Stmts) != 1 {
 		return refuse("unsupported-syntax", "cannot rewrite COPY of %s", name)
 	}
