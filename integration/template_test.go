@@ -255,26 +255,8 @@ func TestTemplateReservedNames(t *testing.T) {
 	// reading the ReadyForQuery) are sent as they are, with a Sync.
 	rawErr := func(msg pgproto3.FrontendMessage) error {
 		t.Helper()
-		conn.Frontend().Send(msg)
-		conn.Frontend().Send(&pgproto3.Sync{})
-		if err := conn.Frontend().Flush(); err != nil {
-			t.Fatal(err)
-		}
-		var first error
-		for {
-			msg, err := conn.ReceiveMessage(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			switch msg := msg.(type) {
-			case *pgproto3.ErrorResponse:
-				if first == nil {
-					first = pgconn.ErrorResponseToPgError(msg)
-				}
-			case *pgproto3.ReadyForQuery:
-				return first
-			}
-		}
+		_, err := syncBatch(ctx, t, conn, msg)
+		return err
 	}
 	refused("Describe", rawErr(&pgproto3.Describe{ObjectType: 'S', Name: "pgveil_tpl_1"}))
 	refused("Close", rawErr(&pgproto3.Close{ObjectType: 'S', Name: "pgveil_tpl_1"}))
@@ -334,19 +316,7 @@ func TestTemplateAfterReload(t *testing.T) {
 	if got := email("SELECT id, email FROM customers WHERE id = 2"); got != "bob.smith@corp.example" { // prepares pgveil_tpl_1 with e-mail raw
 		t.Fatalf("support's raw e-mail from a template: %q", got)
 	}
-	data, err := os.ReadFile(filepath.Join("testdata", "adversarial", "policy.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	text := strings.Replace(string(data), "adv_support: { raw: [email] }", "adv_support: {}", 1)
-	if text == string(data) {
-		t.Fatal("the test's policy edit did not apply")
-	}
-	p2, err := rules.Parse("policy.yaml", []byte(text))
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.mask.setPolicy(p2)
+	f.mask.setPolicy(supportWithoutRawEmail(t))
 	if got := email("SELECT id, email FROM customers WHERE id = 1"); got != "c***@leak.example" {
 		t.Fatalf("e-mail after the reload: %q", got)
 	}
@@ -466,53 +436,15 @@ func TestPortalAfterReload(t *testing.T) {
 	if _, err := exec("BEGIN"); err != nil {
 		t.Fatal(err)
 	}
-	fe := conn.Frontend()
-	fe.Send(&pgproto3.Parse{Query: "SELECT id, email FROM customers ORDER BY id"})
-	fe.Send(&pgproto3.Bind{DestinationPortal: "pp"})
-	fe.Send(&pgproto3.Execute{Portal: "pp", MaxRows: 1})
-	fe.Send(&pgproto3.Sync{})
-	if err := fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	collect := func() (rows []string, first error) {
-		t.Helper()
-		for {
-			msg, err := conn.ReceiveMessage(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			switch m := msg.(type) {
-			case *pgproto3.DataRow:
-				rows = append(rows, string(m.Values[1]))
-			case *pgproto3.ErrorResponse:
-				if first == nil {
-					first = pgconn.ErrorResponseToPgError(m)
-				}
-			case *pgproto3.ReadyForQuery:
-				return rows, first
-			}
-		}
-	}
-	if rows, err := collect(); err != nil || len(rows) != 1 || rows[0] != "canary.person@leak.example" {
+	rows, err := syncBatch(ctx, t, conn, &pgproto3.Parse{Query: "SELECT id, email FROM customers ORDER BY id"},
+		&pgproto3.Bind{DestinationPortal: "pp"}, &pgproto3.Execute{Portal: "pp", MaxRows: 1})
+	if err != nil || len(rows) != 1 || rows[0][1] != "canary.person@leak.example" {
 		t.Fatalf("the portal before the reload: %q %v", rows, err)
 	}
 
-	data, err := os.ReadFile(filepath.Join("testdata", "adversarial", "policy.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p2, err := rules.Parse("policy.yaml", []byte(strings.Replace(string(data), "adv_support: { raw: [email] }", "adv_support: {}", 1)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.mask.setPolicy(p2)
+	f.mask.setPolicy(supportWithoutRawEmail(t))
 
-	fe.Send(&pgproto3.Execute{Portal: "pp", MaxRows: 1})
-	fe.Send(&pgproto3.Sync{})
-	if err := fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	if rows, err := collect(); serverCode(err) != "42501" || len(rows) != 0 {
+	if rows, err := syncBatch(ctx, t, conn, &pgproto3.Execute{Portal: "pp", MaxRows: 1}); serverCode(err) != "42501" || len(rows) != 0 {
 		t.Fatalf("the portal after the reload: %q %v", rows, err)
 	}
 	if _, err := exec("ROLLBACK"); err != nil {
@@ -566,31 +498,10 @@ func TestPreparedBooksFollowServer(t *testing.T) {
 	if _, err := exec("BEGIN"); err != nil {
 		t.Fatal(err)
 	}
-	fe := conn.Frontend()
 	sync := func(msgs ...pgproto3.FrontendMessage) error {
 		t.Helper()
-		for _, m := range msgs {
-			fe.Send(m)
-		}
-		fe.Send(&pgproto3.Sync{})
-		if err := fe.Flush(); err != nil {
-			t.Fatal(err)
-		}
-		var first error
-		for {
-			msg, err := conn.ReceiveMessage(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			switch m := msg.(type) {
-			case *pgproto3.ErrorResponse:
-				if first == nil {
-					first = pgconn.ErrorResponseToPgError(m)
-				}
-			case *pgproto3.ReadyForQuery:
-				return first
-			}
-		}
+		_, err := syncBatch(ctx, t, conn, msgs...)
+		return err
 	}
 	if err := sync(&pgproto3.Parse{Name: "sp", Query: "SET search_path = shadow, pg_catalog, public"}, &pgproto3.Bind{DestinationPortal: "p1", PreparedStatement: "sp"}); err != nil {
 		t.Fatal(err)
@@ -658,4 +569,57 @@ func TestSessionEndsWhileRefreshWaits(t *testing.T) {
 	if d := time.Since(start); d > 10*time.Second {
 		t.Fatalf("Shutdown took %v", d)
 	}
+}
+
+// syncBatch sends msgs and a Sync on conn and reads up to the
+// ReadyForQuery: the rows' text values and the first error.
+func syncBatch(ctx context.Context, t *testing.T, conn *pgconn.PgConn, msgs ...pgproto3.FrontendMessage) (rows [][]string, first error) {
+	t.Helper()
+	fe := conn.Frontend()
+	for _, m := range msgs {
+		fe.Send(m)
+	}
+	fe.Send(&pgproto3.Sync{})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		msg, err := conn.ReceiveMessage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.DataRow:
+			var row []string
+			for _, v := range m.Values {
+				row = append(row, string(v))
+			}
+			rows = append(rows, row)
+		case *pgproto3.ErrorResponse:
+			if first == nil {
+				first = pgconn.ErrorResponseToPgError(m)
+			}
+		case *pgproto3.ReadyForQuery:
+			return rows, first
+		}
+	}
+}
+
+// supportWithoutRawEmail is the adversarial policy after a reload that
+// takes adv_support's raw e-mail grant away.
+func supportWithoutRawEmail(t *testing.T) *rules.Policy {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("testdata", "adversarial", "policy.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Replace(string(data), "adv_support: { raw: [email] }", "adv_support: {}", 1)
+	if text == string(data) {
+		t.Fatal("the test's policy edit did not apply")
+	}
+	p, err := rules.Parse("policy.yaml", []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

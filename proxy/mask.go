@@ -466,18 +466,6 @@ func (m *maskedSession) bind(msg []byte, atBoundary bool) ([]byte, error) {
 	if !ok {
 		return nil, &protocolError{"malformed Bind message"}
 	}
-	out, err := m.bindChecked(stmt, msg, atBoundary)
-	if err == nil {
-		m.mu.Lock()
-		changer := m.changers[stmt]
-		m.mu.Unlock()
-		m.openPortal(portal, m.currentPolicyHash(), changer)
-	}
-	return out, err
-}
-
-// bindChecked is bind after the names are read.
-func (m *maskedSession) bindChecked(stmt string, msg []byte, atBoundary bool) ([]byte, error) {
 	if reservedName(stmt) {
 		return (&pgproto3.Parse{Query: m.refuse(errReservedName)}).Encode(nil)
 	}
@@ -485,6 +473,9 @@ func (m *maskedSession) bindChecked(stmt string, msg []byte, atBoundary bool) ([
 	changes := m.changers[stmt]
 	noNames := m.prepared[stmt].noNames
 	m.mu.Unlock()
+	// The portal is recorded whatever follows: a refused Bind opens none
+	// on the server, and its record is then never used.
+	m.openPortal(portal, m.currentPolicyHash(), changes)
 	if m.dirty && !atBoundary && !noNames {
 		return (&pgproto3.Parse{Query: m.refuse(errContextInBatch)}).Encode(nil)
 	}
@@ -508,12 +499,17 @@ func (m *maskedSession) bindChecked(stmt string, msg []byte, atBoundary bool) ([
 // prepared statement of the proxy's own is refused (replaced by a Parse of
 // the refusal marker); any other passes unchanged.
 func (m *maskedSession) describeOrClose(typ byte, msg []byte) ([]byte, error) {
-	if len(msg) < 6 {
-		return nil, &protocolError{fmt.Sprintf("malformed %s message", map[byte]string{'D': "Describe", 'C': "Close"}[typ])}
+	var name string
+	ok := len(msg) >= 6
+	if ok {
+		name, _, ok = cutNul(msg[6:])
 	}
-	name, _, ok := cutNul(msg[6:])
 	if !ok {
-		return nil, &protocolError{fmt.Sprintf("malformed %s message", map[byte]string{'D': "Describe", 'C': "Close"}[typ])}
+		kind := "Describe"
+		if typ == 'C' {
+			kind = "Close"
+		}
+		return nil, &protocolError{"malformed " + kind + " message"}
 	}
 	if msg[5] == 'S' && reservedName(name) {
 		return (&pgproto3.Parse{Query: m.refuse(errReservedName)}).Encode(nil)

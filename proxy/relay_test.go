@@ -181,14 +181,7 @@ func (panicHandler) message(typ byte, msg []byte) error { panic("bug") }
 // TestPanicEndsOnlyTheSession: a panic in a pump becomes an XX000 error
 // for that session instead of taking the process down.
 func TestPanicEndsOnlyTheSession(t *testing.T) {
-	up, err := ParseUpstream("postgres://127.0.0.1:1/db?sslmode=disable")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := New(Config{Upstream: up})
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv := deadUpstreamServer(t)
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
@@ -198,7 +191,7 @@ func TestPanicEndsOnlyTheSession(t *testing.T) {
 		msg, _ := (&pgproto3.Query{String: "select 1"}).Encode(nil)
 		_, _ = b.Write(msg)
 	}()
-	err = s.runSafely(p)
+	err := s.runSafely(p)
 	var ce *clientError
 	if !errors.As(err, &ce) || ce.code != codeInternalError || outcome(err) != "internal_error" {
 		t.Fatalf("a panicking pump ended with %v", err)
@@ -261,14 +254,7 @@ func TestPumpReplace(t *testing.T) {
 // session still ends as terminated by the client, with nothing injected
 // (node-postgres reports an error that arrives after its Terminate).
 func TestServerCloseAfterTerminate(t *testing.T) {
-	up, err := ParseUpstream("postgres://127.0.0.1:1/db?sslmode=disable")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := New(Config{Upstream: up})
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv := deadUpstreamServer(t)
 	for _, terminating := range []bool{true, false} {
 		a, b := net.Pipe()
 		s := newSession(srv, a, 1)
@@ -289,4 +275,19 @@ func TestServerCloseAfterTerminate(t *testing.T) {
 			t.Errorf("without Terminate: ended with %v", err)
 		}
 	}
+}
+
+// deadUpstreamServer is a Server whose upstream nobody listens on, for
+// tests of sessions that never reach it.
+func deadUpstreamServer(t *testing.T) *Server {
+	t.Helper()
+	up, err := ParseUpstream("postgres://127.0.0.1:1/db?sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := New(Config{Upstream: up})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv
 }
