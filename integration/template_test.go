@@ -207,8 +207,8 @@ func TestContextChangeInBatch(t *testing.T) {
 
 // TestTemplateReservedNames: the prepared statements the proxy makes for
 // statement templates (pgveil_tpl_N) cannot be named by a masked client in
-// any way, so it can neither run one nor take its name over; the
-// session's templates go on working.
+// any way, so it can neither run one nor take its name over, and it cannot
+// open a portal of such a name; the session's templates go on working.
 func TestTemplateReservedNames(t *testing.T) {
 	f := advSetup(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -253,15 +253,23 @@ func TestTemplateReservedNames(t *testing.T) {
 	refused("Bind", conn.ExecPrepared(ctx, "pgveil_tpl_1", [][]byte{[]byte("1")}, nil, nil).Read().Err)
 	// Describe and Close (pgconn's Deallocate returns at the error without
 	// reading the ReadyForQuery) are sent as they are, with a Sync.
-	rawErr := func(msg pgproto3.FrontendMessage) error {
+	rawErr := func(msgs ...pgproto3.FrontendMessage) error {
 		t.Helper()
-		_, err := syncBatch(ctx, t, conn, msg)
+		_, err := syncBatch(ctx, t, conn, msgs...)
 		return err
 	}
 	refused("Describe", rawErr(&pgproto3.Describe{ObjectType: 'S', Name: "pgveil_tpl_1"}))
 	refused("Close", rawErr(&pgproto3.Close{ObjectType: 'S', Name: "pgveil_tpl_1"}))
 	if err := rawErr(&pgproto3.Close{ObjectType: 'P', Name: "pgveil_tpl_1"}); err != nil {
-		t.Errorf("Close of a portal: %v", err) // portals may have any name
+		t.Errorf("Close of a portal: %v", err) // it opens none
+	}
+	// Nor may it open a portal of such a name: the proxy's own context
+	// query binds one (pgveil_tpl_context).
+	refused("Bind into a portal", rawErr(&pgproto3.Parse{Query: "SELECT 1"}, &pgproto3.Bind{DestinationPortal: "pgveil_tpl_context"}))
+	_, err = conn.Exec(ctx, "BEGIN; DECLARE pgveil_tpl_context CURSOR FOR SELECT 1").ReadAll()
+	refused("DECLARE", err)
+	if _, err := conn.Exec(ctx, "ROLLBACK").ReadAll(); err != nil {
+		t.Fatal(err)
 	}
 	// The proxy's statement is still there and still its own.
 	before = f.proxy.srv.Stats().PlanTemplateHits
@@ -622,4 +630,104 @@ func supportWithoutRawEmail(t *testing.T) *rules.Policy {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// TestRefreshKeepsUnnamed: the proxy's re-read of search_path and the
+// role after a statement that may change them leaves the client's unnamed
+// prepared statement and unnamed portal alone (a simple Query would
+// destroy both), so a raw extended-protocol session that relies on them
+// across the re-read gets the same answers through the proxy as directly.
+func TestRefreshKeepsUnnamed(t *testing.T) {
+	f := advSetup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const sameRole = `SET ROLE NONE` // a context change that changes nothing
+	const samePath = `SET search_path = "$user", public`
+	batches := [][]pgproto3.FrontendMessage{
+		{&pgproto3.Parse{Query: "SELECT id FROM customers WHERE id = $1"}},
+		// A changer run from a named statement: the unnamed one stays.
+		{&pgproto3.Parse{Name: "chg", Query: samePath}, &pgproto3.Bind{PreparedStatement: "chg", DestinationPortal: "cp"}, &pgproto3.Execute{Portal: "cp"}},
+		// The first Bind after it: the proxy reads the context again first.
+		{&pgproto3.Bind{Parameters: [][]byte{[]byte("2")}}, &pgproto3.Execute{}},
+		// The unnamed portal of an open transaction, read in two parts
+		// around another change and re-read.
+		{&pgproto3.Parse{Name: "begin", Query: "BEGIN"}, &pgproto3.Bind{PreparedStatement: "begin", DestinationPortal: "bp"}, &pgproto3.Execute{Portal: "bp"}},
+		{&pgproto3.Parse{Query: "SELECT id FROM customers ORDER BY id"}, &pgproto3.Bind{}, &pgproto3.Execute{MaxRows: 1}},
+		{&pgproto3.Parse{Name: "chg2", Query: sameRole}, &pgproto3.Bind{PreparedStatement: "chg2", DestinationPortal: "cp2"}, &pgproto3.Execute{Portal: "cp2"}},
+		{&pgproto3.Parse{Name: "s2", Query: "SELECT 2"}, &pgproto3.Bind{PreparedStatement: "s2", DestinationPortal: "p2"}, &pgproto3.Execute{Portal: "p2"}, &pgproto3.Execute{MaxRows: 1}},
+		{&pgproto3.Parse{Name: "chg3", Query: samePath}, &pgproto3.Bind{PreparedStatement: "chg3", DestinationPortal: "cp3"}, &pgproto3.Execute{Portal: "cp3"}},
+		{&pgproto3.Bind{}, &pgproto3.Execute{MaxRows: 1}, &pgproto3.Parse{Name: "end", Query: "COMMIT"}, &pgproto3.Bind{PreparedStatement: "end"}, &pgproto3.Execute{}},
+	}
+	run := func(viaProxy bool) string {
+		conn, _, err := advConn(ctx, f, viaProxy, advAnalyst, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		var b strings.Builder
+		for i, msgs := range batches {
+			fmt.Fprintf(&b, "batch %d: %s\n", i, rawBatch(ctx, t, conn, msgs...))
+		}
+		return b.String()
+	}
+	if got, want := run(true), run(false); got != want {
+		t.Fatalf("through the proxy:\n%s\ndirect:\n%s", got, want)
+	}
+}
+
+// rawBatch sends msgs and a Sync on conn and returns what the server
+// answered up to the ReadyForQuery, one short item per message.
+func rawBatch(ctx context.Context, t *testing.T, conn *pgconn.PgConn, msgs ...pgproto3.FrontendMessage) string {
+	t.Helper()
+	fe := conn.Frontend()
+	for _, m := range msgs {
+		fe.Send(m)
+	}
+	fe.Send(&pgproto3.Sync{})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return rawAnswers(ctx, t, conn, 1)
+}
+
+// rawAnswers reads n ReadyForQuery answers from conn and returns what
+// came, one short item per message.
+func rawAnswers(ctx context.Context, t *testing.T, conn *pgconn.PgConn, n int) string {
+	t.Helper()
+	var out []string
+	for n > 0 {
+		msg, err := conn.ReceiveMessage(ctx)
+		if err != nil {
+			t.Fatalf("after %q: %v", out, err)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.ParseComplete:
+			out = append(out, "ParseComplete")
+		case *pgproto3.BindComplete:
+			out = append(out, "BindComplete")
+		case *pgproto3.CloseComplete:
+			out = append(out, "CloseComplete")
+		case *pgproto3.DataRow:
+			var vals []string
+			for _, v := range m.Values {
+				vals = append(vals, string(v))
+			}
+			out = append(out, "row("+strings.Join(vals, ",")+")")
+		case *pgproto3.CommandComplete:
+			out = append(out, string(m.CommandTag))
+		case *pgproto3.PortalSuspended:
+			out = append(out, "suspended")
+		case *pgproto3.CopyInResponse:
+			out = append(out, "CopyIn")
+		case *pgproto3.ErrorResponse:
+			out = append(out, "error "+m.Code+" "+m.Message)
+		case *pgproto3.ReadyForQuery:
+			out = append(out, "ready "+string(m.TxStatus))
+			n--
+		case *pgproto3.ParameterStatus, *pgproto3.NoticeResponse:
+		default:
+			out = append(out, fmt.Sprintf("%T", m))
+		}
+	}
+	return strings.Join(out, " | ")
 }

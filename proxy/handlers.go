@@ -643,13 +643,40 @@ func (h *serverSide) decide(msg []byte) error {
 
 // contextQuery reads what name resolution depends on: search_path and the
 // current user (which SET ROLE changes and "$user" expands to).
-var contextQuery, _ = (&pgproto3.Query{String: "SELECT pg_catalog.current_setting('search_path'), CURRENT_USER"}).Encode(nil)
+//
+// It runs with the extended protocol, as a prepared statement and portal
+// of the proxy's own (contextName, in the reserved namespace): a simple
+// Query would destroy the client's unnamed prepared statement and unnamed
+// portal (PostgreSQL documentation §55.2.3, "Extended Query"), which a
+// client may still use after the proxy re-read the context. The leading
+// Closes (not an error for a portal or statement that does not exist)
+// remove those left over by a re-read that failed half-way; the trailing
+// ones remove the portal (in a transaction block it would outlive the
+// Sync) and the statement. The server answers CloseComplete twice,
+// ParseComplete, BindComplete, the DataRow, CommandComplete, CloseComplete
+// twice and ReadyForQuery; after an error (say, in an aborted
+// transaction), ErrorResponse and ReadyForQuery.
+var contextQuery = func() []byte {
+	var b []byte
+	b, _ = (&pgproto3.Close{ObjectType: 'P', Name: contextName}).Encode(b)
+	b, _ = (&pgproto3.Close{ObjectType: 'S', Name: contextName}).Encode(b)
+	b, _ = (&pgproto3.Parse{Name: contextName, Query: "SELECT pg_catalog.current_setting('search_path'), CURRENT_USER"}).Encode(b)
+	b, _ = (&pgproto3.Bind{DestinationPortal: contextName, PreparedStatement: contextName}).Encode(b)
+	b, _ = (&pgproto3.Execute{Portal: contextName}).Encode(b)
+	b, _ = (&pgproto3.Close{ObjectType: 'P', Name: contextName}).Encode(b)
+	b, _ = (&pgproto3.Close{ObjectType: 'S', Name: contextName}).Encode(b)
+	b, _ = (&pgproto3.Sync{}).Encode(b)
+	return b
+}()
+
+// contextName names the prepared statement and portal of contextQuery.
+const contextName = tplPrefix + "context"
 
 // internalReply consumes the answer to the proxy's own startup query.
 func (h *serverSide) internalReply(typ byte, msg []byte) error {
 	s := h.s
 	switch typ {
-	case 'T', 'C', 'S', 'N':
+	case 'T', 'C', 'S', 'N', '1', '2', '3':
 		if typ == 'S' {
 			return h.parameterStatus(msg)
 		}
@@ -719,12 +746,12 @@ func ddlTag(body []byte) bool {
 var rewriteRefusalFunctionCall = rewrite.Refusal{Rule: "function-call", Message: "the fast-path function call protocol is not allowed for masked sessions"}
 
 // refreshReply consumes the answer to a search_path refresh (see
-// maskedSession.refreshPath). If SHOW fails (in an aborted transaction),
+// maskedSession.refreshPath and contextQuery). If the query fails (in an aborted transaction),
 // the previous value stays and the next statement tries again.
 func (h *serverSide) refreshReply(typ byte, msg []byte) error {
 	m := h.masked
 	switch typ {
-	case 'T', 'C', 'N':
+	case 'T', 'C', 'N', '1', '2', '3':
 		return nil
 	case 'S':
 		return h.parameterStatus(msg)

@@ -102,7 +102,7 @@ type maskedSession struct {
 	// happened since the session was last idle, so that ending the
 	// transaction (which may undo it) needs a new read too.
 	dirty, changedInTx bool
-	// refreshing is set while the proxy's own SHOW search_path runs; the
+	// refreshing is set while the proxy's own context query runs; the
 	// server side consumes its answer and signals refreshed.
 	refreshing atomic.Bool
 	refreshOK  atomic.Bool
@@ -233,7 +233,7 @@ func (m *maskedSession) analyse(sql string, simple bool) (plan *rewrite.Plan, te
 		return nil, "", err
 	}
 	for _, st := range plan.Statements {
-		if reservedName(st.Prepares) || reservedName(st.Executes) || reservedName(st.Deallocates) {
+		if reservedName(st.Prepares) || reservedName(st.Executes) || reservedName(st.Deallocates) || reservedName(st.Declares) {
 			return nil, "", errReservedName
 		}
 	}
@@ -466,7 +466,7 @@ func (m *maskedSession) bind(msg []byte, atBoundary bool) ([]byte, error) {
 	if !ok {
 		return nil, &protocolError{"malformed Bind message"}
 	}
-	if reservedName(stmt) {
+	if reservedName(stmt) || reservedName(portal) {
 		return (&pgproto3.Parse{Query: m.refuse(errReservedName)}).Encode(nil)
 	}
 	m.mu.Lock()
@@ -598,8 +598,8 @@ var refreshWaitLimit = 2 * time.Minute
 
 // refreshPath reads the server's search_path when a statement may have
 // changed it. It runs on the client side between sync points: it waits
-// until every earlier answer has arrived, then sends SHOW search_path,
-// whose answer the server side consumes.
+// until every earlier answer has arrived, then sends contextQuery, whose
+// answer the server side consumes.
 func (m *maskedSession) refreshPath() error {
 	if !m.dirty {
 		return nil
@@ -630,7 +630,7 @@ func (m *maskedSession) refreshPath() error {
 		return &protocolError{"the server did not answer pgveil's search_path query in time"}
 	}
 	if !m.refreshOK.Load() {
-		// SHOW failed (the transaction is aborted): try again before the
+		// The query failed (the transaction is aborted): try again before the
 		// next statement; the old value stays meanwhile.
 		return nil
 	}
@@ -862,16 +862,20 @@ func (m *maskedSession) execute(msg []byte) ([]byte, error) {
 }
 
 // tplPrefix starts the names of the prepared statements the proxy makes
-// for bound templates. Masked clients may not name such a statement in
+// for bound templates, and of the statement and portal of its context
+// query (contextName). Masked clients may not name such a statement in
 // any way (PREPARE, EXECUTE, DEALLOCATE, Parse, Bind, Describe, Close):
 // they could run one prepared under an older policy or context, or take a
-// name over so that the proxy's Bind runs the client's statement.
+// name over so that the proxy's Bind runs the client's statement; nor
+// open a portal of such a name (Bind, DECLARE), which would make the
+// proxy's Bind of its context query fail.
 const tplPrefix = "pgveil_tpl_"
 
-// reservedName reports whether a prepared statement name is the proxy's.
+// reservedName reports whether a prepared statement or portal name is the
+// proxy's.
 func reservedName(name string) bool { return strings.HasPrefix(name, tplPrefix) }
 
-var errReservedName = &rewrite.Refusal{Rule: "reserved-name", Message: "prepared statement names starting with " + tplPrefix + " are reserved for the proxy"}
+var errReservedName = &rewrite.Refusal{Rule: "reserved-name", Message: "prepared statement and portal names starting with " + tplPrefix + " are reserved for the proxy"}
 
 // tplKey identifies a bound template's prepared statement: the template
 // and a hash of its parameter types.
