@@ -731,3 +731,122 @@ func rawAnswers(ctx context.Context, t *testing.T, conn *pgconn.PgConn, n int) s
 	}
 	return strings.Join(out, " | ")
 }
+
+// TestPreparedBooksAfterError: the proxy's records of prepared statements
+// change only where the server's statements do. After an error in a
+// batch the server skips every message up to the Sync: a Parse skipped
+// so is not a statement (a later Parse of its name under another
+// search_path is one, and runs as it does directly), and a Close skipped
+// so leaves the statement, which is then still stale under another
+// search_path (PostgreSQL would re-analyse it under names pgveil never
+// checked: with search_path public, the shadow table's name reads the
+// protected one).
+func TestPreparedBooksAfterError(t *testing.T) {
+	f := advSetup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	failing := []pgproto3.FrontendMessage{&pgproto3.Parse{Query: "SELECT 1/0"}, &pgproto3.Bind{}, &pgproto3.Execute{}}
+	const readSSN = "SELECT ssn FROM customers ORDER BY id LIMIT 1"
+	simple := func(q string) []pgproto3.FrontendMessage {
+		return []pgproto3.FrontendMessage{&pgproto3.Parse{Name: "q", Query: q}, &pgproto3.Bind{PreparedStatement: "q"}, &pgproto3.Execute{}, &pgproto3.Close{ObjectType: 'S', Name: "q"}}
+	}
+	// A Parse skipped after an error, then a Parse of its name with
+	// another text under another search_path.
+	batches := [][]pgproto3.FrontendMessage{
+		append(failing[:3:3], &pgproto3.Parse{Name: "s1", Query: "SELECT 1"}),
+		simple("SET search_path = shadow, public"),
+		{&pgproto3.Parse{Name: "s1", Query: readSSN}, &pgproto3.Bind{PreparedStatement: "s1"}, &pgproto3.Execute{}},
+		{&pgproto3.Bind{PreparedStatement: "s1"}, &pgproto3.Execute{}},
+	}
+	run := func(viaProxy bool) string {
+		conn, _, err := advConn(ctx, f, viaProxy, advAnalyst, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		var b strings.Builder
+		for i, msgs := range batches {
+			fmt.Fprintf(&b, "batch %d: %s\n", i, rawBatch(ctx, t, conn, msgs...))
+		}
+		return b.String()
+	}
+	if got, want := run(true), run(false); got != want {
+		t.Fatalf("a Parse skipped after an error:\nthrough the proxy:\n%s\ndirect:\n%s", got, want)
+	}
+
+	// A Close skipped after an error.
+	conn, _, err := advConn(ctx, f, true, advAnalyst, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	for i, msgs := range [][]pgproto3.FrontendMessage{
+		simple("SET search_path = shadow, public"),
+		{&pgproto3.Parse{Name: "s2", Query: readSSN}},
+		append(failing[:3:3], &pgproto3.Close{ObjectType: 'S', Name: "s2"}),
+		simple("RESET search_path"),
+		{&pgproto3.Parse{Name: "s2", Query: readSSN}}, // the server: 42P05
+	} {
+		t.Logf("batch %d: %s", i, rawBatch(ctx, t, conn, msgs...))
+	}
+	rows, err := syncBatch(ctx, t, conn, &pgproto3.Bind{PreparedStatement: "s2"}, &pgproto3.Execute{})
+	if serverCode(err) != "42501" || !strings.Contains(err.Error(), "prepare it again") {
+		t.Fatalf("a statement whose Close the server skipped, under another search_path: %q %v", rows, err)
+	}
+}
+
+// TestPortalBooksAfterFailedOpen: opening a portal or cursor under a name
+// that is taken fails on the server and leaves the portal open there, so
+// its record stays that of the policy it was opened under; rolled back to
+// a savepoint, the transaction goes on, and reading the portal after a
+// reload is still refused.
+func TestPortalBooksAfterFailedOpen(t *testing.T) {
+	f := advSetup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, _, err := advConn(ctx, f, true, advSupport, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	old := f.mask.policy.Load()
+	t.Cleanup(func() { f.mask.setPolicy(old) })
+	exec := func(q string) ([]*pgconn.Result, error) { return conn.Exec(ctx, q).ReadAll() }
+	const read = "SELECT id, email FROM customers ORDER BY id"
+	if _, err := exec("BEGIN; DECLARE c CURSOR FOR " + read); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := syncBatch(ctx, t, conn, &pgproto3.Parse{Query: read}, &pgproto3.Bind{DestinationPortal: "pp"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exec("SAVEPOINT s"); err != nil {
+		t.Fatal(err)
+	}
+
+	f.mask.setPolicy(supportWithoutRawEmail(t))
+
+	if _, err := syncBatch(ctx, t, conn, &pgproto3.Parse{Query: read}, &pgproto3.Bind{DestinationPortal: "pp"}); serverCode(err) != "42P03" {
+		t.Fatalf("Bind into a portal that is open: %v", err)
+	}
+	if _, err := exec("ROLLBACK TO s"); err != nil {
+		t.Fatal(err)
+	}
+	if rows, err := syncBatch(ctx, t, conn, &pgproto3.Execute{Portal: "pp", MaxRows: 1}); serverCode(err) != "42501" || len(rows) != 0 {
+		t.Fatalf("the portal opened before the reload, after a failed Bind of its name: %q %v", rows, err)
+	}
+	if _, err := exec("ROLLBACK TO s"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exec("DECLARE c CURSOR FOR " + read); serverCode(err) != "42P03" {
+		t.Fatalf("DECLARE of a cursor that is open: %v", err)
+	}
+	if _, err := exec("ROLLBACK TO s"); err != nil {
+		t.Fatal(err)
+	}
+	if rs, err := exec("FETCH 1 FROM c"); serverCode(err) != "42501" || !strings.Contains(err.Error(), "open it again") {
+		t.Fatalf("the cursor declared before the reload, after a failed DECLARE of its name: %v %v", rs, err)
+	}
+	if _, err := exec("ROLLBACK"); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -266,6 +266,10 @@ type serverSide struct {
 	// failed records an ErrorResponse since the last ReadyForQuery;
 	// refused that it was a refusal.
 	failed, refused bool
+	// swallowable says the ParseComplete, BindComplete or CloseComplete
+	// being handled was intercepted (it may be one the proxy caused),
+	// not peeked.
+	swallowable bool
 	// batch holds DataRows whose columns are decrypted together;
 	// curOuts are the outputs of the result being answered (curValid
 	// says whether they were looked up); withhold drops the rest of an
@@ -297,6 +301,7 @@ func (h *serverSide) class(typ byte) msgClass {
 			// Everything after held rows waits for them (errors and
 			// notices of these sessions are intercepted below anyway).
 			if typ != 'E' && typ != 'N' {
+				h.swallowable = false
 				return classPeek
 			}
 		}
@@ -348,7 +353,13 @@ func (h *serverSide) class(typ byte) msgClass {
 		}
 	case '1', '2', '3':
 		if h.s.swallowing.Load() {
+			h.swallowable = true
 			return classIntercept
+		}
+		if h.masked != nil {
+			// Counted for the books (maskedSession.settle).
+			h.swallowable = false
+			return classPeek
 		}
 	}
 	return classStream
@@ -363,6 +374,18 @@ func (h *serverSide) message(typ byte, msg []byte) error {
 	}
 	if h.masked != nil && h.masked.refreshing.Load() {
 		return h.refreshReply(typ, msg)
+	}
+	if h.masked != nil {
+		switch typ {
+		case '1':
+			h.masked.answer(answerParse)
+		case '2':
+			h.masked.answer(answerBind)
+		case '3':
+			h.masked.answer(answerClose)
+		case 'C':
+			h.masked.answer(answerDone)
+		}
 	}
 	if h.withhold {
 		// A decryption failed: the rest of the answer is dropped up to
@@ -453,6 +476,9 @@ func (h *serverSide) message(typ byte, msg []byte) error {
 			return h.decide(msg)
 		}
 		if h.masked != nil {
+			if h.ready {
+				h.masked.settle(s.syncsDone.Load() + 1)
+			}
 			defer h.masked.readyForQuery()
 		}
 		outcome := "ok"
@@ -510,6 +536,9 @@ func (h *serverSide) message(typ byte, msg []byte) error {
 	case 'K':
 		return h.keyData(msg)
 	case '1', '2', '3':
+		if !h.swallowable {
+			return nil // peeked: it passes unchanged
+		}
 		if s.swallowed(typ) {
 			return nil
 		}

@@ -93,9 +93,21 @@ type maskedSession struct {
 	// search_path or the role changes, so running it in another context
 	// would resolve names the proxy never checked; that is refused.
 	prepared map[string]prepInfo
-	// changers holds the prepared statements that change search_path or
-	// the role when executed: binding one makes the context dirty.
-	changers map[string]bool
+	// journal lists the changes to prepared and portals the server has
+	// not confirmed yet, in the order their messages were sent: after an
+	// error in a batch the server skips every message up to the Sync, and
+	// a message that fails changes nothing, so the changes the answers do
+	// not confirm are undone at the batch's ReadyForQuery (settle).
+	journal []bookChange
+	// pos is where the message being handled (client side) stands among
+	// those of its batch (sentBatch) whose answers confirm changes; sent
+	// counts them per answer kind.
+	pos       bookPos
+	sentBatch uint64
+	sent      [numAnswerKinds]uint32
+	// answered counts the answers of each kind in the batch being
+	// answered (server side; guarded by mu).
+	answered [numAnswerKinds]uint32
 
 	// dirty (client side only) says a statement sent since the last read
 	// of search_path may have changed it; changedInTx that a change
@@ -170,7 +182,7 @@ func (s *session) decideMasking(policy *rules.Policy, snap *catalog.Snapshot) (*
 		return nil, nil, nil, &clientError{code: codeInvalidAuthSpec, msg: "pgveil: masked sessions need standard_conforming_strings=on"}
 	}
 	return &maskedSession{s: s, raw: raw, cache: s.srv.cache, policy: policy, grants: grants, roles: roles, refusals: map[uint64]error{},
-		user: s.user, prepared: map[string]prepInfo{}, changers: map[string]bool{}, refreshed: make(chan struct{}, 1), idle: make(chan struct{}, 1)}, roles, grants, nil
+		user: s.user, prepared: map[string]prepInfo{}, refreshed: make(chan struct{}, 1), idle: make(chan struct{}, 1)}, roles, grants, nil
 }
 
 func utf8Encoding(v string) bool {
@@ -286,11 +298,17 @@ func (m *maskedSession) analyse(sql string, simple bool) (plan *rewrite.Plan, te
 // account keeps the books of the prepared statements a statement the
 // session sends (plan) creates or removes. It runs only for statements
 // that are not refused, so that a refused DEALLOCATE forgets nothing.
-func (m *maskedSession) account(plan *rewrite.Plan) {
+// With simple (a Query's statements), each statement's changes stand once
+// its CommandComplete came; otherwise (the text of a Parse) once the
+// ParseComplete came.
+func (m *maskedSession) account(plan *rewrite.Plan, simple bool) {
 	if plan == nil {
 		return
 	}
-	for _, st := range plan.Statements {
+	for i, st := range plan.Statements {
+		if simple {
+			m.pos = bookPos{batch: m.s.syncsSent.Load() + 1, kind: answerDone, ord: uint32(i)}
+		}
 		if st.Declares != "" {
 			m.openPortal(st.Declares, m.policy.Hash, false)
 		}
@@ -301,15 +319,17 @@ func (m *maskedSession) account(plan *rewrite.Plan) {
 		case st.Prepares != "" && exists:
 			// The server refuses it (42P05) and keeps the first.
 		case st.Prepares != "":
-			m.remember(st.Prepares, "", nil, nil, false)
+			m.remember(st.Prepares, "", nil, nil, false, false)
 		case st.DeallocateAll:
 			m.mu.Lock()
-			m.prepared = map[string]prepInfo{}
+			for name := range m.prepared {
+				m.setPrepared(name, prepInfo{}, false)
+			}
 			m.tplStmts = nil
 			m.mu.Unlock()
 		case st.Deallocates != "":
 			m.mu.Lock()
-			delete(m.prepared, st.Deallocates)
+			m.setPrepared(st.Deallocates, prepInfo{}, false)
 			for k, ts := range m.tplStmts {
 				if ts.name == st.Deallocates {
 					delete(m.tplStmts, k)
@@ -318,6 +338,129 @@ func (m *maskedSession) account(plan *rewrite.Plan) {
 			m.mu.Unlock()
 		}
 	}
+}
+
+// Answer kinds that confirm changes to the books (bookPos.kind).
+const (
+	answerParse = iota // ParseComplete
+	answerBind         // BindComplete
+	answerClose        // CloseComplete
+	answerDone         // CommandComplete (of a simple Query's statement)
+	numAnswerKinds
+)
+
+// bookPos is where a message that may change the books was sent: its
+// batch (the sync point that ends it, counted like syncsSent) and its
+// place among the messages of its batch whose answers are of one kind.
+type bookPos struct {
+	batch uint64
+	kind  uint8
+	ord   uint32
+}
+
+// bookChange is a change to prepared (or, with portal, to portals) that
+// the server has not confirmed yet: the record of name before it (had
+// says whether there was one).
+type bookChange struct {
+	pos    bookPos
+	portal bool
+	name   string
+	had    bool
+	prep   prepInfo
+	port   portalInfo
+	// undone is set when the change was undone.
+	undone bool
+}
+
+// next returns the position of the next message sent whose answer is of
+// kind, and makes it the one later changes are journaled under (client
+// side only).
+func (m *maskedSession) next(kind uint8) {
+	batch := m.s.syncsSent.Load() + 1
+	if batch != m.sentBatch {
+		m.sentBatch, m.sent = batch, [numAnswerKinds]uint32{}
+	}
+	m.pos = bookPos{batch: batch, kind: kind, ord: m.sent[kind]}
+	m.sent[kind]++
+}
+
+// setPrepared records (ok) or removes prepared statement name, journaled
+// at the current position. m.mu is held.
+func (m *maskedSession) setPrepared(name string, info prepInfo, ok bool) {
+	prev, had := m.prepared[name]
+	m.journal = append(m.journal, bookChange{pos: m.pos, name: name, had: had, prep: prev})
+	if ok {
+		m.prepared[name] = info
+	} else {
+		delete(m.prepared, name)
+	}
+}
+
+// setPortal records (ok) or removes portal name, journaled at the
+// current position. m.mu is held.
+func (m *maskedSession) setPortal(name string, info portalInfo, ok bool) {
+	prev, had := m.portals[name]
+	m.journal = append(m.journal, bookChange{pos: m.pos, portal: true, name: name, had: had, port: prev})
+	if ok {
+		m.portals[name] = info
+	} else {
+		delete(m.portals, name)
+	}
+}
+
+// answer counts an answer of kind from the server (server side).
+func (m *maskedSession) answer(kind uint8) {
+	m.mu.Lock()
+	m.answered[kind]++
+	m.mu.Unlock()
+}
+
+// settle runs at the ReadyForQuery that ends batch (server side): the
+// changes of the batch's messages that the server's answers confirm
+// stand; the others (the message failed, or was skipped after an error)
+// are undone, latest first. An undone change whose name a later change
+// (of a batch still to be answered) touched becomes that change's
+// starting point instead, so the later change keeps its effect.
+func (m *maskedSession) settle(batch uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ans := m.answered
+	m.answered = [numAnswerKinds]uint32{}
+	n := 0
+	for n < len(m.journal) && m.journal[n].pos.batch <= batch {
+		n++
+	}
+	for i := n - 1; i >= 0; i-- {
+		c := &m.journal[i]
+		if c.pos.batch == batch && c.pos.ord < ans[c.pos.kind] {
+			continue // confirmed
+		}
+		c.undone = true
+		later := -1
+		for j := i + 1; j < len(m.journal); j++ {
+			if l := &m.journal[j]; !l.undone && l.portal == c.portal && l.name == c.name {
+				later = j
+				break
+			}
+		}
+		switch {
+		case later >= 0:
+			l := &m.journal[later]
+			l.had, l.prep, l.port = c.had, c.prep, c.port
+		case c.portal && c.had:
+			if m.portals == nil {
+				m.portals = map[string]portalInfo{}
+			}
+			m.portals[c.name] = c.port
+		case c.portal:
+			delete(m.portals, c.name)
+		case c.had:
+			m.prepared[c.name] = c.prep
+		default:
+			delete(m.prepared, c.name)
+		}
+	}
+	m.journal = slices.Delete(m.journal, 0, n)
 }
 
 // changesContext reports whether running plan may change search_path or
@@ -351,20 +494,21 @@ type prepInfo struct {
 	// encrypt lists the parameters to encrypt at each Bind.
 	encrypt []rewrite.EncryptValue
 	// noNames is set for a protocol-level statement that resolves no
-	// names (resolvesNoNames).
-	noNames bool
+	// names (resolvesNoNames); changer for one that changes search_path
+	// or the role when executed (binding it makes the context dirty).
+	noNames, changer bool
 }
 
 // remember records that statement name was analysed in the current
 // context under the current policy; sql and types are the client's Parse
 // (empty for SQL PREPARE).
-func (m *maskedSession) remember(name, sql string, types []byte, enc []rewrite.EncryptValue, noNames bool) {
+func (m *maskedSession) remember(name, sql string, types []byte, enc []rewrite.EncryptValue, noNames, changer bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if len(m.prepared) > 100000 {
 		m.prepared = map[string]prepInfo{}
 	}
-	m.prepared[name] = prepInfo{context: m.contextKey, policy: m.policy.Hash, sql: sql, types: types, encrypt: enc, noNames: noNames}
+	m.setPrepared(name, prepInfo{context: m.contextKey, policy: m.policy.Hash, sql: sql, types: types, encrypt: enc, noNames: noNames, changer: changer}, true)
 }
 
 // stale reports whether statement name was analysed in another context,
@@ -420,15 +564,14 @@ func (m *maskedSession) reprepare(name string) []byte {
 	if t := m.s.track; t != nil {
 		t.parse(name, info.sql, plan, err)
 	}
+	m.next(answerClose)
+	m.next(answerParse)
 	if err != nil {
 		sql = m.refuse(err)
 	} else {
-		m.account(plan)
+		m.account(plan, false)
 	}
-	m.remember(name, info.sql, info.types, paramEncrypts(plan), plan != nil && resolvesNoNames(plan))
-	m.mu.Lock()
-	m.changers[name] = plan != nil && changesContext(plan)
-	m.mu.Unlock()
+	m.remember(name, info.sql, info.types, paramEncrypts(plan), plan != nil && resolvesNoNames(plan), plan != nil && changesContext(plan))
 	out, _ := (&pgproto3.Close{ObjectType: 'S', Name: name}).Encode(nil)
 	out = appendParse(out, name, sql, info.types)
 	m.s.swallow(1, 1)
@@ -467,32 +610,44 @@ func (m *maskedSession) bind(msg []byte, atBoundary bool) ([]byte, error) {
 		return nil, &protocolError{"malformed Bind message"}
 	}
 	if reservedName(stmt) || reservedName(portal) {
-		return (&pgproto3.Parse{Query: m.refuse(errReservedName)}).Encode(nil)
+		return m.refusedMessage(errReservedName)
 	}
 	m.mu.Lock()
-	changes := m.changers[stmt]
+	changes := m.prepared[stmt].changer
 	noNames := m.prepared[stmt].noNames
 	m.mu.Unlock()
-	// The portal is recorded whatever follows: a refused Bind opens none
-	// on the server, and its record is then never used.
-	m.openPortal(portal, m.currentPolicyHash(), changes)
 	if m.dirty && !atBoundary && !noNames {
-		return (&pgproto3.Parse{Query: m.refuse(errContextInBatch)}).Encode(nil)
+		return m.refusedMessage(errContextInBatch)
 	}
 	if changes {
 		m.dirty, m.changedInTx = true, true
 	}
-	if re := m.reprepare(stmt); re != nil {
-		msg, err := m.bindEncrypted(stmt, msg)
-		if err != nil {
-			return nil, err
+	re := m.reprepare(stmt)
+	if re == nil {
+		if err := m.stale(stmt); err != nil {
+			return m.refusedMessage(err)
 		}
-		return append(re, msg...), nil
 	}
-	if err := m.stale(stmt); err != nil {
-		return (&pgproto3.Parse{Query: m.refuse(err)}).Encode(nil)
+	out, err := m.bindEncrypted(stmt, msg)
+	if err != nil {
+		return nil, err
 	}
-	return m.bindEncrypted(stmt, msg)
+	if out[0] == 'B' {
+		// The portal's record stands once the server opened it.
+		m.next(answerBind)
+		m.openPortal(portal, m.currentPolicyHash(), changes)
+	}
+	if re == nil {
+		return out, nil
+	}
+	return append(re, out...), nil
+}
+
+// refusedMessage returns the Parse of the refusal marker that replaces a
+// refused message in a batch (its ParseComplete never comes).
+func (m *maskedSession) refusedMessage(err error) ([]byte, error) {
+	m.next(answerParse)
+	return (&pgproto3.Parse{Query: m.refuse(err)}).Encode(nil)
 }
 
 // describeOrClose checks a Describe or Close message: one naming a
@@ -512,16 +667,18 @@ func (m *maskedSession) describeOrClose(typ byte, msg []byte) ([]byte, error) {
 		return nil, &protocolError{"malformed " + kind + " message"}
 	}
 	if msg[5] == 'S' && reservedName(name) {
-		return (&pgproto3.Parse{Query: m.refuse(errReservedName)}).Encode(nil)
+		return m.refusedMessage(errReservedName)
 	}
 	if typ == 'C' {
+		m.next(answerClose)
 		m.mu.Lock()
 		if msg[5] == 'P' {
-			delete(m.portals, name)
-		} else {
+			if _, ok := m.portals[name]; ok {
+				m.setPortal(name, portalInfo{}, false)
+			}
+		} else if _, ok := m.prepared[name]; ok {
 			// The statement is gone: a Parse of the name may follow.
-			delete(m.prepared, name)
-			delete(m.changers, name)
+			m.setPrepared(name, prepInfo{}, false)
 		}
 		m.mu.Unlock()
 	}
@@ -749,6 +906,13 @@ func (m *maskedSession) runBound(sql string, b *rewrite.Bound, lits []rewrite.Li
 		parse = 1
 	}
 	m.mu.Unlock()
+	for range closes {
+		m.next(answerClose)
+	}
+	if parse == 1 {
+		m.next(answerParse)
+	}
+	m.next(answerBind)
 	name := ts.name
 	if parse == 1 {
 		out, _ = (&pgproto3.Parse{Name: name, Query: b.SQL, ParameterOIDs: ts.oids}).Encode(out)
@@ -820,7 +984,7 @@ func (m *maskedSession) openPortal(name, policy string, changer bool) {
 		m.portals = map[string]portalInfo{}
 		m.portalBase = policy
 	}
-	m.portals[name] = portalInfo{policy: policy, changer: changer}
+	m.setPortal(name, portalInfo{policy: policy, changer: changer}, true)
 }
 
 // stalePortal returns the refusal for running portal name under policy,
@@ -853,7 +1017,7 @@ func (m *maskedSession) execute(msg []byte) ([]byte, error) {
 	}
 	changer, err := m.stalePortal(portal, m.currentPolicyHash())
 	if err != nil {
-		return (&pgproto3.Parse{Query: m.refuse(err)}).Encode(nil)
+		return m.refusedMessage(err)
 	}
 	if changer {
 		m.dirty, m.changedInTx = true, true
@@ -927,7 +1091,7 @@ func (m *maskedSession) rewriteSQL(sql string, bindOK bool) (string, bool) {
 	if err != nil {
 		return m.refuse(err), true
 	}
-	m.account(plan)
+	m.account(plan, true)
 	return out, out != sql || plan.Rewritten
 }
 
@@ -966,7 +1130,7 @@ func (m *maskedSession) bindEncrypted(stmt string, msg []byte) ([]byte, error) {
 		if errors.As(err, &ke) {
 			// The Bind becomes a failing Parse, so the server reports the
 			// error in order and skips the rest of the batch.
-			return (&pgproto3.Parse{Query: m.refuse(ke)}).Encode(nil)
+			return m.refusedMessage(ke)
 		}
 		return nil, err
 	}
@@ -984,6 +1148,7 @@ func (m *maskedSession) parse(msg []byte, atBoundary bool) ([]byte, error) {
 		return nil, &protocolError{"malformed Parse message"}
 	}
 	m.lastName, m.lastSQL = name, sql
+	m.next(answerParse)
 	var (
 		out  string
 		plan *rewrite.Plan
@@ -1023,7 +1188,7 @@ func (m *maskedSession) parse(msg []byte, atBoundary bool) ([]byte, error) {
 		changed = false
 	}
 	if err == nil {
-		m.account(plan)
+		m.account(plan, false)
 	}
 	m.mu.Lock()
 	_, exists := m.prepared[name]
@@ -1032,10 +1197,10 @@ func (m *maskedSession) parse(msg []byte, atBoundary bool) ([]byte, error) {
 		// The server refuses a second statement of the name (42P05) and
 		// keeps the first: so do the books.
 	} else if err != errReservedName {
-		m.remember(name, sql0, append([]byte(nil), types...), paramEncrypts(plan), plan != nil && resolvesNoNames(plan))
-		m.mu.Lock()
-		m.changers[name] = plan != nil && changesContext(plan)
-		m.mu.Unlock()
+		// A refused Parse is recorded too (its marker fails, so settle
+		// undoes the record): until then a Bind of the name in the same
+		// batch is skipped by the server anyway.
+		m.remember(name, sql0, append([]byte(nil), types...), paramEncrypts(plan), plan != nil && resolvesNoNames(plan), plan != nil && changesContext(plan))
 	}
 	if !changed {
 		return msg, nil
