@@ -3,6 +3,7 @@ package audit
 import (
 	"crypto/hmac"
 	"crypto/sha256"
+	"encoding"
 	"encoding/hex"
 	"hash"
 	"strconv"
@@ -23,11 +24,27 @@ const hashHexLen = 2 * sha256.Size
 
 // chain is the state that links lines: the sequence number and hash of the
 // last line, and the HMAC over each new line when a key is set.
+//
+// A statement line starts with the members its session and its shape
+// share with the session's other runs of the shape, so the chain keeps,
+// per (session, shape), the SHA-256 state after the whole 64-byte blocks
+// of that prefix (and the HMAC's inner state after them) and hashes only
+// the rest of each line: a fifth of a masked line instead of all of it.
 type chain struct {
 	seq  uint64
 	hash [hashHexLen]byte // hex SHA-256 of the last line, or Genesis
-	mac  hash.Hash        // nil without a key
+	mac  hash.Hash        // crypto/hmac over the key, for verify; nil without a key
 	sum  [sha256.Size]byte
+
+	// The writer's hashes, resumed from saved states: d is the line's
+	// SHA-256; with a key, inner and outer are the HMAC's hashes and
+	// ipad and opad their states after the key's padded block.
+	d, inner, outer hash.Hash
+	ipad, opad      []byte
+	isum            [sha256.Size]byte
+	// mids holds the prefix states per (session, shape), at most
+	// maxMids; the chain's goroutine owns it.
+	mids map[midKey]*midstate
 	// timeSec and timePrefix cache the formatted time up to the
 	// fractional digits ("2006-01-02T15:04:05.") of the second timeSec;
 	// timeOK says they are set.
@@ -36,13 +53,109 @@ type chain struct {
 	timeOK     bool
 }
 
+// maxMids bounds a chain's prefix states; past it they are dropped and
+// built again as lines need them (about 200 bytes each).
+const maxMids = 4096
+
+// midKey names the constant prefix of a statement line.
+type midKey struct {
+	session *Session
+	shape   *Shape
+}
+
+// midstate is the hash state after the first n bytes of a statement
+// line's constant prefix, n a multiple of the SHA-256 block size. It is
+// immutable once made.
+type midstate struct {
+	c     *chain // the chain that made it (its key)
+	shape *Shape
+	n     int
+	sha   []byte // marshalled SHA-256 state after prefix[:n]
+	mac   []byte // marshalled HMAC inner state after the key block and prefix[:n]; nil without a key
+}
+
 func newChain(key []byte) *chain {
-	c := &chain{}
+	c := &chain{d: sha256.New(), mids: make(map[midKey]*midstate)}
 	copy(c.hash[:], Genesis)
 	if len(key) > 0 {
 		c.mac = hmac.New(sha256.New, key)
+		// HMAC as RFC 2104 defines it, with the padded key blocks' states
+		// saved so that each line resumes from them (and from a prefix's
+		// state) rather than hashing the key block again.
+		k := key
+		if len(k) > sha256.BlockSize {
+			s := sha256.Sum256(k)
+			k = s[:]
+		}
+		var ipad, opad [sha256.BlockSize]byte
+		copy(ipad[:], k)
+		copy(opad[:], k)
+		for i := range ipad {
+			ipad[i] ^= 0x36
+			opad[i] ^= 0x5c
+		}
+		c.inner, c.outer = sha256.New(), sha256.New()
+		c.inner.Write(ipad[:])
+		c.outer.Write(opad[:])
+		c.ipad, c.opad = marshalHash(c.inner), marshalHash(c.outer)
 	}
 	return c
+}
+
+// marshalHash returns h's state; SHA-256 always has one.
+func marshalHash(h hash.Hash) []byte {
+	b, err := h.(encoding.BinaryMarshaler).MarshalBinary()
+	if err != nil {
+		panic("audit: SHA-256 state: " + err.Error())
+	}
+	return b
+}
+
+// resumeHash sets h to a state from marshalHash.
+func resumeHash(h hash.Hash, state []byte) {
+	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(state); err != nil {
+		panic("audit: SHA-256 state: " + err.Error())
+	}
+}
+
+// midFor returns the prefix state for k, whose line prefix is prefix,
+// making it if need be. The session remembers the last one it got, which
+// saves the map lookup while a session runs one shape after another.
+func (c *chain) midFor(k midKey, prefix []byte) *midstate {
+	if m := k.session.mid.Load(); m != nil && m.c == c && m.shape == k.shape {
+		return m
+	}
+	m := c.mids[k]
+	if m == nil {
+		m = c.makeMid(k, prefix)
+		if m == nil {
+			return nil
+		}
+	}
+	k.session.mid.Store(m)
+	return m
+}
+
+// makeMid makes and keeps the prefix state for k.
+func (c *chain) makeMid(k midKey, prefix []byte) *midstate {
+	n := len(prefix) - len(prefix)%sha256.BlockSize
+	if n == 0 {
+		return nil
+	}
+	m := &midstate{c: c, shape: k.shape, n: n}
+	c.d.Reset()
+	c.d.Write(prefix[:n])
+	m.sha = marshalHash(c.d)
+	if c.inner != nil {
+		resumeHash(c.inner, c.ipad)
+		c.inner.Write(prefix[:n])
+		m.mac = marshalHash(c.inner)
+	}
+	if len(c.mids) >= maxMids {
+		clear(c.mids)
+	}
+	c.mids[k] = m
+	return m
 }
 
 // Session is the part of a statement line that every statement of one
@@ -52,6 +165,9 @@ func newChain(key []byte) *chain {
 type Session struct {
 	enc   []byte // from `,"session":` to the end of the application member
 	shard uint32 // the writer's queue shard for the session's statements
+	// mid is the prefix state the session's last statement line used
+	// (see chain.midFor).
+	mid atomic.Pointer[midstate]
 }
 
 // sessionShards hands out queue shards to sessions, round robin.
@@ -87,7 +203,8 @@ func newSession(id, user string, roles []string, client, database, application s
 // shape shares (fingerprint, normalised SQL, columns), JSON-encoded once
 // by NewShape. It is immutable and may be shared.
 type Shape struct {
-	enc []byte // from `,"fingerprint":` to the end of the columns member
+	enc  []byte // from `,"fingerprint":` to the end of the columns member
+	once bool   // made for one record (Write): no prefix state is kept for it
 }
 
 // NewShape encodes the shape members of statement lines. sql must be
@@ -127,9 +244,11 @@ var (
 // statementOf converts r to the writer's form. Its session is in queue
 // shard 0, so that records given to Write keep their order.
 func statementOf(r *Record) Statement {
+	shape := NewShape(r.Fingerprint, r.SQL, r.Columns)
+	shape.once = true
 	return Statement{Time: r.Time,
 		Session: newSession(r.Session, r.User, r.Roles, r.Client, r.Database, r.Application),
-		Shape:   NewShape(r.Fingerprint, r.SQL, r.Columns),
+		Shape:   shape,
 		Rows:    r.Rows, Duration: r.Duration, Outcome: r.Outcome, SQLState: r.SQLState, Rule: r.Rule}
 }
 
@@ -142,10 +261,11 @@ func (c *chain) appendStatement(dst []byte, r *Record) []byte {
 
 // appendStmt appends the line for st with sequence number c.seq+1,
 // including the trailing newline, and advances the chain. The session and
-// shape members are copied from their encoded forms.
+// shape members are copied from their encoded forms; they come first, so
+// that the hash of every line of one session and shape can resume after
+// them (see chain).
 func (c *chain) appendStmt(dst []byte, st *Statement) []byte {
 	start := len(dst)
-	dst = c.appendHead(dst, st.Time, KindStatement)
 	sess, shape := emptySession, emptyShape
 	if st.Session != nil {
 		sess = st.Session
@@ -153,9 +273,18 @@ func (c *chain) appendStmt(dst []byte, st *Statement) []byte {
 	if st.Shape != nil {
 		shape = st.Shape
 	}
+	dst = append(dst, `{"kind":"statement"`...)
 	dst = append(dst, sess.enc...)
 	dst = append(dst, shape.enc...)
-	dst = append(dst, `,"rows":`...)
+	var mid *midstate
+	if !shape.once {
+		mid = c.midFor(midKey{sess, shape}, dst[start:])
+	}
+	dst = append(dst, `,"seq":`...)
+	dst = strconv.AppendUint(dst, c.seq+1, 10)
+	dst = append(dst, `,"time":"`...)
+	dst = c.appendTime(dst, st.Time)
+	dst = append(dst, `","rows":`...)
 	dst = strconv.AppendInt(dst, st.Rows, 10)
 	dst = append(dst, `,"duration_us":`...)
 	dst = strconv.AppendInt(dst, st.Duration.Microseconds(), 10)
@@ -174,7 +303,7 @@ func (c *chain) appendStmt(dst []byte, st *Statement) []byte {
 		dst = append(dst, `,"rule":`...)
 		dst = appendString(dst, st.Rule)
 	}
-	return c.appendTail(dst, start)
+	return c.appendTail(dst, start, mid)
 }
 
 // appendGap appends a gap marker for lost records.
@@ -185,7 +314,7 @@ func (c *chain) appendGap(dst []byte, now time.Time, lost int64, reason string) 
 	dst = strconv.AppendInt(dst, lost, 10)
 	dst = append(dst, `,"reason":`...)
 	dst = appendString(dst, reason)
-	return c.appendTail(dst, start)
+	return c.appendTail(dst, start, nil)
 }
 
 // appendTorn appends a torn marker for n truncated bytes.
@@ -194,7 +323,7 @@ func (c *chain) appendTorn(dst []byte, now time.Time, n int64) []byte {
 	dst = c.appendHead(dst, now, KindTorn)
 	dst = append(dst, `,"torn_bytes":`...)
 	dst = strconv.AppendInt(dst, n, 10)
-	return c.appendTail(dst, start)
+	return c.appendTail(dst, start, nil)
 }
 
 func (c *chain) appendHead(dst []byte, t time.Time, kind Kind) []byte {
@@ -209,22 +338,38 @@ func (c *chain) appendHead(dst []byte, t time.Time, kind Kind) []byte {
 
 // appendTail closes the line that starts at dst[start]: the prev member,
 // the HMAC over the line as it is without the hmac member, the newline;
-// then it makes the line the chain's last.
-func (c *chain) appendTail(dst []byte, start int) []byte {
+// then it makes the line the chain's last. mid, if not nil, is the hash
+// state after the line's first mid.n bytes.
+func (c *chain) appendTail(dst []byte, start int, mid *midstate) []byte {
 	dst = append(dst, `,"prev":"`...)
 	dst = append(dst, c.hash[:]...)
 	dst = append(dst, `"}`...)
-	if c.mac != nil {
-		c.mac.Reset()
-		c.mac.Write(dst[start:])
-		sum := c.mac.Sum(c.sum[:0])
+	if c.inner != nil {
+		if mid != nil {
+			resumeHash(c.inner, mid.mac)
+			c.inner.Write(dst[start+mid.n:])
+		} else {
+			resumeHash(c.inner, c.ipad)
+			c.inner.Write(dst[start:])
+		}
+		isum := c.inner.Sum(c.isum[:0])
+		resumeHash(c.outer, c.opad)
+		c.outer.Write(isum)
+		sum := c.outer.Sum(c.sum[:0])
 		dst = dst[:len(dst)-1] // drop '}'
 		dst = append(dst, hmacField...)
 		dst = hex.AppendEncode(dst, sum)
 		dst = append(dst, `"}`...)
 	}
 	c.seq++
-	c.sum = sha256.Sum256(dst[start:])
+	if mid != nil {
+		resumeHash(c.d, mid.sha)
+		c.d.Write(dst[start+mid.n:])
+	} else {
+		c.d.Reset()
+		c.d.Write(dst[start:])
+	}
+	c.d.Sum(c.sum[:0])
 	hex.Encode(c.hash[:], c.sum[:])
 	return append(dst, '\n')
 }

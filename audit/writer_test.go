@@ -1,7 +1,11 @@
 package audit
 
 import (
+	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -72,8 +76,9 @@ func TestEncodeFormat(t *testing.T) {
 	c := newChain(nil)
 	r := &Record{Time: time.Date(2026, 1, 2, 3, 4, 5, 6789000, time.FixedZone("x", 3600)), Outcome: OutcomeOK}
 	got := string(c.appendStatement(nil, r))
-	want := `{"seq":1,"time":"2026-01-02T02:04:05.006789Z","kind":"statement","session":"","user":"","roles":[],` +
-		`"client":"","database":"","application":"","fingerprint":"","sql":"","columns":[],"rows":0,"duration_us":0,` +
+	want := `{"kind":"statement","session":"","user":"","roles":[],` +
+		`"client":"","database":"","application":"","fingerprint":"","sql":"","columns":[],` +
+		`"seq":1,"time":"2026-01-02T02:04:05.006789Z","rows":0,"duration_us":0,` +
 		`"outcome":"ok","prev":"` + Genesis + `"}` + "\n"
 	if got != want {
 		t.Fatalf("got  %s\nwant %s", got, want)
@@ -91,6 +96,59 @@ func TestEncodeFormat(t *testing.T) {
 	}
 	if ok, present := newChain(testKey).verify([]byte(strings.TrimSuffix(keyed, "\n"))); !ok || !present {
 		t.Fatal("hmac of the torn marker does not verify")
+	}
+}
+
+// TestPrefixStates checks the hashes that resume from a saved prefix
+// state against SHA-256 and crypto/hmac over whole lines: sessions and
+// shapes of many lengths (prefixes ending on and around block
+// boundaries), interleaved, with and without a key, and past maxMids.
+func TestPrefixStates(t *testing.T) {
+	for _, key := range [][]byte{nil, testKey, bytes.Repeat([]byte("k"), 100)} {
+		c := newChain(key)
+		var sessions []*Session
+		var shapes []*Shape
+		for i := range 40 {
+			sessions = append(sessions, NewSession(strings.Repeat("s", i), "u", []string{"r"}, "c", "d", strings.Repeat("a", 3*i)))
+			shapes = append(shapes, NewShape("f", strings.Repeat("x", 5*i), []Column{{Table: "t", Column: "c", Treatment: TreatmentMasked}}))
+		}
+		mac := hmac.New(sha256.New, key)
+		prev := Genesis
+		var buf []byte
+		for n := range 3000 {
+			if n == 2000 {
+				for len(c.mids) < maxMids { // fill the cache so that it is dropped
+					c.mids[midKey{&Session{}, &Shape{}}] = &midstate{}
+				}
+			}
+			st := Statement{Time: time.Unix(int64(n), 0), Session: sessions[n%len(sessions)], Shape: shapes[(n*7+n/40)%len(shapes)],
+				Rows: int64(n), Outcome: OutcomeOK}
+			buf = c.appendStmt(buf[:0], &st)
+			line := bytes.TrimSuffix(buf, []byte("\n"))
+			var l Line
+			if err := json.Unmarshal(line, &l); err != nil {
+				t.Fatalf("line %d: %v: %s", n, err, line)
+			}
+			if l.Prev != prev || l.Seq != uint64(n+1) {
+				t.Fatalf("line %d: prev %s seq %d, want %s %d", n, l.Prev, l.Seq, prev, n+1)
+			}
+			prev = lineHash(string(line))
+			if key != nil {
+				i := bytes.LastIndex(line, []byte(hmacField))
+				mac.Reset()
+				mac.Write(line[:i])
+				mac.Write([]byte("}"))
+				if want := hex.EncodeToString(mac.Sum(nil)); l.HMAC != want {
+					t.Fatalf("line %d: hmac %s, want %s", n, l.HMAC, want)
+				}
+			}
+		}
+		if string(c.hash[:]) != prev {
+			t.Fatalf("chain head %s, want %s", c.hash, prev)
+		}
+		if len(c.mids) == 0 || len(c.mids) > maxMids {
+			t.Fatalf("%d prefix states", len(c.mids))
+		}
 	}
 }
 
@@ -593,7 +651,9 @@ func BenchmarkWriteCall(b *testing.B) {
 func BenchmarkWriteStatement(b *testing.B) {
 	path := filepath.Join(b.TempDir(), "audit.log")
 	w := newTestWriter(b, Config{Path: path, FlushInterval: 100 * time.Millisecond, OnFull: OnFullBlock})
-	st := statementOf(testRecord(1))
+	r := testRecord(1)
+	st := statementOf(r)
+	st.Shape = NewShape(r.Fingerprint, r.SQL, r.Columns) // as serve makes it: once per statement shape
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
