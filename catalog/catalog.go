@@ -1,7 +1,8 @@
 // Package catalog owns pgveil's view of the database schema: a versioned,
 // immutable snapshot of schemas, tables, partitions, columns and types,
-// views and the relations they read, functions, and role memberships, read
-// from the server over the proxy's own connection and refreshed.
+// views and the relations they read, functions, the casts and domain
+// constraints that call user functions, and role memberships, read from
+// the server over the proxy's own connection and refreshed.
 package catalog
 
 import (
@@ -74,10 +75,12 @@ const (
 
 // Relation is a table, view, partition or other relation.
 type Relation struct {
-	OID     uint32
-	Name    Name
-	Kind    RelKind
-	Owner   string
+	OID   uint32
+	Name  Name
+	Kind  RelKind
+	Owner string
+	// RowType is the relation's row type (pg_class.reltype), 0 if none.
+	RowType uint32
 	Columns []Column // user columns in attnum order, dropped ones left out
 	// Parent is the partitioned table this is a partition of (zero if none).
 	Parent Name

@@ -49,7 +49,7 @@ WHERE n.nspname NOT LIKE 'pg\_toast%'`
 	// queryClasses lists relations, and indexes, whose names matter for
 	// name resolution.
 	queryClasses = `
-SELECT c.oid, c.relnamespace, c.relname, c.relkind, c.relowner, c.relispartition
+SELECT c.oid, c.relnamespace, c.relname, c.relkind, c.relowner, c.relispartition, c.reltype
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S', 'c', 'i', 'I')
@@ -130,6 +130,54 @@ SELECT c.conrelid, c.confrelid,
 FROM pg_catalog.pg_constraint c
 WHERE c.contype = 'f'`
 
+	// queryTypes11 reads every type with what its values are made of: a
+	// domain's base type, an array's element type (typelem of a varlena
+	// type; a fixed-length type's typelem is not an element type), a
+	// composite type's relation, a range's subtype. queryTypes14 also
+	// maps a multirange to its range (PostgreSQL 14 and later).
+	queryTypes11 = `
+SELECT t.oid, t.typnamespace, t.typname, t.typtype, t.typbasetype,
+       CASE WHEN t.typlen = -1 THEN t.typelem ELSE 0 END, t.typrelid,
+       coalesce(r.rngsubtype, 0)
+FROM pg_catalog.pg_type t
+LEFT JOIN pg_catalog.pg_range r ON r.rngtypid = t.oid`
+	queryTypes14 = `
+SELECT t.oid, t.typnamespace, t.typname, t.typtype, t.typbasetype,
+       CASE WHEN t.typlen = -1 THEN t.typelem ELSE 0 END, t.typrelid,
+       coalesce(r.rngsubtype, m.rngtypid, 0)
+FROM pg_catalog.pg_type t
+LEFT JOIN pg_catalog.pg_range r ON r.rngtypid = t.oid
+LEFT JOIN pg_catalog.pg_range m ON m.rngmultitypid = t.oid`
+
+	// queryCasts reads the casts whose function is not built in (OID at
+	// or above FirstNormalObjectId): the server calls it to convert a
+	// value, explicitly (x::t) or, by castcontext, implicitly.
+	queryCasts = `
+SELECT c.castsource, c.casttarget, n.nspname, p.proname, c.castcontext
+FROM pg_catalog.pg_cast c
+JOIN pg_catalog.pg_proc p ON p.oid = c.castfunc
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+WHERE c.castfunc >= 16384`
+
+	// queryDomainChecks reads, per domain, a function or operator that
+	// is not built in and that one of its constraints depends on (a
+	// constraint's expression records a dependency on every function and
+	// operator it calls, pinned built-ins aside): a cast to the domain
+	// runs it.
+	queryDomainChecks = `
+SELECT DISTINCT ON (c.contypid) c.contypid,
+       coalesce((SELECT n.nspname || '.' || p.proname FROM pg_catalog.pg_proc p
+                 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE p.oid = d.refobjid),
+                (SELECT n.nspname || '.' || o.oprname FROM pg_catalog.pg_operator o
+                 JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace WHERE o.oid = d.refobjid), '?')
+FROM pg_catalog.pg_constraint c
+JOIN pg_catalog.pg_depend d
+  ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid = c.oid
+WHERE c.contypid <> 0
+  AND d.refclassid IN ('pg_catalog.pg_proc'::pg_catalog.regclass, 'pg_catalog.pg_operator'::pg_catalog.regclass)
+  AND d.refobjid >= 16384
+ORDER BY c.contypid, d.refobjid`
+
 	queryRoles = `
 SELECT r.oid, r.rolname, r.rolsuper, r.rolbypassrls, r.rolinherit, r.rolcanlogin
 FROM pg_catalog.pg_roles r`
@@ -160,6 +208,9 @@ type rawData struct {
 	viewDeps      []rawDep
 	functions     []rawFunction
 	foreignKeys   []rawForeignKey
+	types         []rawType
+	casts         []rawCast
+	domainChecks  []rawDomainCheck
 	roles         []rawRole
 	members       []rawMember
 }
@@ -175,6 +226,7 @@ type rawClass struct {
 	name                  string
 	kind                  byte
 	isPartition           bool
+	rowType               uint32
 }
 
 type rawColumn struct {
@@ -190,6 +242,22 @@ type rawInherit struct {
 type rawForeignKey struct {
 	rel, ref      uint32
 	cols, refCols []string
+}
+
+type rawType struct {
+	namespace uint32
+	typ       Type
+}
+
+type rawCast struct {
+	source, target     uint32
+	funcSchema, fnName string
+	context            byte
+}
+
+type rawDomainCheck struct {
+	domain uint32
+	fn     string
 }
 
 type rawDep struct {
@@ -214,7 +282,7 @@ type rawMember struct {
 
 // QueryCount is how many queries Load sends, whatever the size of the
 // database: the server information first, then the rest in one batch.
-const QueryCount = 11
+const QueryCount = 14
 
 // Load reads a Snapshot of the database conn is connected to, in a single
 // REPEATABLE READ, READ ONLY transaction, so every part of it reflects the
@@ -268,6 +336,10 @@ func read(ctx context.Context, tx pgx.Tx) (*rawData, error) {
 	if raw.serverVersion >= 160000 {
 		queryMembers = queryMembers16
 	}
+	queryTypes := queryTypes11
+	if raw.serverVersion >= 140000 {
+		queryTypes = queryTypes14
+	}
 
 	type step struct {
 		what  string
@@ -289,7 +361,7 @@ func read(ctx context.Context, tx pgx.Tx) (*rawData, error) {
 		{"relations", queryClasses, func(rows pgx.Rows) error {
 			var r rawClass
 			return forEach(rows, func() { raw.classes = append(raw.classes, r) },
-				&r.oid, &r.namespace, &r.name, &r.kind, &r.owner, &r.isPartition)
+				&r.oid, &r.namespace, &r.name, &r.kind, &r.owner, &r.isPartition, &r.rowType)
 		}},
 		{"columns", queryColumns, func(rows pgx.Rows) error {
 			var r rawColumn
@@ -329,6 +401,24 @@ func read(ctx context.Context, tx pgx.Tx) (*rawData, error) {
 				raw.foreignKeys = append(raw.foreignKeys, r)
 				r.cols, r.refCols = nil, nil // the next row scans into fresh slices
 			}, &r.rel, &r.ref, &r.cols, &r.refCols)
+		}},
+		{"types", queryTypes, func(rows pgx.Rows) error {
+			var r rawType
+			return forEach(rows, func() {
+				r.typ.Builtin = r.typ.OID < firstNormalObjectID
+				raw.types = append(raw.types, r)
+			}, &r.typ.OID, &r.namespace, &r.typ.Name.Name, &r.typ.Kind, &r.typ.Base, &r.typ.Elem,
+				&r.typ.Relation, &r.typ.RangeOf)
+		}},
+		{"casts", queryCasts, func(rows pgx.Rows) error {
+			var r rawCast
+			return forEach(rows, func() { raw.casts = append(raw.casts, r) },
+				&r.source, &r.target, &r.funcSchema, &r.fnName, &r.context)
+		}},
+		{"domain constraints", queryDomainChecks, func(rows pgx.Rows) error {
+			var r rawDomainCheck
+			return forEach(rows, func() { raw.domainChecks = append(raw.domainChecks, r) },
+				&r.domain, &r.fn)
 		}},
 		{"roles", queryRoles, func(rows pgx.Rows) error {
 			var r rawRole
@@ -407,6 +497,7 @@ func build(raw *rawData) *Snapshot {
 	buildInheritance(s, raw)
 	buildViewReads(s, raw)
 	buildFunctions(s, raw, nsNames)
+	buildTypes(s, raw, nsNames)
 	for _, fk := range raw.foreignKeys {
 		rel, ref := s.relsByOID[fk.rel], s.relsByOID[fk.ref]
 		if rel != nil && ref != nil {
@@ -430,7 +521,7 @@ func buildRelations(s *Snapshot, raw *rawData, nsNames map[uint32]string, roleNa
 			s.shadows[n] = struct{}{}
 			continue
 		}
-		rels = append(rels, Relation{OID: c.oid, Name: n, Kind: RelKind(c.kind), Owner: roleNames[c.owner]})
+		rels = append(rels, Relation{OID: c.oid, Name: n, Kind: RelKind(c.kind), Owner: roleNames[c.owner], RowType: c.rowType})
 	}
 	s.relList = make([]*Relation, len(rels))
 	for i := range rels {
@@ -638,4 +729,39 @@ func buildRoles(s *Snapshot, raw *rawData) map[uint32]string {
 		s.privs[r.Name] = privs
 	}
 	return names
+}
+
+// buildTypes indexes types by OID and name, marks the domains whose
+// constraints call user code, and keeps the casts whose function is not
+// built in.
+func buildTypes(s *Snapshot, raw *rawData, nsNames map[uint32]string) {
+	s.types = make(map[uint32]*Type, len(raw.types))
+	s.typesByName = make(map[Name]*Type, len(raw.types))
+	types := make([]Type, 0, len(raw.types))
+	for _, r := range raw.types {
+		ns, ok := nsNames[r.namespace]
+		if !ok {
+			continue
+		}
+		t := r.typ
+		t.Name.Schema = ns
+		types = append(types, t)
+	}
+	for i := range types {
+		t := &types[i]
+		s.types[t.OID] = t
+		s.typesByName[t.Name] = t
+	}
+	for _, d := range raw.domainChecks {
+		if t := s.types[d.domain]; t != nil {
+			t.UserChecks = d.fn
+		}
+	}
+	for _, c := range raw.casts {
+		s.casts = append(s.casts, Cast{Source: c.source, Target: c.target,
+			Func: Name{c.funcSchema, c.fnName}, Context: CastContext(c.context)})
+	}
+	slices.SortFunc(s.casts, func(a, b Cast) int {
+		return cmp.Or(cmp.Compare(a.Source, b.Source), cmp.Compare(a.Target, b.Target))
+	})
 }

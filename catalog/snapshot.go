@@ -40,7 +40,12 @@ type Snapshot struct {
 	dependents map[Name][]Name // sorted
 	funcs      map[Name][]*Function
 	funcsNamed map[string][]*Function
-	roles      map[string]*Role
+	// types indexes pg_type by OID and by name; casts are the pg_cast
+	// entries whose function is not built in.
+	types       map[uint32]*Type
+	typesByName map[Name]*Type
+	casts       []Cast
+	roles       map[string]*Role
 	// privs maps a role name to the sorted OIDs of every role whose
 	// privileges it has (itself and the roles it inherits from), the set
 	// PostgreSQL's has_privs_of_role consults for ACL checks.

@@ -251,6 +251,14 @@ var advCases = []advCase{
 	{name: "user-operator", sql: `SELECT ### 1`, want: advRefused},
 	{name: "user-operator-explicit", sql: `SELECT OPERATOR(public.###) 1`, want: advRefused},
 	{name: "function-attribute-notation", sql: `SELECT p.peek_probe FROM probe p`, want: advRefused},
+	// Casts and domain checks run user functions without naming them.
+	{name: "cast-user-function-explicit", sql: `SELECT t::text FROM probe_t`, want: advRefused},
+	{name: "cast-user-function-cast-syntax", sql: `SELECT CAST(ROW(1)::peek_t AS text)`, want: advRefused},
+	{name: "cast-user-function-implicit", sql: `SELECT upper(t) FROM probe_t`, want: advRefused},
+	{name: "cast-user-function-assignment", sql: `INSERT INTO probe_t (id, t) VALUES (2, 1)`, want: advRefused, tx: rollback, paths: dmlPaths},
+	{name: "cast-domain-check", sql: `SELECT 'x'::peek_d`, want: advRefused},
+	{name: "cast-domain-check-insert", sql: `INSERT INTO probe_d VALUES ('x')`, want: advRefused, tx: rollback, paths: dmlPaths},
+	{name: "cast-builtin-with-user-casts-present", sql: `SELECT ssn::text, CAST(salary AS int), id::text FROM customers ORDER BY id`, want: advMasked, ordered: true},
 
 	// --- Identity: SET ROLE / SESSION AUTHORIZATION.
 	{name: "set-role-not-member", sql: `SET ROLE adv_dpo`, want: advMasked, refErr: "42501", paths: utilityPaths},
@@ -447,11 +455,33 @@ func advRawCases(t *testing.T, f *advFixture) []advRawCase {
 		return n
 	}
 	queryToXML, readFile := oid("query_to_xml(text,boolean,boolean,text)"), oid("pg_read_file(text)")
+	// peek_t's OID is the same in both databases (same schema, same order).
+	peekType := func() uint32 {
+		out, err := w.pg.PsqlDB(t.Context(), advDB, "SELECT 'peek_t'::regtype::oid")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n uint32
+		if _, err := fmt.Sscan(out, &n); err != nil {
+			t.Fatalf("oid of peek_t: %q", out)
+		}
+		return n
+	}()
 	query := func(sql string) *pgproto3.Query { return &pgproto3.Query{String: sql} }
 	return []advRawCase{
 		{name: "function-call-query-to-xml", check: refused, run: func(r *advRaw) ([]string, error) {
 			err := r.send(&pgproto3.FunctionCall{Function: queryToXML, ArgFormatCodes: []uint16{0},
 				Arguments: [][]byte{[]byte("SELECT ssn, email, secret_note FROM customers"), []byte("t"), []byte("f"), []byte("")}})
+			if err != nil {
+				return nil, err
+			}
+			return r.until(1)
+		}},
+		// A parameter declared of a type with a user cast: the statement
+		// names no such type, the cast runs on the parameter.
+		{name: "parse-parameter-type-user-cast", check: refused, run: func(r *advRaw) ([]string, error) {
+			err := r.send(&pgproto3.Parse{Query: "SELECT upper($1)", ParameterOIDs: []uint32{peekType}},
+				&pgproto3.Bind{Parameters: [][]byte{[]byte("(1)")}}, &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{})
 			if err != nil {
 				return nil, err
 			}

@@ -1176,6 +1176,9 @@ func (m *maskedSession) parse(msg []byte, atBoundary bool) ([]byte, error) {
 	default:
 		out, plan, err = m.textFor(sql, false)
 	}
+	if err == nil {
+		err = m.checkParamTypes(types)
+	}
 	sql0 := sql
 	m.lastPlan, m.lastErr = plan, err
 	changed := true
@@ -1206,6 +1209,29 @@ func (m *maskedSession) parse(msg []byte, atBoundary bool) ([]byte, error) {
 		return msg, nil
 	}
 	return appendParse(make([]byte, 0, 5+len(name)+len(sql)+2+len(types)), name, sql, types), nil
+}
+
+// checkParamTypes refuses the parameter types of a Parse (the int16
+// count and int32 OIDs after the query) that may run user code when a
+// value is converted to them (rewrite.CheckParamTypes).
+func (m *maskedSession) checkParamTypes(types []byte) error {
+	if len(types) < 2 {
+		return nil
+	}
+	n := int(binary.BigEndian.Uint16(types))
+	if n == 0 || len(types) < 2+4*n {
+		// A malformed list is the server's to reject.
+		return nil
+	}
+	oids := make([]uint32, n)
+	for i := range oids {
+		oids[i] = binary.BigEndian.Uint32(types[2+4*i:])
+	}
+	rs, err := m.session()
+	if err != nil {
+		return &rewrite.Refusal{Rule: "unavailable", Message: "the policy or catalog is unavailable"}
+	}
+	return rewrite.CheckParamTypes(rs.Catalog, oids)
 }
 
 // putLength writes a message's length field from its size.

@@ -492,6 +492,10 @@ func (w *walker) insertStmt(s *pg_query.InsertStmt) error {
 	if err != nil {
 		return err
 	}
+	w.assignedTypes(rel, targetColumns(rel, s.Cols))
+	if oc := s.OnConflictClause; oc != nil && len(oc.TargetList) > 0 {
+		w.assignedTypes(rel, targetColumns(rel, oc.TargetList))
+	}
 	if err := w.foreignKeyOracle(rel, targetColumns(rel, s.Cols), "INSERT"); err != nil {
 		return err
 	}
@@ -540,6 +544,7 @@ func (w *walker) modify(stmt proto.Message, with *pg_query.WithClause, relation 
 		return err
 	}
 	if len(set) > 0 {
+		w.assignedTypes(rel, targetColumns(rel, set))
 		if err := w.foreignKeyOracle(rel, targetColumns(rel, set), verb); err != nil {
 			return err
 		}
@@ -591,6 +596,9 @@ func (w *walker) copyStmt(s *pg_query.CopyStmt) error {
 		if len(cols) == 0 {
 			cols = targetColumns(rel, nil)
 		}
+		// COPY FROM reads values with the input functions, then checks
+		// them against their domains.
+		w.castToColumns(rel, cols)
 		if err := w.foreignKeyOracle(rel, cols, "COPY FROM"); err != nil {
 			return err
 		}

@@ -32,10 +32,16 @@ func (w *walker) searchPath() []string { return w.s.Catalog.Path(w.path()) }
 // rewrite then qualifies the name, so the server reads exactly the
 // relation that was analysed.
 func (w *walker) resolve(rv *pg_query.RangeVar) *catalog.Relation {
+	var rel *catalog.Relation
 	if rv.Schemaname != "" {
-		return w.s.Catalog.ResolveQualified(w.path(), rv.Schemaname, rv.Relname)
+		rel = w.s.Catalog.ResolveQualified(w.path(), rv.Schemaname, rv.Relname)
+	} else {
+		rel = w.s.Catalog.Resolve(w.path(), rv.Relname)
 	}
-	return w.s.Catalog.Resolve(w.path(), rv.Relname)
+	if rel != nil {
+		w.relationTypes(rel)
+	}
+	return rel
 }
 
 // policyNamesTable reports whether the policy classifies a table called
@@ -106,6 +112,13 @@ func (w *walker) substitute(n *pg_query.Node, rv *pg_query.RangeVar) error {
 	rv.Schemaname, rv.Relname, rv.Inh = "", name, true
 	w.substituted = true
 	w.masked = append(w.masked, rel.Name)
+	// The masking sub-query casts each masked value back to its column's
+	// type, domains included.
+	var maskedCols []string
+	for name := range w.maskedColumns(rel) {
+		maskedCols = append(maskedCols, name)
+	}
+	w.castToColumns(rel, maskedCols)
 	for _, d := range denied {
 		w.denied[d] = true
 	}

@@ -37,6 +37,13 @@ type walker struct {
 	// order; substituted is set by each substitution.
 	placeholders *[]placeholder
 	substituted  bool
+	// types holds the types the statement can produce values of,
+	// assigned those of the columns it stores into, castTo those values
+	// are converted to (explicit casts, assignments, masked columns cast
+	// back to their type), each closed over catalog.Snapshot.TypeClosure;
+	// casts are its explicit casts. See cast.go.
+	types, assigned, castTo map[uint32]bool
+	casts                   []castUse
 }
 
 // placeholder is a relation name standing in for a masking sub-query.
@@ -50,7 +57,8 @@ type placeholder struct {
 const placeholderPrefix = "pgveil_subst_"
 
 func newWalker(s *Session, ph *[]placeholder) *walker {
-	return &walker{s: s, denied: map[string]bool{}, refs: map[string]bool{}, unaliased: map[catalog.Name]string{}, placeholders: ph}
+	return &walker{s: s, denied: map[string]bool{}, refs: map[string]bool{}, unaliased: map[catalog.Name]string{}, placeholders: ph,
+		types: map[uint32]bool{}, assigned: map[uint32]bool{}, castTo: map[uint32]bool{}}
 }
 
 // finish completes a statement: schema-qualified column references to a
@@ -69,7 +77,10 @@ func (w *walker) finish() error {
 			c.Fields = append([]*pg_query.Node{pg_query.MakeStrNode(alias)}, c.Fields[2:]...)
 		}
 	}
-	return w.checkDenied()
+	if err := w.checkDenied(); err != nil {
+		return err
+	}
+	return w.checkCasts()
 }
 
 // checkDenied refuses the statement if it names a denied column anywhere.
@@ -142,6 +153,10 @@ func (w *walker) node(n *pg_query.Node) error {
 				return err
 			}
 		}
+	case *pg_query.Node_TypeCast:
+		if err := w.typeCast(x.TypeCast); err != nil {
+			return err
+		}
 	case *pg_query.Node_AExpr:
 		if err := w.operator(x.AExpr); err != nil {
 			return err
@@ -175,6 +190,10 @@ func (w *walker) message(m protoreflect.Message) error {
 		return w.selectStmt(x)
 	case *pg_query.FuncCall:
 		if err := w.funcCall(x); err != nil {
+			return err
+		}
+	case *pg_query.TypeName:
+		if _, err := w.typeName(x); err != nil {
 			return err
 		}
 	}

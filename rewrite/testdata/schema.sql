@@ -68,3 +68,14 @@ CREATE VIEW public.contact_view AS SELECT id, email, ssn FROM public.customers;
 -- A masked column referencing an unprotected lookup table.
 CREATE TABLE public.diag_codes (code text PRIMARY KEY, label text);
 CREATE TABLE public.patients (id int, diagnosis text REFERENCES public.diag_codes (code) ON DELETE CASCADE ON UPDATE CASCADE);
+-- Casts whose functions are not built in, and a domain whose check calls
+-- one: converting a value runs them with no function name in the text.
+CREATE TYPE public.peek_t AS (x int);
+CREATE FUNCTION shady.peek_cast(public.peek_t) RETURNS text LANGUAGE sql AS 'SELECT ssn FROM public.customers WHERE id = 1';
+CREATE CAST (public.peek_t AS text) WITH FUNCTION shady.peek_cast(public.peek_t) AS IMPLICIT;
+CREATE FUNCTION shady.peek_from_int(int) RETURNS public.peek_t LANGUAGE sql AS 'SELECT ROW($1)::public.peek_t';
+CREATE CAST (int AS public.peek_t) WITH FUNCTION shady.peek_from_int(int) AS ASSIGNMENT;
+CREATE TABLE public.tagged (id int, t public.peek_t);
+CREATE FUNCTION shady.peek_check(text) RETURNS boolean LANGUAGE sql AS 'SELECT true';
+CREATE DOMAIN public.checked_text AS text CHECK (shady.peek_check(VALUE));
+CREATE TABLE public.checked (id int, v public.checked_text);

@@ -1,5 +1,6 @@
 -- Runs after the data: objects that need it, privileges, statistics.
 INSERT INTO probe VALUES (1, 'p1'), (2, 'p2');
+INSERT INTO probe_t VALUES (1, ROW(1));
 INSERT INTO shadow.customers VALUES (1, 'Shadow One', 'SHADOW-DECOY-0001');
 CREATE MATERIALIZED VIEW customer_mv AS SELECT id, ssn FROM customers;
 GRANT USAGE ON SCHEMA shadow, adv_team, evil TO PUBLIC;

@@ -45,3 +45,18 @@ CREATE SCHEMA evil AUTHORIZATION adv_other;
 -- pg_catalog.lower only when shadow precedes pg_catalog in search_path.
 CREATE FUNCTION shadow.lower(text) RETURNS text LANGUAGE sql STABLE SECURITY DEFINER
 	SET search_path = pg_catalog, public AS $$ SELECT ssn FROM public.customers WHERE id = 1 $$;
+-- Casts whose functions read the protected table (one returns the value,
+-- one raises it), and a domain whose check raises it: a conversion runs
+-- them with no function name in the statement.
+CREATE TYPE peek_t AS (x int);
+CREATE FUNCTION peek_cast(peek_t) RETURNS text LANGUAGE sql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, public AS $$ SELECT ssn FROM public.customers WHERE id = 1 $$;
+CREATE CAST (peek_t AS text) WITH FUNCTION peek_cast(peek_t) AS IMPLICIT;
+CREATE FUNCTION peek_raise(int) RETURNS peek_t LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, public AS $$ BEGIN RAISE EXCEPTION 'peek %', (SELECT ssn FROM public.customers WHERE id = 1); END $$;
+CREATE CAST (int AS peek_t) WITH FUNCTION peek_raise(int) AS ASSIGNMENT;
+CREATE FUNCTION peek_check(text) RETURNS boolean LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, public AS $$ BEGIN RAISE EXCEPTION 'peek %', (SELECT ssn FROM public.customers WHERE id = 1); END $$;
+CREATE DOMAIN peek_d AS text CHECK (peek_check(VALUE));
+CREATE TABLE probe_t (id int, t peek_t);
+CREATE TABLE probe_d (v peek_d);

@@ -1,0 +1,1 @@
+SELECT email::text, CAST(salary AS int), '1'::int, 1::text, ARRAY[ssn]::text[] FROM customers

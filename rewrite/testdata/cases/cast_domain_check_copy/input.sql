@@ -1,0 +1,1 @@
+COPY checked FROM STDIN

@@ -1,0 +1,1 @@
+INSERT INTO checked VALUES (1, 'x')

@@ -1,0 +1,1 @@
+SELECT 1::no_such_type

@@ -1,0 +1,1 @@
+SELECT ARRAY[t]::text[] FROM tagged

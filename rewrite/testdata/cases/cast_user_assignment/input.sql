@@ -1,0 +1,1 @@
+INSERT INTO tagged (id, t) VALUES (1, 1)

@@ -1,0 +1,1 @@
+UPDATE tagged SET t = 2 WHERE id = 1

@@ -1,0 +1,1 @@
+SELECT CAST(t AS text) FROM tagged

@@ -1,0 +1,1 @@
+SELECT length(t) FROM tagged

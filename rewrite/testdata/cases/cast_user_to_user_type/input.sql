@@ -1,0 +1,1 @@
+SELECT id::peek_t FROM orders
