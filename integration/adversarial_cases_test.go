@@ -183,6 +183,9 @@ var advCases = []advCase{
 	{name: "merge", sql: `MERGE INTO customers c USING probe p ON c.id = p.id WHEN MATCHED THEN UPDATE SET name = p.v`, want: advRefused, tx: rollback, paths: utilityPaths},
 	{name: "oracle-unique-insert", sql: `INSERT INTO customers (id, name, ssn) VALUES (100, 'n', 'CANARY-SSN-918273645')`, want: advRefused, tx: rollback, paths: dmlPaths},
 	{name: "oracle-unique-update", sql: `UPDATE customers SET ssn = 'CANARY-SSN-918273645' WHERE id = 2`, want: advRefused, tx: rollback, paths: dmlPaths},
+	// A foreign key into a row-filtered table checks the rows the filter
+	// hides (customer 1 for adv_marketing).
+	{name: "oracle-foreign-key-row-filtered", login: "adv_marketing", sql: `INSERT INTO probe_cust (customer_id) VALUES (1)`, want: advRefused, tx: rollback, paths: dmlPaths},
 	{name: "oracle-foreign-key", sql: `INSERT INTO probe_fk (ssn) VALUES ('CANARY-SSN-918273645')`, want: advRefused, refErr: "23503", tx: rollback, paths: dmlPaths},
 	{name: "update-without-reading", sql: `UPDATE customers SET city = 'Nowhere' WHERE id = 1`, want: advMasked, tx: rollback, paths: dmlPaths},
 	{name: "update-returning-unclassified", sql: `UPDATE customers SET city = city WHERE id = 1 RETURNING id, name, city`, want: advMasked, tx: rollback, paths: dmlReturningPaths},

@@ -363,9 +363,16 @@ func (w *walker) referencedOracle(rel *catalog.Relation, cols []string, verb str
 				continue
 			}
 			masked := w.maskedColumns(r)
+			filtered := w.rowFiltered(r)
 			for i, c := range fk.Columns {
-				if masked[c] && i < len(fk.RefColumns) && (verb == "DELETE" || assigned[fk.RefColumns[i]]) {
+				if i >= len(fk.RefColumns) || (verb != "DELETE" && !assigned[fk.RefColumns[i]]) {
+					continue
+				}
+				if masked[c] {
 					return refuse("protected-write", "%s on %s is not allowed: the foreign key of masked column %s.%s references it", verb, qualified(rel.Name), qualified(r.Name), c)
+				}
+				if filtered {
+					return refuse("protected-write", "%s on %s is not allowed: a foreign key of %s, which a row filter applies to, references it", verb, qualified(rel.Name), qualified(r.Name))
 				}
 			}
 		}
@@ -387,13 +394,38 @@ func (w *walker) foreignKeyOracle(rel *catalog.Relation, cols []string, verb str
 			continue
 		}
 		masked := w.maskedColumns(ref)
+		filtered := w.rowFiltered(ref)
 		for i, rc := range fk.RefColumns {
-			if masked[rc] && i < len(fk.Columns) && assigned[fk.Columns[i]] {
+			if i >= len(fk.Columns) || !assigned[fk.Columns[i]] {
+				continue
+			}
+			if masked[rc] {
 				return refuse("protected-write", "%s on %s may not write %q: its foreign key checks masked column %s.%s", verb, qualified(rel.Name), fk.Columns[i], qualified(ref.Name), rc)
+			}
+			if filtered {
+				return refuse("protected-write", "%s on %s may not write %q: its foreign key checks %s, which a row filter applies to", verb, qualified(rel.Name), fk.Columns[i], qualified(ref.Name))
 			}
 		}
 	}
 	return nil
+}
+
+// rowFiltered reports whether a row filter of the session applies to rel
+// or to any table whose rows it holds (its partitions and inheritance
+// children): a foreign-key check on rel sees the rows the filter hides.
+func (w *walker) rowFiltered(rel *catalog.Relation) bool {
+	if len(w.s.Grants.RowFilters()) == 0 {
+		return false
+	}
+	if len(w.rowFilters(rel)) > 0 {
+		return true
+	}
+	for _, d := range w.s.Catalog.Descendants(rel.Name) {
+		if dr := w.s.Catalog.Relation(d); dr != nil && len(w.rowFilters(dr)) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // targetColumns returns the column names a list of ResTargets assigns

@@ -79,3 +79,7 @@ CREATE TABLE public.tagged (id int, t public.peek_t);
 CREATE FUNCTION shady.peek_check(text) RETURNS boolean LANGUAGE sql AS 'SELECT true';
 CREATE DOMAIN public.checked_text AS text CHECK (shady.peek_check(VALUE));
 CREATE TABLE public.checked (id int, v public.checked_text);
+-- Foreign keys into and out of row-filtered tables.
+CREATE TABLE public.customer_tags (customer_id int REFERENCES public.customers (id), tag text);
+CREATE TABLE public.note_kinds (kind text PRIMARY KEY);
+CREATE TABLE public.customer_notes (customer_id int, kind text REFERENCES public.note_kinds (kind), note text);

@@ -5,7 +5,7 @@ INSERT INTO shadow.customers VALUES (1, 'Shadow One', 'SHADOW-DECOY-0001');
 CREATE MATERIALIZED VIEW customer_mv AS SELECT id, ssn FROM customers;
 GRANT USAGE ON SCHEMA shadow, adv_team, evil TO PUBLIC;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public, shadow, adv_team
-	TO adv_analyst, adv_support, adv_dpo, adv_team;
+	TO adv_analyst, adv_support, adv_dpo, adv_team, adv_marketing;
 -- adv_other owns schema evil and puts a view named customers in it.
 GRANT SELECT ON customers TO adv_other;
 SET ROLE adv_other;

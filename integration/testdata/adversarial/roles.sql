@@ -5,7 +5,7 @@ DROP DATABASE IF EXISTS adv_ref WITH (FORCE);
 DO $$
 DECLARE r text;
 BEGIN
-	FOREACH r IN ARRAY ARRAY['adv_analyst', 'adv_support', 'adv_dpo', 'adv_other'] LOOP
+	FOREACH r IN ARRAY ARRAY['adv_analyst', 'adv_support', 'adv_dpo', 'adv_other', 'adv_marketing'] LOOP
 		IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = r) THEN
 			EXECUTE format('CREATE ROLE %I LOGIN', r);
 		END IF;

@@ -17,6 +17,7 @@ CREATE TABLE probe (id int PRIMARY KEY, v text);
 CREATE TABLE probe_u (v text UNIQUE);
 CREATE TABLE probe_chk (v text CHECK (v NOT LIKE 'CANARY%'));
 CREATE TABLE probe_fk (ssn varchar(32) REFERENCES customers (ssn));
+CREATE TABLE probe_cust (customer_id int REFERENCES customers (id));
 -- A partitioned table with a classified column; partitions in three schemas.
 CREATE TABLE events (id int, customer_email text, at date) PARTITION BY RANGE (at);
 CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');

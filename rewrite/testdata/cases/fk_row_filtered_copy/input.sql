@@ -1,0 +1,2 @@
+-- roles: marketing
+COPY customer_tags FROM STDIN

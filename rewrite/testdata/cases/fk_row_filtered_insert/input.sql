@@ -1,0 +1,2 @@
+-- roles: marketing
+INSERT INTO customer_tags VALUES (2, 'x')

@@ -1,0 +1,2 @@
+-- roles: marketing
+UPDATE customer_tags SET tag = 'y' WHERE tag = 'x'

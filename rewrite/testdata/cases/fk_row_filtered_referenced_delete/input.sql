@@ -1,0 +1,2 @@
+-- roles: marketing
+DELETE FROM note_kinds WHERE kind = 'x'

@@ -1,0 +1,2 @@
+-- roles: marketing
+UPDATE note_kinds SET kind = 'y' WHERE kind = 'x'

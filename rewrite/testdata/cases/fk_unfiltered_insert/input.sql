@@ -1,0 +1,1 @@
+INSERT INTO customer_tags VALUES (2, 'x')
