@@ -99,6 +99,23 @@ type Relation struct {
 
 	// ForeignKeys are the relation's foreign-key constraints.
 	ForeignKeys []ForeignKey
+	// Constraints are its CHECK constraints and unique and exclusion
+	// indexes: whether a write passes them depends on the columns they
+	// use.
+	Constraints []Constraint
+}
+
+// Constraint is a CHECK constraint ('c'), a unique index ('u') or an
+// exclusion constraint's index ('x') of a relation.
+type Constraint struct {
+	Kind byte
+	// Columns are the relation's columns the constraint uses: a CHECK's
+	// expression, an index's key columns, key expressions and partial
+	// index predicate.
+	Columns []string
+	// Validated is false for a CHECK constraint added NOT VALID, which
+	// existing rows may violate.
+	Validated bool
 }
 
 // Column returns the user column called name, or nil.

@@ -178,6 +178,33 @@ WHERE c.contypid <> 0
   AND d.refobjid >= 16384
 ORDER BY c.contypid, d.refobjid`
 
+	// queryWriteConstraints reads the constraints a write is checked
+	// against besides foreign keys: CHECK constraints with the columns
+	// they mention, and unique and exclusion indexes with every column
+	// their keys, key expressions and partial-index predicates use (the
+	// expressions' and predicate's columns are their pg_depend entries; a
+	// whole-row reference, refobjsubid 0, uses every column).
+	queryWriteConstraints = `
+SELECT c.conrelid, 'c'::pg_catalog."char",
+       ARRAY(SELECT a.attname::pg_catalog.text FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey) ORDER BY a.attnum),
+       c.convalidated
+FROM pg_catalog.pg_constraint c
+WHERE c.contype = 'c' AND c.conrelid <> 0
+UNION ALL
+SELECT i.indrelid, CASE WHEN i.indisexclusion THEN 'x' ELSE 'u' END::pg_catalog."char",
+       ARRAY(SELECT a.attname::pg_catalog.text FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = i.indrelid AND a.attnum > 0 AND NOT a.attisdropped
+               AND (a.attnum = ANY (i.indkey::pg_catalog.int2[])
+                    OR EXISTS (SELECT FROM pg_catalog.pg_depend d
+                               WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = i.indexrelid
+                                 AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = i.indrelid
+                                 AND d.refobjsubid IN (0, a.attnum)))
+             ORDER BY a.attnum),
+       true
+FROM pg_catalog.pg_index i
+WHERE i.indisunique OR i.indisexclusion`
+
 	queryRoles = `
 SELECT r.oid, r.rolname, r.rolsuper, r.rolbypassrls, r.rolinherit, r.rolcanlogin
 FROM pg_catalog.pg_roles r`
@@ -211,6 +238,7 @@ type rawData struct {
 	types         []rawType
 	casts         []rawCast
 	domainChecks  []rawDomainCheck
+	constraints   []rawConstraint
 	roles         []rawRole
 	members       []rawMember
 }
@@ -255,6 +283,11 @@ type rawCast struct {
 	context            byte
 }
 
+type rawConstraint struct {
+	rel uint32
+	con Constraint
+}
+
 type rawDomainCheck struct {
 	domain uint32
 	fn     string
@@ -282,7 +315,7 @@ type rawMember struct {
 
 // QueryCount is how many queries Load sends, whatever the size of the
 // database: the server information first, then the rest in one batch.
-const QueryCount = 14
+const QueryCount = 15
 
 // Load reads a Snapshot of the database conn is connected to, in a single
 // REPEATABLE READ, READ ONLY transaction, so every part of it reflects the
@@ -420,6 +453,13 @@ func read(ctx context.Context, tx pgx.Tx) (*rawData, error) {
 			return forEach(rows, func() { raw.domainChecks = append(raw.domainChecks, r) },
 				&r.domain, &r.fn)
 		}},
+		{"write constraints", queryWriteConstraints, func(rows pgx.Rows) error {
+			var r rawConstraint
+			return forEach(rows, func() {
+				raw.constraints = append(raw.constraints, r)
+				r.con.Columns = nil // the next row scans into a fresh slice
+			}, &r.rel, &r.con.Kind, &r.con.Columns, &r.con.Validated)
+		}},
 		{"roles", queryRoles, func(rows pgx.Rows) error {
 			var r rawRole
 			return forEach(rows, func() { raw.roles = append(raw.roles, r) },
@@ -498,6 +538,11 @@ func build(raw *rawData) *Snapshot {
 	buildViewReads(s, raw)
 	buildFunctions(s, raw, nsNames)
 	buildTypes(s, raw, nsNames)
+	for _, c := range raw.constraints {
+		if rel := s.relsByOID[c.rel]; rel != nil {
+			rel.Constraints = append(rel.Constraints, c.con)
+		}
+	}
 	for _, fk := range raw.foreignKeys {
 		rel, ref := s.relsByOID[fk.rel], s.relsByOID[fk.ref]
 		if rel != nil && ref != nil {

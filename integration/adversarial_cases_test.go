@@ -186,6 +186,10 @@ var advCases = []advCase{
 	// A foreign key into a row-filtered table checks the rows the filter
 	// hides (customer 1 for adv_marketing).
 	{name: "oracle-foreign-key-row-filtered", login: "adv_marketing", sql: `INSERT INTO probe_cust (customer_id) VALUES (1)`, want: advRefused, tx: rollback, paths: dmlPaths},
+	// A constraint checks the written row's raw masked values.
+	// (update-without-reading below writes city, which no constraint uses
+	// with a masked column: it still passes.)
+	{name: "oracle-check-constraint", sql: `UPDATE customers SET name = 'Probe' WHERE id = 1`, want: advRefused, tx: rollback, paths: dmlPaths},
 	{name: "oracle-foreign-key", sql: `INSERT INTO probe_fk (ssn) VALUES ('CANARY-SSN-918273645')`, want: advRefused, refErr: "23503", tx: rollback, paths: dmlPaths},
 	{name: "update-without-reading", sql: `UPDATE customers SET city = 'Nowhere' WHERE id = 1`, want: advMasked, tx: rollback, paths: dmlPaths},
 	{name: "update-returning-unclassified", sql: `UPDATE customers SET city = city WHERE id = 1 RETURNING id, name, city`, want: advMasked, tx: rollback, paths: dmlReturningPaths},

@@ -410,6 +410,60 @@ func (w *walker) foreignKeyOracle(rel *catalog.Relation, cols []string, verb str
 	return nil
 }
 
+// constraintOracle refuses an UPDATE of rel (or an INSERT, with insert
+// set) that writes cols when a constraint the write is checked against
+// uses a masked column: a CHECK constraint mentioning a written and a
+// masked column, or any masked column if it is NOT VALID (the updated row
+// is checked whole), a unique or exclusion index whose key, key
+// expressions or predicate use a written and a masked column. Whether the
+// write succeeds (or fails with 23514, 23505 or 23P01) would tell
+// something about the raw value. An INSERT stores a new row whose masked
+// columns the session did not write: its CHECK constraints see no stored
+// value. Partitions and inheritance children, whose rows a write to rel
+// reaches, count too.
+func (w *walker) constraintOracle(rel *catalog.Relation, cols []string, verb string, insert bool) error {
+	masked := w.maskedColumns(rel)
+	if len(masked) == 0 {
+		return nil
+	}
+	assigned := map[string]bool{}
+	for _, c := range cols {
+		assigned[c] = true
+	}
+	rels := []*catalog.Relation{rel}
+	for _, d := range w.s.Catalog.Descendants(rel.Name) {
+		if dr := w.s.Catalog.Relation(d); dr != nil {
+			rels = append(rels, dr)
+		}
+	}
+	for _, r := range rels {
+		for _, con := range r.Constraints {
+			if con.Kind == 'c' && insert {
+				continue
+			}
+			usesMasked, usesWritten := "", !con.Validated
+			for _, c := range con.Columns {
+				if masked[c] && usesMasked == "" {
+					usesMasked = c
+				}
+				usesWritten = usesWritten || assigned[c]
+			}
+			if usesMasked == "" || !usesWritten {
+				continue
+			}
+			what := "a unique index"
+			switch con.Kind {
+			case 'c':
+				what = "a CHECK constraint"
+			case 'x':
+				what = "an exclusion constraint"
+			}
+			return refuse("protected-write", "%s on %s is not allowed: %s of %s uses masked column %q with the written columns", verb, qualified(rel.Name), what, qualified(r.Name), usesMasked)
+		}
+	}
+	return nil
+}
+
 // rowFiltered reports whether a row filter of the session applies to rel
 // or to any table whose rows it holds (its partitions and inheritance
 // children): a foreign-key check on rel sees the rows the filter hides.
@@ -538,6 +592,9 @@ func (w *walker) insertStmt(s *pg_query.InsertStmt) error {
 		if err := w.assignsMasked(rel, targetColumns(rel, s.Cols), "INSERT"); err != nil {
 			return err
 		}
+		if err := w.constraintOracle(rel, targetColumns(rel, s.Cols), "INSERT", true); err != nil {
+			return err
+		}
 		return w.protectedWrite(rel, aliasOf(s.Relation), "INSERT", refs)
 	}
 	return nil
@@ -589,6 +646,9 @@ func (w *walker) modify(stmt proto.Message, with *pg_query.WithClause, relation 
 	if protected {
 		if len(set) > 0 {
 			if err := w.assignsMasked(rel, targetColumns(rel, set), verb); err != nil {
+				return err
+			}
+			if err := w.constraintOracle(rel, targetColumns(rel, set), verb, false); err != nil {
 				return err
 			}
 		}

@@ -83,3 +83,10 @@ CREATE TABLE public.checked (id int, v public.checked_text);
 CREATE TABLE public.customer_tags (customer_id int REFERENCES public.customers (id), tag text);
 CREATE TABLE public.note_kinds (kind text PRIMARY KEY);
 CREATE TABLE public.customer_notes (customer_id int, kind text REFERENCES public.note_kinds (kind), note text);
+-- Constraints over a masked column that a write of other columns is
+-- checked against.
+CREATE TABLE public.staff_pay (id int PRIMARY KEY, name text, salary numeric(10,2), bonus numeric(10,2), grade text,
+	CHECK (bonus < salary), UNIQUE (grade, salary));
+CREATE UNIQUE INDEX staff_pay_name_partial ON public.staff_pay (name) WHERE salary > 100000;
+CREATE TABLE public.pay_nv (id int, note text, salary numeric(10,2));
+ALTER TABLE public.pay_nv ADD CONSTRAINT pay_nv_positive CHECK (salary > 0) NOT VALID;

@@ -12,6 +12,9 @@ CREATE TABLE customers (
 	city text,
 	secret_note text
 );
+-- A CHECK constraint over an unmasked and a masked column: an UPDATE of
+-- name alone is checked against the raw ssn.
+ALTER TABLE customers ADD CONSTRAINT customers_name_probe CHECK (name <> 'Probe' OR ssn NOT LIKE 'CANARY%');
 -- Unprotected tables used as probes.
 CREATE TABLE probe (id int PRIMARY KEY, v text);
 CREATE TABLE probe_u (v text UNIQUE);

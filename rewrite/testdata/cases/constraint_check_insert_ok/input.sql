@@ -1,0 +1,1 @@
+INSERT INTO staff_pay (id, bonus) VALUES (5, 1)

@@ -1,0 +1,1 @@
+UPDATE pay_nv SET note = 'x' WHERE id = 1

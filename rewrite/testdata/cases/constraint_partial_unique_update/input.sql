@@ -1,0 +1,1 @@
+UPDATE staff_pay SET name = 'x' WHERE id = 1

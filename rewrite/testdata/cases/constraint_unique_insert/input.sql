@@ -1,0 +1,1 @@
+INSERT INTO staff_pay (id, grade) VALUES (5, 'a')

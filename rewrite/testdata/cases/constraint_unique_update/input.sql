@@ -1,0 +1,1 @@
+UPDATE staff_pay SET grade = 'a' WHERE id = 1

@@ -1,0 +1,1 @@
+UPDATE staff_pay SET id = 7 WHERE id = 1
