@@ -1,7 +1,5 @@
 package rewrite
 
-import "strings"
-
 // NormalizeSQL appends to dst the statement text with every literal
 // replaced by "?" and whitespace and comments collapsed, so that texts that
 // differ only in their constants share one analysis (usage facts) and one
@@ -339,32 +337,83 @@ func indexFrom(s string, from int, sub string) int {
 // the few keywords it needs, "end-of-list" for those that end an ORDER
 // BY or GROUP BY list, and "id" for anything else. It does not allocate.
 func keyword(w string) string {
-	switch len(w) {
-	case 2:
-		switch {
-		case strings.EqualFold(w, "by"):
-			return "by"
-		case strings.EqualFold(w, "on"):
-			return "on"
+	if len(w) < 2 || len(w) > 9 {
+		return "id"
+	}
+	// PostgreSQL folds keywords in ASCII only (a Kelvin sign is no 'k'),
+	// and so does this: one switch on the first letter, then a
+	// comparison with each candidate of the word's length.
+	var k string
+	switch w[0] | 0x20 {
+	case 'b':
+		k = "by"
+	case 'd':
+		k = "distinct"
+	case 'e':
+		k = "except"
+	case 'f':
+		switch len(w) {
+		case 3:
+			k = "for"
+		case 4:
+			k = "from"
+		case 5:
+			k = "fetch"
 		}
-	case 5:
-		switch {
-		case strings.EqualFold(w, "order"):
-			return "order"
-		case strings.EqualFold(w, "group"):
-			return "group"
+	case 'g':
+		k = "group"
+	case 'h':
+		k = "having"
+	case 'i':
+		k = "intersect"
+	case 'l':
+		k = "limit"
+	case 'o':
+		switch len(w) {
+		case 2:
+			k = "on"
+		case 5:
+			k = "order"
+		case 6:
+			k = "offset"
 		}
-	case 8:
-		if strings.EqualFold(w, "distinct") {
-			return "distinct"
+	case 'r':
+		k = "returning"
+	case 's':
+		k = "select"
+	case 'u':
+		k = "union"
+	case 'w':
+		switch len(w) {
+		case 5:
+			k = "where"
+		case 6:
+			k = "window"
 		}
 	}
-	for _, k := range endOfList {
-		if len(k) == len(w) && strings.EqualFold(w, k) {
-			return "end-of-list"
+	if len(k) != len(w) || !asciiEqualFold(w, k) {
+		return "id"
+	}
+	switch k {
+	case "by", "on", "order", "group", "distinct":
+		return k
+	}
+	return "end-of-list"
+}
+
+// asciiEqualFold reports whether w equals the lower-case ASCII word k,
+// ignoring the case of ASCII letters only.
+func asciiEqualFold(w, k string) bool {
+	for i := 0; i < len(k); i++ {
+		c := w[i]
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != k[i] {
+			return false
 		}
 	}
-	return "id"
+	return true
 }
 
 // endOfList are the keywords that can follow an ORDER BY or GROUP BY list.

@@ -123,3 +123,32 @@ func FuzzNormalize(f *testing.F) {
 		}
 	})
 }
+
+// TestKeyword checks keyword against the word lists it encodes, in every
+// case, and that only ASCII letters fold.
+func TestKeyword(t *testing.T) {
+	want := map[string]string{"by": "by", "on": "on", "order": "order", "group": "group", "distinct": "distinct"}
+	for _, k := range endOfList {
+		want[k] = "end-of-list"
+	}
+	for w, kw := range want {
+		for _, v := range []string{w, strings.ToUpper(w), strings.ToUpper(w[:1]) + w[1:], w[:len(w)-1] + strings.ToUpper(w[len(w)-1:])} {
+			if got := keyword(v); got != kw {
+				t.Errorf("keyword(%q) = %q, want %q", v, got, kw)
+			}
+		}
+		for _, v := range []string{w + "s", w[1:], "x" + w[1:], w[:len(w)-1] + "_", w[:len(w)-1] + "1"} {
+			if _, ok := want[v]; ok {
+				continue
+			}
+			if got := keyword(v); got != "id" {
+				t.Errorf("keyword(%q) = %q, want id", v, got)
+			}
+		}
+	}
+	for _, v := range []string{"", "b", "\u212Ay", "ſelect", "orDer_", "limits", "fromm", "wher", "returnin", "intersects", "distinctly"} {
+		if got := keyword(v); got != "id" {
+			t.Errorf("keyword(%q) = %q, want id", v, got)
+		}
+	}
+}
