@@ -528,11 +528,11 @@ func TestPreparedBooksFollowServer(t *testing.T) {
 	}
 }
 
-// TestSessionEndsWhileRefreshWaits: a Sync sent during COPY FROM STDIN is
-// ignored by the server, so the proxy waits for an answer that does not
-// come before it re-reads the search_path; a shutdown must still end that
-// session within its deadline (the wait gives way as soon as the session
-// starts to end).
+// TestSessionEndsWhileRefreshWaits: after a statement that may change
+// search_path, the proxy waits for every earlier answer before it reads
+// the search_path again; a shutdown must still end a session waiting so
+// behind a long query within its deadline (the wait gives way when the
+// session starts to end, and the query is cancelled).
 func TestSessionEndsWhileRefreshWaits(t *testing.T) {
 	f := advSetup(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -543,27 +543,13 @@ func TestSessionEndsWhileRefreshWaits(t *testing.T) {
 	}
 	defer conn.Close(context.Background())
 	fe := conn.Frontend()
-	fe.Send(&pgproto3.Query{String: "COPY probe_u (v) FROM STDIN"})
-	fe.Send(&pgproto3.Sync{})
-	fe.Send(&pgproto3.CopyData{Data: []byte("x\n")})
-	fe.Send(&pgproto3.CopyDone{})
-	fe.Send(&pgproto3.Query{String: "SET search_path = public"})
+	fe.Send(&pgproto3.Query{String: "SET search_path = public; SELECT pg_sleep(60)"})
 	fe.Send(&pgproto3.Query{String: "SELECT 1"})
 	if err := fe.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	// Two ReadyForQuery: the COPY's and the SET's; SELECT 1 then waits
-	// in the proxy for the Sync's answer.
-	for n := 0; n < 2; {
-		msg, err := conn.ReceiveMessage(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
-			n++
-		}
-	}
-	time.Sleep(200 * time.Millisecond)
+	// SELECT 1 waits in the proxy for the sleep's answer.
+	time.Sleep(500 * time.Millisecond)
 	sctx, scancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer scancel()
 	start := time.Now()
@@ -574,8 +560,135 @@ func TestSessionEndsWhileRefreshWaits(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("Shutdown did not return: the session waiting to re-read its search_path was not ended")
 	}
-	if d := time.Since(start); d > 10*time.Second {
+	switch d := time.Since(start); {
+	case d > 10*time.Second:
 		t.Fatalf("Shutdown took %v", d)
+	case d < 2*time.Second:
+		// Shutdown waits up to its deadline for a busy session only.
+		t.Fatalf("Shutdown took only %v: the session was not busy", d)
+	}
+}
+
+// TestCopyInSyncs: PostgreSQL ignores a Sync it reads during COPY FROM
+// STDIN, and libpq sends one after the Execute of a COPY run with the
+// extended protocol (PQexecParams), before any COPY data: a masked
+// session's proxy must not wait for its answer (it used to, and then
+// waited two minutes to re-read search_path, and ended the session with
+// 08P01). Each COPY here (extended protocol with good data, with a
+// unique violation, skipped after an earlier error in its batch, failing
+// before it starts, its portal run again; simple protocol with stray
+// Syncs among the data) is followed by a change of
+// search_path and a masked query that runs as a statement template, and
+// the proxy's answers must be those of the same session run directly.
+// A Query sent during the COPY ends the session with 08P01.
+func TestCopyInSyncs(t *testing.T) {
+	f := advSetup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tag := fmt.Sprintf("%d", time.Now().UnixNano())
+	row := func(v string) *pgproto3.CopyData { return &pgproto3.CopyData{Data: []byte(v + tag + "\n")} }
+	copyExt := []pgproto3.FrontendMessage{&pgproto3.Parse{Query: "COPY probe_u (v) FROM STDIN"}, &pgproto3.Bind{}, &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{}}
+	type step struct {
+		msgs []pgproto3.FrontendMessage
+		// copyIn says the server answers with CopyInResponse, which a
+		// client awaits before it sends its data; ready how many
+		// ReadyForQuery answer the rest.
+		copyIn bool
+		data   []pgproto3.FrontendMessage
+		ready  int
+	}
+	probes := []step{
+		{msgs: []pgproto3.FrontendMessage{&pgproto3.Query{String: "SET search_path = public"}}, ready: 1},
+		{msgs: []pgproto3.FrontendMessage{&pgproto3.Query{String: "SELECT id, email FROM customers WHERE id = 1"}}, ready: 1},
+		{msgs: []pgproto3.FrontendMessage{&pgproto3.Query{String: "SELECT id, email FROM customers WHERE id = 2"}}, ready: 1},
+	}
+	scenarios := [][]step{
+		// libpq's PQexecParams: Execute, Sync, then the data, CopyDone, Sync.
+		{{msgs: copyExt, copyIn: true, data: []pgproto3.FrontendMessage{row("a"), row("b"), &pgproto3.CopyDone{}, &pgproto3.Sync{}}, ready: 1}},
+		// The same with a unique violation in the data.
+		{{msgs: copyExt, copyIn: true, data: []pgproto3.FrontendMessage{row("c"), row("c"), &pgproto3.CopyDone{}, &pgproto3.Sync{}}, ready: 1}},
+		// The COPY is skipped after an error earlier in its batch: the
+		// Sync is answered.
+		{{msgs: append([]pgproto3.FrontendMessage{&pgproto3.Parse{Query: "SELECT 1/0"}, &pgproto3.Bind{}, &pgproto3.Execute{}}, copyExt...), ready: 1}},
+		// The COPY fails before it starts; a Bind and Execute follow it
+		// in its batch (the server skips them).
+		{{msgs: []pgproto3.FrontendMessage{&pgproto3.Parse{Query: "COPY probe_u (v) FROM STDIN (DELIMITER 'ab')"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Bind{}, &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{}}, ready: 1}},
+		// The COPY's portal run again in a later batch.
+		{{msgs: copyExt, copyIn: true, data: []pgproto3.FrontendMessage{row("f"), &pgproto3.CopyDone{}, &pgproto3.Sync{}}, ready: 1},
+			{msgs: []pgproto3.FrontendMessage{&pgproto3.Execute{}, &pgproto3.Sync{}}, ready: 1}},
+		// The same in a transaction block, where the portal outlives the
+		// Sync.
+		{{msgs: []pgproto3.FrontendMessage{&pgproto3.Query{String: "BEGIN"}}, ready: 1},
+			{msgs: copyExt, copyIn: true, data: []pgproto3.FrontendMessage{row("g"), &pgproto3.CopyDone{}, &pgproto3.Sync{}}, ready: 1},
+			{msgs: []pgproto3.FrontendMessage{&pgproto3.Execute{}, &pgproto3.Sync{}}, ready: 1},
+			{msgs: []pgproto3.FrontendMessage{&pgproto3.Query{String: "COMMIT"}}, ready: 1}},
+		// The simple protocol with stray Syncs before and among the data.
+		{{msgs: []pgproto3.FrontendMessage{&pgproto3.Query{String: "COPY probe_u (v) FROM STDIN"}, &pgproto3.Sync{}, row("d"), &pgproto3.Sync{}, row("e"), &pgproto3.Flush{}, &pgproto3.CopyDone{}}, ready: 1}},
+	}
+	run := func(viaProxy bool) string {
+		conn, _, err := advConn(ctx, f, viaProxy, advAnalyst, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(context.Background())
+		fe := conn.Frontend()
+		send := func(msgs []pgproto3.FrontendMessage) {
+			for _, m := range msgs {
+				fe.Send(m)
+			}
+			if err := fe.Flush(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var b strings.Builder
+		for i, sc := range scenarios {
+			for _, st := range append(sc, probes...) {
+				send(st.msgs)
+				if st.copyIn {
+					for {
+						msg, err := conn.ReceiveMessage(ctx)
+						if err != nil {
+							t.Fatalf("scenario %d: waiting for CopyInResponse: %v", i, err)
+						}
+						if _, ok := msg.(*pgproto3.CopyInResponse); ok {
+							break
+						}
+					}
+					send(st.data)
+				}
+				fmt.Fprintf(&b, "scenario %d: %s\n", i, rawAnswers(ctx, t, conn, st.ready))
+			}
+		}
+		return b.String()
+	}
+	if got, want := run(true), run(false); got != want {
+		t.Fatalf("through the proxy:\n%s\ndirect:\n%s", got, want)
+	}
+
+	// Another message than COPY data, CopyDone, CopyFail, Sync or Flush
+	// during the COPY ends the session (PostgreSQL would fail the COPY).
+	conn, _, err := advConn(ctx, f, true, advAnalyst, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	fe := conn.Frontend()
+	fe.Send(&pgproto3.Query{String: "COPY probe_u (v) FROM STDIN"})
+	fe.Send(&pgproto3.Sync{})
+	fe.Send(&pgproto3.Query{String: "SELECT 1"})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var fatal error
+	for fatal == nil {
+		msg, err := conn.ReceiveMessage(ctx)
+		if e, ok := msg.(*pgproto3.ErrorResponse); ok && e.Severity == "FATAL" {
+			err = pgconn.ErrorResponseToPgError(e)
+		}
+		fatal = err
+	}
+	if serverCode(fatal) != "08P01" || !strings.Contains(fatal.Error(), "during COPY FROM STDIN") {
+		t.Fatalf("a Query during COPY FROM STDIN: %v", fatal)
 	}
 }
 

@@ -21,6 +21,9 @@ type clientSide struct {
 	// inBatch is set between an extended-protocol message and its Sync:
 	// the proxy may send statements of its own only between sync points.
 	inBatch bool
+	// syncHeld says the Sync being handled was intercepted during a COPY
+	// FROM STDIN (copysync.go), not peeked.
+	syncHeld bool
 }
 
 func (h *clientSide) class(typ byte) msgClass {
@@ -38,6 +41,15 @@ func (h *clientSide) class(typ byte) msgClass {
 		h.masked = h.s.masked.Load()
 	}
 	if h.masked != nil {
+		if h.masked.copyPhase.Load() != copyNone {
+			switch typ {
+			case 'S', 'B', 'D', 'C', 'E':
+				// It may have to wait, or be dropped or refused
+				// (copyGate), after what was read before it is sent.
+				h.syncHeld = typ == 'S'
+				return classIntercept
+			}
+		}
 		switch typ {
 		case 'B':
 			if !h.inBatch && h.masked.dirty {
@@ -77,8 +89,17 @@ func (h *clientSide) note(typ byte) error {
 	switch typ {
 	case 'S', 'Q', 'F':
 		h.inBatch = false
-	case 'P', 'B', 'D', 'E', 'C', 'H':
+	case 'P', 'B', 'D', 'E', 'C':
 		h.inBatch = true
+	case 'H':
+		// The server ignores a Flush during COPY FROM STDIN.
+		if h.masked == nil || h.masked.copyPhase.Load() == copyNone {
+			h.inBatch = true
+		}
+	case 'c', 'f':
+		if h.masked != nil {
+			h.masked.copyEnd()
+		}
 	}
 	switch typ {
 	case 'Q', 'S', 'F':
@@ -124,6 +145,14 @@ func (h *clientSide) message(typ byte, msg []byte) error {
 	var out []byte
 	var err error
 	t := h.s.track
+	var drop bool
+	switch typ {
+	case 'd', 'c', 'f':
+	default:
+		if drop, err = h.masked.copyGate(typ); err != nil {
+			return err
+		}
+	}
 	switch typ {
 	case 'Q':
 		out, err = h.masked.query(msg, h.inBatch)
@@ -133,6 +162,9 @@ func (h *clientSide) message(typ byte, msg []byte) error {
 		// Clients may send COPY data before the server's CopyInResponse
 		// (pgx does), so what the data is for is settled here.
 		h.s.copyIn.Store(copyInOf(h.masked.lastPlan, h.masked.lastErr))
+		if err == nil && h.masked.lastErr == nil && copiesIn(h.masked.lastPlan) {
+			h.masked.copyStart()
+		}
 		h.note(typ)
 	case 'P':
 		atBoundary := !h.inBatch
@@ -150,6 +182,12 @@ func (h *clientSide) message(typ byte, msg []byte) error {
 		h.note(typ)
 		out, err = (&pgproto3.Query{String: h.masked.refuse(&rewriteRefusalFunctionCall)}).Encode(nil)
 	case 'B':
+		if h.inBatch || !h.masked.dirty {
+			// Intercepted during a COPY FROM STDIN (class), not for a
+			// re-read.
+			out, err = h.replace(typ, msg)
+			break
+		}
 		if err := h.masked.refreshPath(); err != nil {
 			return err
 		}
@@ -158,12 +196,28 @@ func (h *clientSide) message(typ byte, msg []byte) error {
 			t.bind(msg)
 		}
 		h.note(typ)
+	case 'D', 'C', 'E':
+		// Intercepted during a COPY FROM STDIN (class).
+		out, err = h.replace(typ, msg)
 	case 'd', 'c', 'f':
+		if typ != 'd' {
+			h.masked.copyEnd()
+		}
 		return h.copyIn(typ, msg)
 	case 'S':
-		// Peeked for the tracker only.
-		t.syncPoint(false)
-		return h.note(typ)
+		held := h.syncHeld
+		h.syncHeld = false
+		if drop {
+			// The server would ignore it (copysync.go).
+			return nil
+		}
+		if t != nil {
+			t.syncPoint(false)
+		}
+		if err := h.note(typ); err != nil || !held {
+			return err // peeked for the tracker: it passes unchanged
+		}
+		out = msg
 	default:
 		return fmt.Errorf("unexpected intercepted message %q", typ)
 	}
@@ -184,6 +238,9 @@ func (h *clientSide) message(typ byte, msg []byte) error {
 func (h *clientSide) replace(typ byte, msg []byte) ([]byte, error) {
 	if h.masked == nil {
 		return nil, fmt.Errorf("unexpected replaced message %q", typ)
+	}
+	if _, err := h.masked.copyGate(typ); err != nil {
+		return nil, err
 	}
 	var (
 		out []byte
@@ -343,6 +400,11 @@ func (h *serverSide) class(typ byte) msgClass {
 		}
 	case 'S':
 		return classPeek
+	case 'G':
+		if h.masked != nil {
+			// It decides which Syncs the server ignores (copysync.go).
+			return classPeek
+		}
 	case 'C':
 		if h.s.srv.cfg.Masking != nil {
 			return classPeek
@@ -385,6 +447,12 @@ func (h *serverSide) message(typ byte, msg []byte) error {
 			h.masked.answer(answerClose)
 		case 'C':
 			h.masked.answer(answerDone)
+		}
+		switch typ {
+		case 'G', 'C', 'E', 'Z':
+			if err := h.masked.copyAnswer(typ); err != nil {
+				return err
+			}
 		}
 	}
 	if h.withhold {
@@ -531,6 +599,8 @@ func (h *serverSide) message(typ byte, msg []byte) error {
 			s.track.failed(errorCode(msg), nil)
 		}
 		return nil
+	case 'G':
+		return nil // peeked: it passes unchanged
 	case 'R':
 		return h.auth(msg)
 	case 'K':

@@ -128,6 +128,21 @@ type maskedSession struct {
 	// lastSQL and lastName are the text (and statement name) of the last
 	// Query or Parse, for the tracker too.
 	lastSQL, lastName string
+
+	// copyPhase follows the client's COPY FROM STDIN (copysync.go):
+	// copyNone, copyStarting (the statement was sent, the server has not
+	// said whether it started) or copyRunning. copyMu guards the
+	// transitions and copyBatch, the sync point whose statement starts
+	// the COPY; copyEarly is the sync point of a COPY the client ended
+	// before the server started it (0: none); copyFailed the last sync
+	// point answered with an error (a COPY later in its batch is skipped);
+	// copyDecided wakes a client side waiting for copyStarting to end.
+	copyPhase   atomic.Int32
+	copyMu      sync.Mutex
+	copyBatch   uint64
+	copyFailed  uint64
+	copyEarly   atomic.Uint64
+	copyDecided chan struct{}
 }
 
 // decideMode runs at the first ReadyForQuery: it resolves the session's
@@ -182,7 +197,7 @@ func (s *session) decideMasking(policy *rules.Policy, snap *catalog.Snapshot) (*
 		return nil, nil, nil, &clientError{code: codeInvalidAuthSpec, msg: "pgveil: masked sessions need standard_conforming_strings=on"}
 	}
 	return &maskedSession{s: s, raw: raw, cache: s.srv.cache, policy: policy, grants: grants, roles: roles, refusals: map[uint64]error{},
-		user: s.user, prepared: map[string]prepInfo{}, refreshed: make(chan struct{}, 1), idle: make(chan struct{}, 1)}, roles, grants, nil
+		user: s.user, prepared: map[string]prepInfo{}, refreshed: make(chan struct{}, 1), idle: make(chan struct{}, 1), copyDecided: make(chan struct{}, 1)}, roles, grants, nil
 }
 
 func utf8Encoding(v string) bool {
@@ -310,7 +325,7 @@ func (m *maskedSession) account(plan *rewrite.Plan, simple bool) {
 			m.pos = bookPos{batch: m.s.syncsSent.Load() + 1, kind: answerDone, ord: uint32(i)}
 		}
 		if st.Declares != "" {
-			m.openPortal(st.Declares, m.policy.Hash, false)
+			m.openPortal(st.Declares, m.policy.Hash, false, false)
 		}
 		m.mu.Lock()
 		_, exists := m.prepared[st.Prepares]
@@ -319,7 +334,7 @@ func (m *maskedSession) account(plan *rewrite.Plan, simple bool) {
 		case st.Prepares != "" && exists:
 			// The server refuses it (42P05) and keeps the first.
 		case st.Prepares != "":
-			m.remember(st.Prepares, "", nil, nil, false, false)
+			m.remember(st.Prepares, "", nil, nil, false, false, false)
 		case st.DeallocateAll:
 			m.mu.Lock()
 			for name := range m.prepared {
@@ -495,20 +510,21 @@ type prepInfo struct {
 	encrypt []rewrite.EncryptValue
 	// noNames is set for a protocol-level statement that resolves no
 	// names (resolvesNoNames); changer for one that changes search_path
-	// or the role when executed (binding it makes the context dirty).
-	noNames, changer bool
+	// or the role when executed (binding it makes the context dirty);
+	// copyFrom for a COPY ... FROM STDIN (see copyStart).
+	noNames, changer, copyFrom bool
 }
 
 // remember records that statement name was analysed in the current
 // context under the current policy; sql and types are the client's Parse
 // (empty for SQL PREPARE).
-func (m *maskedSession) remember(name, sql string, types []byte, enc []rewrite.EncryptValue, noNames, changer bool) {
+func (m *maskedSession) remember(name, sql string, types []byte, enc []rewrite.EncryptValue, noNames, changer, copyFrom bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if len(m.prepared) > 100000 {
 		m.prepared = map[string]prepInfo{}
 	}
-	m.setPrepared(name, prepInfo{context: m.contextKey, policy: m.policy.Hash, sql: sql, types: types, encrypt: enc, noNames: noNames, changer: changer}, true)
+	m.setPrepared(name, prepInfo{context: m.contextKey, policy: m.policy.Hash, sql: sql, types: types, encrypt: enc, noNames: noNames, changer: changer, copyFrom: copyFrom}, true)
 }
 
 // stale reports whether statement name was analysed in another context,
@@ -571,7 +587,7 @@ func (m *maskedSession) reprepare(name string) []byte {
 	} else {
 		m.account(plan, false)
 	}
-	m.remember(name, info.sql, info.types, paramEncrypts(plan), plan != nil && resolvesNoNames(plan), plan != nil && changesContext(plan))
+	m.remember(name, info.sql, info.types, paramEncrypts(plan), plan != nil && resolvesNoNames(plan), plan != nil && changesContext(plan), copiesIn(plan))
 	out, _ := (&pgproto3.Close{ObjectType: 'S', Name: name}).Encode(nil)
 	out = appendParse(out, name, sql, info.types)
 	m.s.swallow(1, 1)
@@ -615,6 +631,7 @@ func (m *maskedSession) bind(msg []byte, atBoundary bool) ([]byte, error) {
 	m.mu.Lock()
 	changes := m.prepared[stmt].changer
 	noNames := m.prepared[stmt].noNames
+	copyFrom := m.prepared[stmt].copyFrom
 	m.mu.Unlock()
 	if m.dirty && !atBoundary && !noNames {
 		return m.refusedMessage(errContextInBatch)
@@ -635,7 +652,7 @@ func (m *maskedSession) bind(msg []byte, atBoundary bool) ([]byte, error) {
 	if out[0] == 'B' {
 		// The portal's record stands once the server opened it.
 		m.next(answerBind)
-		m.openPortal(portal, m.currentPolicyHash(), changes)
+		m.openPortal(portal, m.currentPolicyHash(), changes, copyFrom)
 	}
 	if re == nil {
 		return out, nil
@@ -762,8 +779,9 @@ func (m *maskedSession) refreshPath() error {
 		return nil
 	}
 	// The waits are bounded: the client pump waits here, so a session
-	// whose sync points the server never answers (the server ignores a
-	// Sync sent during COPY FROM STDIN) must end rather than hang.
+	// whose sync points the server does not answer as the proxy expects
+	// must end rather than hang. (The Syncs the server ignores during
+	// COPY FROM STDIN are not counted: copysync.go.)
 	limit := time.NewTimer(refreshWaitLimit)
 	defer limit.Stop()
 	for m.s.pending.Load() > 0 {
@@ -968,8 +986,10 @@ func (m *maskedSession) runBound(sql string, b *rewrite.Bound, lits []rewrite.Li
 
 // portalInfo is what the proxy knows of a portal (see portals).
 type portalInfo struct {
-	policy  string
-	changer bool
+	policy string
+	// changer: running it may change the context; copyFrom: it is a
+	// COPY ... FROM STDIN.
+	changer, copyFrom bool
 }
 
 // maxPortals bounds the portals map; past it the map is cleared (see
@@ -977,14 +997,14 @@ type portalInfo struct {
 const maxPortals = 10000
 
 // openPortal records portal name, opened now under policy.
-func (m *maskedSession) openPortal(name, policy string, changer bool) {
+func (m *maskedSession) openPortal(name, policy string, changer, copyFrom bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.portals == nil || len(m.portals) >= maxPortals {
 		m.portals = map[string]portalInfo{}
 		m.portalBase = policy
 	}
-	m.setPortal(name, portalInfo{policy: policy, changer: changer}, true)
+	m.setPortal(name, portalInfo{policy: policy, changer: changer, copyFrom: copyFrom}, true)
 }
 
 // stalePortal returns the refusal for running portal name under policy,
@@ -1021,6 +1041,12 @@ func (m *maskedSession) execute(msg []byte) ([]byte, error) {
 	}
 	if changer {
 		m.dirty, m.changedInTx = true, true
+	}
+	m.mu.Lock()
+	copyFrom := m.portals[portal].copyFrom
+	m.mu.Unlock()
+	if copyFrom {
+		m.copyStart()
 	}
 	return msg, nil
 }
@@ -1203,7 +1229,7 @@ func (m *maskedSession) parse(msg []byte, atBoundary bool) ([]byte, error) {
 		// A refused Parse is recorded too (its marker fails, so settle
 		// undoes the record): until then a Bind of the name in the same
 		// batch is skipped by the server anyway.
-		m.remember(name, sql0, append([]byte(nil), types...), paramEncrypts(plan), plan != nil && resolvesNoNames(plan), plan != nil && changesContext(plan))
+		m.remember(name, sql0, append([]byte(nil), types...), paramEncrypts(plan), plan != nil && resolvesNoNames(plan), plan != nil && changesContext(plan), copiesIn(plan))
 	}
 	if !changed {
 		return msg, nil

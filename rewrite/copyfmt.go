@@ -24,6 +24,9 @@ type CopyFormat struct {
 	// Header says the first line is a header (CSV only for FROM in
 	// PostgreSQL 15; text too for TO).
 	Header bool
+	// From says the data comes from the client (COPY ... FROM STDIN),
+	// not to it (TO STDOUT).
+	From bool
 }
 
 // copyFormatOf returns the format of a COPY statement that exchanges data
@@ -33,7 +36,7 @@ func copyFormatOf(n *pg_query.Node) *CopyFormat {
 	if c == nil || c.Filename != "" || c.IsProgram {
 		return nil
 	}
-	f := &CopyFormat{}
+	f := &CopyFormat{From: c.IsFrom}
 	delim, quote, escape, null := "", "", "", ""
 	hasNull := false
 	for _, o := range c.Options {
@@ -90,17 +93,26 @@ func copyFormatOf(n *pg_query.Node) *CopyFormat {
 // checkCopies refuses a text that copies into an encrypted column and
 // holds another COPY: the proxy must know which statement the client's
 // COPY data belongs to before the server says (clients may stream it
-// without waiting for CopyInResponse).
+// without waiting for CopyInResponse). It also refuses a text with more
+// than one COPY FROM STDIN: the proxy follows one COPY FROM STDIN per
+// sync point, to know which of the client's Sync messages the server
+// ignores (those it reads during the COPY).
 func checkCopies(p *Plan) error {
-	copies, encrypted := 0, false
+	copies, froms, encrypted := 0, 0, false
 	for _, st := range p.Statements {
 		if st.Copy != nil {
 			copies++
+			if st.Copy.From {
+				froms++
+			}
 		}
 		encrypted = encrypted || len(st.CopyEncrypt) > 0
 	}
 	if encrypted && copies > 1 {
 		return refuse("encryption", "a COPY into an encrypted column must be the only COPY of its query text")
+	}
+	if froms > 1 {
+		return refuse("copy", "a query text may hold only one COPY ... FROM STDIN")
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package rewrite
 
 import (
+	"strings"
 	"testing"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
@@ -11,12 +12,12 @@ func TestCopyFormatOf(t *testing.T) {
 		sql  string
 		want *CopyFormat
 	}{
-		{"COPY t FROM STDIN", &CopyFormat{Delimiter: '\t', Null: `\N`}},
+		{"COPY t FROM STDIN", &CopyFormat{From: true, Delimiter: '\t', Null: `\N`}},
 		{"COPY t TO STDOUT WITH (FORMAT csv, HEADER, DELIMITER ';', NULL 'NA')", &CopyFormat{CSV: true, Delimiter: ';', Quote: '"', Escape: '"', Null: "NA", Header: true}},
-		{"COPY t FROM STDIN CSV HEADER", &CopyFormat{CSV: true, Delimiter: ',', Quote: '"', Escape: '"', Header: true}},
-		{"COPY t FROM STDIN WITH (FORMAT csv, QUOTE '''', HEADER false)", &CopyFormat{CSV: true, Delimiter: ',', Quote: '\'', Escape: '\''}},
-		{"COPY t FROM STDIN WITH (FORMAT csv, ESCAPE '\\')", &CopyFormat{CSV: true, Delimiter: ',', Quote: '"', Escape: '\\'}},
-		{"COPY t FROM STDIN (FORMAT binary)", &CopyFormat{Binary: true, Delimiter: '\t', Null: `\N`}},
+		{"COPY t FROM STDIN CSV HEADER", &CopyFormat{From: true, CSV: true, Delimiter: ',', Quote: '"', Escape: '"', Header: true}},
+		{"COPY t FROM STDIN WITH (FORMAT csv, QUOTE '''', HEADER false)", &CopyFormat{From: true, CSV: true, Delimiter: ',', Quote: '\'', Escape: '\''}},
+		{"COPY t FROM STDIN WITH (FORMAT csv, ESCAPE '\\')", &CopyFormat{From: true, CSV: true, Delimiter: ',', Quote: '"', Escape: '\\'}},
+		{"COPY t FROM STDIN (FORMAT binary)", &CopyFormat{From: true, Binary: true, Delimiter: '\t', Null: `\N`}},
 		{"COPY (SELECT 1) TO STDOUT DELIMITER '|'", &CopyFormat{Delimiter: '|', Null: `\N`}},
 		{"COPY t FROM '/tmp/x'", nil},
 		{"SELECT 1", nil},
@@ -31,5 +32,20 @@ func TestCopyFormatOf(t *testing.T) {
 		case got == nil || tc.want == nil || *got != *tc.want:
 			t.Errorf("%s: %+v, want %+v", tc.sql, got, tc.want)
 		}
+	}
+}
+
+// TestOneCopyFromPerText: a text with two COPY ... FROM STDIN is refused
+// (rule copy): the proxy follows one per sync point to know which Sync
+// messages the server ignores during it; one with a COPY TO beside it
+// passes.
+func TestOneCopyFromPerText(t *testing.T) {
+	s := trackedSession(t, "dpo")
+	_, err := Rewrite("COPY cards (id, holder) FROM STDIN; COPY cards (id, holder) FROM STDIN", s)
+	if re, ok := err.(*Refusal); !ok || re.Rule != "copy" || !strings.Contains(re.Message, "only one COPY ... FROM STDIN") {
+		t.Fatalf("two COPY FROM STDIN in one text: %v", err)
+	}
+	if _, err := Rewrite("COPY cards (id, holder) FROM STDIN; COPY (SELECT 1) TO STDOUT", s); err != nil {
+		t.Fatalf("a COPY FROM STDIN and a COPY TO STDOUT: %v", err)
 	}
 }
