@@ -160,8 +160,9 @@ func (c *chain) makeMid(k midKey, prefix []byte) *midstate {
 
 // Session is the part of a statement line that every statement of one
 // client session shares (session, user, roles, client, database,
-// application), JSON-encoded once by NewSession. It is immutable and may
-// be shared.
+// application), JSON-encoded once by NewSession. Its encoding is immutable and
+// it may be shared, also between writers: the prefix hash state it
+// remembers (mid) is set atomically and names the chain that made it.
 type Session struct {
 	enc   []byte // from `,"session":` to the end of the application member
 	shard uint32 // the writer's queue shard for the session's statements
