@@ -38,6 +38,7 @@ type serveFlags struct {
 	policy          string
 	catalogRefresh  time.Duration
 	procs           int
+	ioUring         bool
 	adminListen     string
 	config          string
 	maxClientConn   int
@@ -90,6 +91,7 @@ func (f *serveFlags) register(fs *pflag.FlagSet) {
 	fs.Var(&f.auditOnFull, "audit-on-full", "when the audit queue or disk is full: drop (count, log and mark the gap in the chain; sessions never stall) or block (sessions wait)")
 	f.keys.register(fs)
 	fs.IntVar(&f.decryptBatch, "decrypt-batch", 1000, "result rows decrypted together: one key-service call per encrypted column per batch (1 = one call per value, for comparison)")
+	fs.BoolVar(&f.ioUring, "io-uring", false, "relay sessions that pass unchanged over plain sockets on an io_uring event loop once they are idle, instead of a goroutine per direction: less CPU per query (bench/README.md); the loop takes one more scheduler core than --procs. Startup fails if the kernel refuses io_uring")
 	fs.IntVar(&f.procs, "procs", 1, "CPU cores the relay may use at once (GOMAXPROCS); 0 uses Go's default, one per available core. One core gives the lowest latency and CPU per query on small machines (see bench/README.md)")
 }
 
@@ -121,6 +123,7 @@ func (f *serveFlags) proxyConfig(log *slog.Logger) (proxy.Config, error) {
 		return cfg, usagef("invalid --upstream: %v", err)
 	}
 	cfg.Upstream = up
+	cfg.IOUring = f.ioUring
 	if (f.tlsCert == "") != (f.tlsKey == "") {
 		return cfg, usagef("--tls-cert and --tls-key go together")
 	}

@@ -160,6 +160,9 @@ func startProxy(upstream string, mod func(*proxy.Config)) (*proxyInstance, error
 		return nil, err
 	}
 	cfg := proxy.Config{Upstream: up, TLS: w.proxyTLS}
+	// PGVEIL_IO_URING=true (which the binary reads as --io-uring) runs
+	// the in-process proxies with the io_uring relay too.
+	cfg.IOUring = os.Getenv("PGVEIL_IO_URING") == "true"
 	if mod != nil {
 		mod(&cfg)
 	}

@@ -576,7 +576,15 @@ func (h *serverSide) message(typ byte, msg []byte) error {
 			}
 			s.syncDone(outcome)
 		}
+		s.ringWant.Store(false)
 		if s.srv.draining.Load() && s.pending.Load() == 0 && msg[5] == 'I' {
+			return errStopAfter
+		}
+		if s.wantRing() {
+			// The session is idle: relay (session.go) hands it to the
+			// io_uring loop once this pump has stopped after the
+			// ReadyForQuery.
+			s.ringWant.Store(true)
 			return errStopAfter
 		}
 		return nil

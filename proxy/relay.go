@@ -74,20 +74,57 @@ type handler interface {
 type syncWriter struct {
 	mu   sync.Mutex
 	conn net.Conn
-	// out writes to conn: a rawWriter for plain sockets, else conn itself.
+	// out writes to conn: a rawWriter for plain sockets, else conn itself;
+	// a ringWriter while the io_uring loop holds the session.
 	out    io.Writer
 	mid    bool
 	broken error
+	// queued holds what the io_uring loop could not write before it let
+	// go of the session; it goes out before anything else.
+	queued []byte
 }
 
 // setConn makes c the connection written to.
 func (w *syncWriter) setConn(c net.Conn) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.setConnLocked(c)
+}
+
+func (w *syncWriter) setConnLocked(c net.Conn) {
 	w.conn, w.out = c, c
 	if r := newRawWriter(c); r != nil {
 		w.out = r
 	}
+}
+
+// toRing makes the io_uring loop's writer rw the one written to.
+func (w *syncWriter) toRing(rw *ringWriter) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	rw.pending = append(rw.pending, w.queued...)
+	w.queued = nil
+	w.out = rw
+}
+
+// fromRing makes c the connection written to again, after queued.
+func (w *syncWriter) fromRing(c net.Conn, queued []byte) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.setConnLocked(c)
+	if len(queued) > 0 {
+		w.queued = append([]byte(nil), queued...)
+	}
+}
+
+// flushQueued writes what the loop left queued; the caller holds mu.
+func (w *syncWriter) flushQueued() error {
+	if len(w.queued) == 0 {
+		return nil
+	}
+	_, err := w.out.Write(w.queued)
+	w.queued = nil
+	return err
 }
 
 // write writes b; mid says whether b ends inside a message.
@@ -96,6 +133,10 @@ func (w *syncWriter) write(b []byte, mid bool) error {
 	defer w.mu.Unlock()
 	if w.broken != nil {
 		return w.broken
+	}
+	if err := w.flushQueued(); err != nil {
+		w.broken = err
+		return err
 	}
 	if _, err := w.out.Write(b); err != nil {
 		w.broken = err
@@ -111,6 +152,10 @@ func (w *syncWriter) inject(b []byte) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.broken != nil || w.mid {
+		return false
+	}
+	if err := w.flushQueued(); err != nil {
+		w.broken = err
 		return false
 	}
 	if _, err := w.out.Write(b); err != nil {
@@ -174,6 +219,13 @@ func newPump(src net.Conn, dst *syncWriter, h handler, maxSize int, count *atomi
 // stops it. Read errors are returned as *readError so callers can tell
 // which side failed.
 func (p *pump) run() error {
+	if p.w > p.r {
+		// Bytes read before the pump last stopped (for the io_uring
+		// loop, see session.relay) are relayed before it reads again.
+		if err := p.process(); err != nil {
+			return err
+		}
+	}
 	if p.raw != nil {
 		return p.runRaw()
 	}

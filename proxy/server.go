@@ -81,6 +81,10 @@ type Config struct {
 	// (RELOAD, SHUTDOWN, SHOW POLICY, SHOW USAGE); nil answers them with
 	// an error.
 	Console Console
+	// IOUring relays sessions that pass unchanged over plain sockets on
+	// an io_uring event loop once they are idle (uring.go); New fails
+	// when io_uring cannot be used here.
+	IOUring bool
 }
 
 // Observer receives the proxy's events, for metrics. Its methods are
@@ -139,6 +143,8 @@ type Server struct {
 	closedIn, closedOut, closedQueries int64
 	janitorOnce, proberOnce            sync.Once
 	stopJanitor                        chan struct{}
+	// ring is the io_uring event loop (Config.IOUring), or nil.
+	ring *ringLoop
 }
 
 // cancelKey identifies a session to CancelRequest: the process id of its
@@ -196,7 +202,15 @@ func New(cfg Config) (*Server, error) {
 	if cfg.AdminDatabase != "" && cfg.AdminAuthDatabase == "" {
 		cfg.AdminAuthDatabase = "postgres"
 	}
+	var ring *ringLoop
+	if cfg.IOUring {
+		var err error
+		if ring, err = sharedRing(); err != nil {
+			return nil, fmt.Errorf("io_uring relay: %w", err)
+		}
+	}
 	return &Server{
+		ring:      ring,
 		cfg:       cfg,
 		log:       log,
 		listeners: make(map[net.Listener]struct{}),
@@ -566,7 +580,7 @@ func (s *Server) SessionList() []SessionInfo {
 }
 
 func (s *session) info() SessionInfo {
-	in := SessionInfo{ID: s.id, Client: s.client.RemoteAddr().String(), Started: s.start, State: "startup", Mode: "relay",
+	in := SessionInfo{ID: s.id, Client: s.clientAddr, Started: s.start, State: "startup", Mode: "relay",
 		BytesIn: s.bytesIn.Load(), BytesOut: s.bytesOut.Load(), Queries: s.queries.Load()}
 	if !s.started.Load() {
 		return in

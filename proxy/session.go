@@ -9,10 +9,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -148,6 +150,19 @@ type session struct {
 	idleBytes int64
 	idleSince time.Time
 
+	// clientAddr is the client's address (s.client changes when the
+	// session leaves the io_uring loop).
+	clientAddr string
+	// ringMu guards ring (the session while the io_uring loop holds it)
+	// and ringNoEntry (set when the session starts to end).
+	ringMu      sync.Mutex
+	ring        *ringSess
+	ringNoEntry bool
+	// ringWant is set by the server side at an idle ReadyForQuery after
+	// which the session may go to the loop; ringActive while it is
+	// there; ringOff when it may not go at all.
+	ringWant, ringActive, ringOff atomic.Bool
+
 	endOnce  sync.Once
 	endCause error
 	endMu    sync.Mutex
@@ -156,7 +171,7 @@ type session struct {
 }
 
 func newSession(srv *Server, conn net.Conn, id uint64) *session {
-	return &session{srv: srv, id: id, start: time.Now(), client: conn, params: map[string]string{}, modeDecided: make(chan struct{}), endedCh: make(chan struct{}), endingCh: make(chan struct{})}
+	return &session{srv: srv, id: id, start: time.Now(), client: conn, clientAddr: conn.RemoteAddr().String(), params: map[string]string{}, modeDecided: make(chan struct{}), endedCh: make(chan struct{}), endingCh: make(chan struct{})}
 }
 
 // serve runs the session to its end.
@@ -376,6 +391,15 @@ func outcome(err error) string {
 }
 
 // relay runs both pumps until the session ends and returns the cause.
+//
+// Each pump runs in a goroutine of its own, except while the io_uring loop
+// holds the session (Config.IOUring, uring.go). The server side asks for
+// that at an idle ReadyForQuery (wantRing) by stopping its pump; relay
+// then stops the client side's pump with a read deadline in the past, and
+// once both stopped between reads hands the sockets to the loop. If the
+// client side does not stop within ringParkTimeout (it may be blocked
+// writing to a server that waits for its own output to be read), the
+// server side resumes and the attempt is dropped.
 func (s *session) relay() error {
 	max := s.srv.cfg.MaxMessageSize
 	up := newPump(s.client, &s.toSrv, &clientSide{s: s}, max, &s.bytesIn)
@@ -383,13 +407,199 @@ func (s *session) relay() error {
 	up.rest, down.rest = clientRest, serverRest
 	s.up.Store(up)
 	s.down.Store(down)
-	upDone := make(chan error, 1)
-	go func() { upDone <- s.fromPumpUp(s.runSafely(up)) }()
-	downErr := s.fromPumpDown(s.runSafely(down))
-	s.end(downErr)
-	upErr := <-upDone
-	s.end(upErr)
+	pumps := [2]*pump{up, down}
+	type result struct {
+		i   int
+		err error
+	}
+	results := make(chan result, 2)
+	run := func(i int) {
+		p := pumps[i]
+		go func() { results <- result{i, s.runSafely(p)} }()
+	}
+	run(0)
+	run(1)
+	var done, parked [2]bool
+	asking := false // the client side was asked to stop
+	var timer *time.Timer
+	var timeout <-chan time.Time
+	stopTimer := func() {
+		if timer != nil {
+			timer.Stop()
+			timer, timeout = nil, nil
+		}
+	}
+	defer stopTimer()
+	for !done[0] || !done[1] {
+		var r result
+		select {
+		case r = <-results:
+		case <-timeout:
+			timer, timeout = nil, nil
+			if parked[1] {
+				parked[1] = false
+				run(1)
+			}
+			continue
+		}
+		switch {
+		case r.i == 1 && errors.Is(r.err, errStopped) && s.ringWant.Swap(false):
+			if done[0] {
+				run(1)
+				continue
+			}
+			parked[1] = true
+			if !asking {
+				asking = true
+				_ = pumps[0].src.SetReadDeadline(time.Unix(1, 0))
+			}
+			timer = time.NewTimer(ringParkTimeout)
+			timeout = timer.C
+			continue
+		case r.i == 0 && asking:
+			asking = false
+			stopTimer()
+			if errors.Is(r.err, os.ErrDeadlineExceeded) {
+				_ = pumps[0].src.SetReadDeadline(time.Time{})
+				if !parked[1] {
+					run(0)
+					continue
+				}
+				parked[0] = true
+			}
+		}
+		if parked[0] && parked[1] {
+			parked = [2]bool{}
+			rs := s.enterRing(pumps)
+			if rs == nil {
+				run(0)
+				run(1)
+				continue
+			}
+			<-rs.left
+			pumps = s.ringReturn(rs)
+			for i := range 2 {
+				if rs.err[i] != nil {
+					results <- result{i, rs.err[i]}
+				} else {
+					run(i)
+				}
+			}
+			continue
+		}
+		if r.i == 0 {
+			done[0] = true
+			if parked[1] {
+				// The server side stopped for the loop, but the client
+				// side ended: the server side finishes as usual.
+				parked[1] = false
+				run(1)
+			}
+			s.fromPumpUp(r.err)
+		} else {
+			done[1] = true
+			s.fromPumpDown(r.err)
+		}
+	}
 	return s.endCause
+}
+
+// ringParkTimeout bounds the wait for the client side to stop when the
+// session is to go to the io_uring loop.
+const ringParkTimeout = 100 * time.Millisecond
+
+// wantRing, called by the server side at a ReadyForQuery, says whether the
+// session should go to the io_uring loop now: it passes unchanged over
+// plain sockets, nothing is unanswered, and the proxy is not draining.
+func (s *session) wantRing() bool {
+	return s.srv.ring != nil && !s.ringActive.Load() && !s.ringOff.Load() &&
+		!s.clientTLS && !s.serverTLS && s.masked.Load() == nil &&
+		s.pending.Load() == 0 && !s.srv.draining.Load()
+}
+
+// enterRing hands the session's sockets to the io_uring loop, with both
+// pumps stopped. It returns nil when the session may not go (it is
+// ending, or its sockets cannot be taken).
+func (s *session) enterRing(p [2]*pump) *ringSess {
+	s.ringMu.Lock()
+	defer s.ringMu.Unlock()
+	if s.ringNoEntry {
+		return nil
+	}
+	cfd, err := dupConnFD(s.client)
+	if err != nil {
+		s.ringOff.Store(true)
+		return nil
+	}
+	sfd, err := dupConnFD(s.server)
+	if err != nil {
+		syscall.Close(cfd)
+		s.ringOff.Store(true)
+		return nil
+	}
+	rs := &ringSess{s: s, p: p, fd: [2]int{cfd, sfd}, left: make(chan struct{}), swapped: make(chan struct{})}
+	rs.w[0], rs.w[1] = &ringWriter{fd: sfd}, &ringWriter{fd: cfd}
+	s.toSrv.toRing(rs.w[0])
+	s.toCl.toRing(rs.w[1])
+	// Closing the connections takes the sockets out of the runtime's
+	// poller, whose wake-ups the loop exists to avoid; the duplicates
+	// keep them open.
+	_ = s.client.Close()
+	_ = s.server.Close()
+	s.ring = rs
+	s.ringActive.Store(true)
+	s.srv.ring.post(ringReq{rs: rs})
+	return rs
+}
+
+// ringReturn takes the session back from the loop (which let go of it):
+// new connections over the same sockets, with what the loop could not
+// write yet queued first, and new pumps in the old ones' state.
+func (s *session) ringReturn(rs *ringSess) [2]*pump {
+	var conns [2]net.Conn
+	for i := range 2 {
+		c, err := fdConn(rs.fd[i])
+		if err != nil {
+			s.srv.log.Warn("io_uring relay: cannot take a socket back", "session", s.id, "err", err)
+			c = closedConn{}
+			if rs.err[i] == nil {
+				rs.err[i] = &readError{err}
+			}
+		}
+		conns[i] = c
+	}
+	s.toSrv.fromRing(conns[1], rs.w[0].pending)
+	s.toCl.fromRing(conns[0], rs.w[1].pending)
+	var out [2]*pump
+	for i, old := range rs.p {
+		p := newPump(conns[i], old.dst, old.h, old.maxSize, old.count)
+		p.buf, p.r, p.w, p.remaining, p.last, p.rest = old.buf, old.r, old.w, old.remaining, old.last, old.rest
+		out[i] = p
+	}
+	s.ringMu.Lock()
+	s.client, s.server = conns[0], conns[1]
+	s.ring = nil
+	s.ringMu.Unlock()
+	s.up.Store(out[0])
+	s.down.Store(out[1])
+	s.ringActive.Store(false)
+	close(rs.swapped)
+	return out
+}
+
+// leaveRing takes the session back from the io_uring loop if it is there
+// (and keeps it from going): session.end calls it before it touches the
+// connections.
+func (s *session) leaveRing() {
+	s.ringMu.Lock()
+	s.ringNoEntry = true
+	rs := s.ring
+	s.ringMu.Unlock()
+	if rs == nil {
+		return
+	}
+	s.srv.ring.post(ringReq{rs: rs, leave: true})
+	<-rs.swapped
 }
 
 // runSafely runs a pump and turns a panic in it (a bug) into the end of
@@ -398,11 +608,17 @@ func (s *session) relay() error {
 func (s *session) runSafely(p *pump) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			s.srv.log.Error("internal error: session ended", "session", s.id, "panic", fmt.Sprintf("%T", r), "stack", string(debug.Stack()))
-			err = &clientError{code: codeInternalError, msg: "pgveil: internal error; the session was ended", kind: "internal_error"}
+			err = s.internalError(r)
 		}
 	}()
 	return p.run()
+}
+
+// internalError logs a recovered panic and returns the error that ends the
+// session.
+func (s *session) internalError(r any) error {
+	s.srv.log.Error("internal error: session ended", "session", s.id, "panic", fmt.Sprintf("%T", r), "stack", string(debug.Stack()))
+	return &clientError{code: codeInternalError, msg: "pgveil: internal error; the session was ended", kind: "internal_error"}
 }
 
 // fromPumpUp classifies how the client-to-server pump ended.
@@ -445,6 +661,7 @@ func (s *session) fromPumpDown(err error) error {
 // closes both connections so that both pumps return.
 func (s *session) end(cause error) {
 	s.endOnce.Do(func() {
+		s.leaveRing()
 		close(s.endingCh)
 		defer s.markDecided()
 		defer close(s.endedCh)

@@ -187,7 +187,7 @@ type tracker struct {
 const maxPlanMemo = 256
 
 func newTracker(s *session, sink StatementSink, roles []string, grants *rules.Grants, masked bool) *tracker {
-	host := s.client.RemoteAddr().String()
+	host := s.clientAddr
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}

@@ -1,0 +1,619 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+// The io_uring relay (Config.IOUring) moves the steady state of relayed
+// sessions off the Go scheduler. A session whose statements pass unchanged
+// (not masked) over plain sockets on both sides is handed, at a
+// ReadyForQuery while it is idle, to one event loop: a goroutine locked to
+// its OS thread that owns an io_uring instance. The loop keeps a receive
+// outstanding on both sockets of every session it holds, runs the pumps'
+// framing and handlers (pump.process) on each completion, and writes with
+// non-blocking system calls; a socket that is full queues what it cannot
+// take (ringWriter) and the pump feeding it stops reading until a poll for
+// writability says the queue went out (backpressure, so one slow client
+// never stalls the loop or another session).
+//
+// Why: with a goroutine per direction every message costs a goroutine
+// wake-up through the runtime's poller, and the scheduler polls once more
+// without blocking before an idle thread sleeps — about 2 µs of CPU per
+// round trip more than PgBouncer's event loop (bench/README.md). The loop
+// does one io_uring_enter per batch of completions instead, which both
+// submits the next receives and waits.
+//
+// The loop blocks in io_uring_enter with a raw system call, so it keeps
+// its scheduler core (P) while it waits: the runtime does not hand the P
+// on or wake its monitor thread for each wait. Its core is therefore an
+// extra one (startRing raises GOMAXPROCS by one). A preemption request
+// (the garbage collector stopping the world, say) interrupts the wait with
+// a signal; the loop then yields (runtime.Gosched) before it waits again.
+//
+// Everything else stays with the session's goroutines: the startup,
+// authentication and the first ReadyForQuery, masked and TLS sessions,
+// and every way a session ends. A session leaves the loop when a pump
+// fails or stops (an error, end of stream, Terminate, a draining proxy's
+// idle ReadyForQuery) or when anything else ends it (session.end calls
+// leaveRing first); it then gets new net.Conns over the same sockets and
+// the existing code finishes it exactly as before.
+
+const (
+	sysIOUringSetup = 425 // the same number on every Linux architecture
+	sysIOUringEnter = 426
+
+	uringOpPollAdd     = 6
+	uringOpAsyncCancel = 14
+	uringOpRead        = 22
+	uringOpRecv        = 27
+
+	uringSetupSingleIssuer = 1 << 12
+	uringSetupDeferTaskrun = 1 << 13
+	uringEnterGetevents    = 1
+
+	uringEntries = 1024
+)
+
+// The layouts of the kernel's struct io_uring_params, io_uring_sqe and
+// io_uring_cqe (include/uapi/linux/io_uring.h).
+type uringSQOffsets struct {
+	head, tail, ringMask, ringEntries, flags, dropped, array, resv1 uint32
+	userAddr                                                        uint64
+}
+
+type uringCQOffsets struct {
+	head, tail, ringMask, ringEntries, overflow, cqes, flags, resv1 uint32
+	userAddr                                                        uint64
+}
+
+type uringParams struct {
+	sqEntries, cqEntries, flags, sqThreadCPU, sqThreadIdle, features, wqFd uint32
+	resv                                                                   [3]uint32
+	sqOff                                                                  uringSQOffsets
+	cqOff                                                                  uringCQOffsets
+}
+
+type uringSQE struct {
+	opcode, flags      uint8
+	ioprio             uint16
+	fd                 int32
+	off, addr          uint64
+	len, opFlags       uint32
+	userData           uint64
+	bufIndex, personal uint16
+	spliceFdIn         int32
+	addr3, pad         uint64
+}
+
+type uringCQE struct {
+	userData uint64
+	res      int32
+	flags    uint32
+}
+
+// uring is one io_uring instance, used by one thread.
+type uring struct {
+	fd                     int
+	sqHead, sqTail, sqMask *uint32
+	sqEntries              uint32
+	sqArray                []uint32
+	sqes                   []uringSQE
+	cqHead, cqTail, cqMask *uint32
+	cqes                   []uringCQE
+	tail, toSubmit         uint32
+}
+
+// newUring sets up an io_uring instance. It fails where the kernel has
+// none or forbids it (kernel.io_uring_disabled, a seccomp filter).
+func newUring(entries uint32) (*uring, error) {
+	var p uringParams
+	p.flags = uringSetupSingleIssuer | uringSetupDeferTaskrun
+	fd, _, e := syscall.RawSyscall(sysIOUringSetup, uintptr(entries), uintptr(unsafe.Pointer(&p)), 0)
+	if e != 0 {
+		return nil, os.NewSyscallError("io_uring_setup", e)
+	}
+	r := &uring{fd: int(fd), sqEntries: p.sqEntries}
+	size := max(int(p.sqOff.array+p.sqEntries*4), int(p.cqOff.cqes+p.cqEntries*uint32(unsafe.Sizeof(uringCQE{}))))
+	// One mapping holds both rings (IORING_FEAT_SINGLE_MMAP, Linux 5.4).
+	m, err := syscall.Mmap(r.fd, 0, size, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED|syscall.MAP_POPULATE)
+	if err != nil {
+		syscall.Close(r.fd)
+		return nil, fmt.Errorf("io_uring rings: %w", err)
+	}
+	sm, err := syscall.Mmap(r.fd, 0x10000000, int(p.sqEntries)*int(unsafe.Sizeof(uringSQE{})), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED|syscall.MAP_POPULATE)
+	if err != nil {
+		syscall.Munmap(m)
+		syscall.Close(r.fd)
+		return nil, fmt.Errorf("io_uring submission entries: %w", err)
+	}
+	base := unsafe.Pointer(&m[0])
+	r.sqHead = (*uint32)(unsafe.Add(base, p.sqOff.head))
+	r.sqTail = (*uint32)(unsafe.Add(base, p.sqOff.tail))
+	r.sqMask = (*uint32)(unsafe.Add(base, p.sqOff.ringMask))
+	r.sqArray = unsafe.Slice((*uint32)(unsafe.Add(base, p.sqOff.array)), p.sqEntries)
+	r.cqHead = (*uint32)(unsafe.Add(base, p.cqOff.head))
+	r.cqTail = (*uint32)(unsafe.Add(base, p.cqOff.tail))
+	r.cqMask = (*uint32)(unsafe.Add(base, p.cqOff.ringMask))
+	r.cqes = unsafe.Slice((*uringCQE)(unsafe.Add(base, p.cqOff.cqes)), p.cqEntries)
+	r.sqes = unsafe.Slice((*uringSQE)(unsafe.Pointer(&sm[0])), p.sqEntries)
+	r.tail = atomic.LoadUint32(r.sqTail)
+	return r, nil
+}
+
+// sqe returns a cleared submission entry, submitting what is queued first
+// when the queue is full.
+func (r *uring) sqe() *uringSQE {
+	if r.tail-atomic.LoadUint32(r.sqHead) >= r.sqEntries {
+		r.enter(0)
+	}
+	i := r.tail & *r.sqMask
+	e := &r.sqes[i]
+	*e = uringSQE{}
+	r.sqArray[i] = i
+	r.tail++
+	r.toSubmit++
+	return e
+}
+
+// enter submits the queued entries and waits until at least wait
+// completions are there.
+func (r *uring) enter(wait uint32) {
+	atomic.StoreUint32(r.sqTail, r.tail)
+	n := r.toSubmit
+	r.toSubmit = 0
+	for {
+		// A raw system call: see the comment at the top of this file.
+		got, _, e := syscall.RawSyscall6(sysIOUringEnter, uintptr(r.fd), uintptr(n), uintptr(wait), uringEnterGetevents, 0, 0)
+		switch e {
+		case 0:
+			if uint32(got) >= n {
+				return
+			}
+			n -= uint32(got)
+			continue
+		case syscall.EINTR:
+			// A signal, possibly a preemption request: let it happen.
+			runtime.Gosched()
+			continue
+		case syscall.EAGAIN, syscall.EBUSY:
+			// The completion queue is full: the caller reaps it.
+			if wait == 0 {
+				return
+			}
+			wait = 0
+			continue
+		}
+		panic(fmt.Sprintf("io_uring_enter: %v", e))
+	}
+}
+
+// Kinds of operations, in the low bits of an entry's user data; the slot
+// of the session is above them.
+const (
+	ringWake       = iota // the loop's eventfd (slot 0)
+	ringRecvClient        // receive from the client (the up pump)
+	ringRecvServer        // receive from the server (the down pump)
+	ringPollServer        // the server socket is writable (the up pump's queue)
+	ringPollClient        // the client socket is writable (the down pump's queue)
+	ringCancel
+	ringKindBits = 3
+)
+
+// ringLoop is the event loop. Sessions are handed to it and taken back
+// through requests (post), which wake it with an eventfd.
+type ringLoop struct {
+	r     *uring
+	evfd  int
+	evbuf [8]byte
+
+	mu   sync.Mutex
+	reqs []ringReq
+
+	slots []*ringSess // index 0 is the wake-up
+	free  []uint32
+	batch []ringReq
+}
+
+type ringReq struct {
+	rs    *ringSess
+	leave bool
+}
+
+// ringSess is a session while the loop holds it. Index 0 is the client
+// side: the up pump reads fd[0] and its queue w[0] writes fd[1]; index 1
+// is the server side.
+type ringSess struct {
+	s    *session
+	slot uint32
+	p    [2]*pump
+	fd   [2]int
+	w    [2]*ringWriter
+	// recv and poll say which operations are outstanding.
+	recv, poll [2]bool
+	// err is how each pump ended, if it did.
+	err     [2]error
+	leaving bool
+	// left is closed by the loop when it let go of the session;
+	// swapped by the session's goroutine once it has connections again.
+	left, swapped chan struct{}
+}
+
+var (
+	ringOnce sync.Once
+	ringInst *ringLoop
+	ringErr  error
+)
+
+// sharedRing starts the process's event loop on first use. It returns nil
+// and the reason when io_uring cannot be used here.
+func sharedRing() (*ringLoop, error) {
+	ringOnce.Do(func() {
+		l := &ringLoop{slots: []*ringSess{nil}}
+		started := make(chan error)
+		go l.run(started)
+		if ringErr = <-started; ringErr != nil {
+			return
+		}
+		// The loop keeps its core while it waits (see above).
+		runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + 1)
+		ringInst = l
+	})
+	return ringInst, ringErr
+}
+
+// post hands a request to the loop.
+func (l *ringLoop) post(q ringReq) {
+	l.mu.Lock()
+	l.reqs = append(l.reqs, q)
+	l.mu.Unlock()
+	one := [8]byte{1}
+	for {
+		_, err := syscall.Write(l.evfd, one[:])
+		if err != syscall.EINTR {
+			return
+		}
+	}
+}
+
+func (l *ringLoop) armWake() {
+	e := l.r.sqe()
+	e.opcode = uringOpRead
+	e.fd = int32(l.evfd)
+	e.addr = uint64(uintptr(unsafe.Pointer(&l.evbuf[0])))
+	e.len = 8
+	e.userData = ringWake
+}
+
+// run is the loop. The ring is set up on the loop's own thread: with
+// IORING_SETUP_SINGLE_ISSUER only the thread that created it may submit.
+func (l *ringLoop) run(started chan error) {
+	runtime.LockOSThread()
+	r, err := newUring(uringEntries)
+	if err != nil {
+		started <- err
+		return
+	}
+	fd, _, e := syscall.RawSyscall(syscall.SYS_EVENTFD2, 0, syscall.O_CLOEXEC, 0)
+	if e != 0 {
+		started <- os.NewSyscallError("eventfd2", e)
+		return
+	}
+	l.r, l.evfd = r, int(fd)
+	l.armWake()
+	started <- nil
+	for {
+		r.enter(1)
+		head := atomic.LoadUint32(r.cqHead)
+		for tail := atomic.LoadUint32(r.cqTail); head != tail; head++ {
+			c := r.cqes[head&*r.cqMask]
+			l.complete(c.userData, c.res)
+			// Give the entry back at once: handling one may submit new
+			// entries, whose completions need room.
+			atomic.StoreUint32(r.cqHead, head+1)
+		}
+	}
+}
+
+func (l *ringLoop) complete(ud uint64, res int32) {
+	kind, slot := ud&(1<<ringKindBits-1), uint32(ud>>ringKindBits)
+	switch kind {
+	case ringWake:
+		l.mu.Lock()
+		l.batch, l.reqs = l.reqs, l.batch[:0]
+		l.mu.Unlock()
+		for _, q := range l.batch {
+			if q.leave {
+				if q.rs.slot != 0 && l.slots[q.rs.slot] == q.rs {
+					l.leave(q.rs)
+				}
+				continue
+			}
+			l.adopt(q.rs)
+		}
+		clear(l.batch)
+		l.armWake()
+		return
+	case ringCancel:
+		return
+	}
+	rs := l.slots[slot]
+	if rs == nil {
+		return
+	}
+	switch kind {
+	case ringRecvClient, ringRecvServer:
+		l.received(rs, int(kind-ringRecvClient), res)
+	case ringPollServer, ringPollClient:
+		l.writable(rs, int(kind-ringPollServer), res)
+	}
+}
+
+// adopt takes a session and starts receiving on both sides; bytes its
+// pumps read before but did not relay yet are relayed first.
+func (l *ringLoop) adopt(rs *ringSess) {
+	if len(l.free) > 0 {
+		rs.slot = l.free[len(l.free)-1]
+		l.free = l.free[:len(l.free)-1]
+		l.slots[rs.slot] = rs
+	} else {
+		rs.slot = uint32(len(l.slots))
+		l.slots = append(l.slots, rs)
+	}
+	for i := range 2 {
+		if rs.p[i].w > rs.p[i].r {
+			if err := rs.process(i); err != nil {
+				rs.err[i] = err
+				l.leave(rs)
+				return
+			}
+		}
+	}
+	for i := range 2 {
+		l.next(rs, i)
+	}
+}
+
+// next submits what pump i waits for: a receive, or, while its queue
+// holds bytes, a poll for the queue's socket to take more.
+func (l *ringLoop) next(rs *ringSess, i int) {
+	if rs.leaving {
+		return
+	}
+	if rs.w[i].queued() {
+		if !rs.poll[i] {
+			rs.poll[i] = true
+			e := l.r.sqe()
+			e.opcode = uringOpPollAdd
+			e.fd = int32(rs.fd[1-i])
+			e.opFlags = uint32(pollOut)
+			e.userData = uint64(rs.slot)<<ringKindBits | uint64(ringPollServer+i)
+		}
+		return
+	}
+	p := rs.p[i]
+	if p.w == len(p.buf) {
+		p.compact(len(p.buf) + pumpBufferSize)
+	}
+	rs.recv[i] = true
+	e := l.r.sqe()
+	e.opcode = uringOpRecv
+	e.fd = int32(rs.fd[i])
+	e.addr = uint64(uintptr(unsafe.Pointer(unsafe.SliceData(p.buf[p.w:]))))
+	e.len = uint32(len(p.buf) - p.w)
+	e.userData = uint64(rs.slot)<<ringKindBits | uint64(ringRecvClient+i)
+}
+
+const pollOut = 0x4 // POLLOUT
+
+func (l *ringLoop) received(rs *ringSess, i int, res int32) {
+	rs.recv[i] = false
+	p := rs.p[i]
+	if res > 0 {
+		// Bytes read are kept even while leaving: the pump relays them
+		// once it runs again.
+		p.w += int(res)
+		p.count.Add(int64(res))
+	}
+	if rs.leaving {
+		l.maybeLet(rs)
+		return
+	}
+	switch {
+	case res > 0:
+		if err := rs.process(i); err != nil {
+			rs.err[i] = err
+			l.leave(rs)
+			return
+		}
+		l.next(rs, i)
+	case res == 0:
+		rs.err[i] = &readError{io.EOF}
+		l.leave(rs)
+	case res == -int32(syscall.EINTR) || res == -int32(syscall.EAGAIN):
+		l.next(rs, i)
+	default:
+		rs.err[i] = &readError{os.NewSyscallError("recv", syscall.Errno(-res))}
+		l.leave(rs)
+	}
+}
+
+func (l *ringLoop) writable(rs *ringSess, i int, res int32) {
+	rs.poll[i] = false
+	if rs.leaving {
+		l.maybeLet(rs)
+		return
+	}
+	if res < 0 && res != -int32(syscall.EINTR) && res != -int32(syscall.EAGAIN) {
+		rs.err[i] = &writeError{os.NewSyscallError("poll", syscall.Errno(-res))}
+		l.leave(rs)
+		return
+	}
+	if err := rs.w[i].drain(); err != nil {
+		rs.err[i] = &writeError{err}
+		l.leave(rs)
+		return
+	}
+	l.next(rs, i)
+}
+
+// leave cancels what is outstanding for rs and lets it go once nothing is.
+func (l *ringLoop) leave(rs *ringSess) {
+	if rs.leaving {
+		return
+	}
+	rs.leaving = true
+	for i := range 2 {
+		if rs.recv[i] {
+			l.cancel(uint64(rs.slot)<<ringKindBits | uint64(ringRecvClient+i))
+		}
+		if rs.poll[i] {
+			l.cancel(uint64(rs.slot)<<ringKindBits | uint64(ringPollServer+i))
+		}
+	}
+	l.maybeLet(rs)
+}
+
+func (l *ringLoop) cancel(target uint64) {
+	e := l.r.sqe()
+	e.opcode = uringOpAsyncCancel
+	e.fd = -1
+	e.addr = target
+	e.userData = ringCancel
+}
+
+func (l *ringLoop) maybeLet(rs *ringSess) {
+	if rs.recv[0] || rs.recv[1] || rs.poll[0] || rs.poll[1] {
+		return
+	}
+	l.slots[rs.slot] = nil
+	l.free = append(l.free, rs.slot)
+	rs.slot = 0
+	close(rs.left)
+}
+
+// process relays what pump i has read, on the loop's thread. A panic (a
+// bug) ends this session alone, as in session.runSafely.
+func (rs *ringSess) process(i int) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = rs.s.internalError(r)
+		}
+	}()
+	return rs.p[i].process()
+}
+
+// ringWriter writes one socket for the loop without ever waiting: what the
+// socket cannot take now is queued, and the loop polls for writability
+// before its pump reads again. Callers hold the syncWriter's lock.
+type ringWriter struct {
+	fd      int
+	pending []byte
+}
+
+func (w *ringWriter) queued() bool { return len(w.pending) > 0 }
+
+// Write writes what it can of b and queues the rest behind what is queued.
+func (w *ringWriter) Write(b []byte) (int, error) {
+	if len(w.pending) > 0 {
+		w.pending = append(w.pending, b...)
+		return len(b), nil
+	}
+	rest, err := writeSome(w.fd, b)
+	if err != nil {
+		return len(b) - len(rest), err
+	}
+	if len(rest) > 0 {
+		w.pending = append(w.pending[:0], rest...)
+	}
+	return len(b), nil
+}
+
+// drain writes what it can of the queue.
+func (w *ringWriter) drain() error {
+	rest, err := writeSome(w.fd, w.pending)
+	if err != nil {
+		return err
+	}
+	if len(rest) == 0 {
+		w.pending = w.pending[:0]
+		if cap(w.pending) > 4*pumpBufferSize {
+			w.pending = nil
+		}
+		return nil
+	}
+	n := copy(w.pending, rest)
+	w.pending = w.pending[:n]
+	return nil
+}
+
+// writeSome writes b to a non-blocking socket until it is written or the
+// socket is full, and returns what is left.
+func writeSome(fd int, b []byte) ([]byte, error) {
+	for len(b) > 0 {
+		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+		switch e {
+		case 0:
+			b = b[n:]
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return b, nil
+		default:
+			return b, os.NewSyscallError("write", e)
+		}
+	}
+	return nil, nil
+}
+
+// dupConnFD returns a duplicate (close-on-exec) of c's socket descriptor.
+func dupConnFD(c net.Conn) (int, error) {
+	rc := rawSyscallConn(c)
+	if rc == nil {
+		return -1, errors.New("not a plain socket")
+	}
+	nfd, derr := -1, error(nil)
+	err := rc.Control(func(fd uintptr) {
+		r, _, e := syscall.Syscall(syscall.SYS_FCNTL, fd, syscall.F_DUPFD_CLOEXEC, 0)
+		if e != 0 {
+			derr = os.NewSyscallError("fcntl", e)
+			return
+		}
+		nfd = int(r)
+	})
+	if err != nil {
+		return -1, err
+	}
+	return nfd, derr
+}
+
+// fdConn makes a net.Conn of the socket fd (in the runtime's poller) and
+// closes fd, which the connection has duplicated.
+func fdConn(fd int) (net.Conn, error) {
+	f := os.NewFile(uintptr(fd), "socket")
+	defer f.Close()
+	return net.FileConn(f)
+}
+
+// closedConn stands in for a connection that could not be made again; every
+// operation fails.
+type closedConn struct{}
+
+var errConnGone = errors.New("connection lost while leaving the io_uring loop")
+
+func (closedConn) Read([]byte) (int, error)         { return 0, errConnGone }
+func (closedConn) Write([]byte) (int, error)        { return 0, errConnGone }
+func (closedConn) Close() error                     { return nil }
+func (closedConn) LocalAddr() net.Addr              { return nil }
+func (closedConn) RemoteAddr() net.Addr             { return nil }
+func (closedConn) SetDeadline(time.Time) error      { return nil }
+func (closedConn) SetReadDeadline(time.Time) error  { return nil }
+func (closedConn) SetWriteDeadline(time.Time) error { return nil }

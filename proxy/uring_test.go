@@ -1,0 +1,263 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// The io_uring relay's tests use real TCP sockets on both sides (the loop
+// takes only plain sockets) and a scripted server.
+
+// tcpUpstream hands each dial of the proxy to the test as the server end
+// of a loopback TCP connection.
+type tcpUpstream struct {
+	t     *testing.T
+	conns chan net.Conn
+}
+
+func (f *tcpUpstream) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	a, b := tcpPair(f.t)
+	f.conns <- b
+	return a, nil
+}
+
+func (f *tcpUpstream) next(t *testing.T) net.Conn {
+	t.Helper()
+	select {
+	case c := <-f.conns:
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		return c
+	case <-time.After(5 * time.Second):
+		t.Fatal("proxy did not dial the upstream")
+		return nil
+	}
+}
+
+func ringServer(t *testing.T) (*Server, *tcpUpstream) {
+	t.Helper()
+	f := &tcpUpstream{t: t, conns: make(chan net.Conn, 8)}
+	up, err := ParseUpstream("postgres://fake:5432/db?sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.Dial = f.dial
+	srv, err := New(Config{Upstream: up, ConnectTimeout: 5 * time.Second, StartupTimeout: 5 * time.Second, IOUring: true})
+	if err != nil {
+		t.Fatalf("io_uring relay unavailable: %v", err)
+	}
+	return srv, f
+}
+
+// ringSession connects a client over TCP, runs the startup, and returns
+// the client and server ends once the session is in the loop.
+func ringSession(t *testing.T, srv *Server, f *tcpUpstream) (client, server net.Conn, done chan struct{}) {
+	t.Helper()
+	client, p := tcpPair(t)
+	done = make(chan struct{})
+	go func() { srv.ServeConn(p); close(done) }()
+	t.Cleanup(func() {
+		client.Close()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Error("session did not end after the client closed")
+		}
+	})
+	_ = client.SetDeadline(time.Now().Add(20 * time.Second))
+	write(t, client, startupBytes(t, map[string]string{"user": "alice", "database": "app"}))
+	server = f.next(t)
+	readMsgStartup(t, server)
+	write(t, server, encode(t, &pgproto3.AuthenticationOk{},
+		&pgproto3.BackendKeyData{ProcessID: 7, SecretKey: []byte{1, 2, 3, 4}},
+		&pgproto3.ReadyForQuery{TxStatus: 'I'}))
+	for range 3 {
+		readMsg(t, client)
+	}
+	waitRing(t, srv, true)
+	return client, server, done
+}
+
+// waitRing waits until every session of srv is in the loop (or none is).
+func waitRing(t *testing.T, srv *Server, in bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		all := true
+		for _, s := range srv.appendSessions(nil) {
+			if s.ringActive.Load() != in {
+				all = false
+			}
+		}
+		if all {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sessions did not reach ringActive=%v", in)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// roundTrip sends a query and its answer through the session.
+func roundTrip(t *testing.T, client, server net.Conn, tag string) {
+	t.Helper()
+	q := encode(t, &pgproto3.Query{String: "select '" + tag + "'"})
+	write(t, client, q)
+	if got := readN(t, server, len(q)); !bytes.Equal(got, q) {
+		t.Fatalf("server got %q, want %q", got, q)
+	}
+	a := encode(t, &pgproto3.CommandComplete{CommandTag: []byte(tag)}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
+	write(t, server, a)
+	if got := readN(t, client, len(a)); !bytes.Equal(got, a) {
+		t.Fatalf("client got %q, want %q", got, a)
+	}
+}
+
+func TestRingRelay(t *testing.T) {
+	srv, f := ringServer(t)
+	client, server, done := ringSession(t, srv, f)
+	// Byte at a time from the client, a result larger than the buffers,
+	// notices and notifications: exactly the bytes sent.
+	relayRoundTrip(t, client, server)
+	waitRing(t, srv, true)
+	for i := range 100 {
+		roundTrip(t, client, server, "SELECT "+string(rune('a'+i%26)))
+	}
+	// Terminate: the server sees it, closes, and the session ends.
+	write(t, client, []byte{'X', 0, 0, 0, 4})
+	if got := readN(t, server, 5); got[0] != 'X' {
+		t.Fatalf("server got %q, want Terminate", got)
+	}
+	server.Close()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("session did not end after Terminate")
+	}
+}
+
+// A client that does not read a large result stalls neither the loop nor
+// another session; the result arrives intact when it reads.
+func TestRingSlowClient(t *testing.T) {
+	srv, f := ringServer(t)
+	slow, slowServer, _ := ringSession(t, srv, f)
+	other, otherServer, _ := ringSession(t, srv, f)
+	write(t, slow, encode(t, &pgproto3.Query{String: "select big"}))
+	readMsg(t, slowServer)
+	row := encode(t, &pgproto3.DataRow{Values: [][]byte{bytes.Repeat([]byte("y"), 8000)}})
+	var want []byte
+	for range 2000 { // 16 MB: far more than the socket buffers hold
+		want = append(want, row...)
+	}
+	want = append(want, encode(t, &pgproto3.CommandComplete{CommandTag: []byte("SELECT 2000")}, &pgproto3.ReadyForQuery{TxStatus: 'I'})...)
+	sent := writeAsync(slowServer, want)
+	time.Sleep(200 * time.Millisecond)
+	select {
+	case err := <-sent:
+		t.Fatalf("the server wrote 16 MB to a client that reads nothing (err %v)", err)
+	default:
+	}
+	for i := range 20 {
+		roundTrip(t, other, otherServer, "SELECT "+string(rune('a'+i)))
+	}
+	got := readN(t, slow, len(want))
+	if !bytes.Equal(got, want) {
+		t.Fatal("the large result arrived changed")
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	roundTrip(t, slow, slowServer, "SELECT 1")
+	waitRing(t, srv, true)
+}
+
+// An upstream that dies gives the client the proxy's FATAL 08006.
+func TestRingUpstreamLost(t *testing.T) {
+	srv, f := ringServer(t)
+	client, server, done := ringSession(t, srv, f)
+	roundTrip(t, client, server, "SELECT 1")
+	write(t, client, encode(t, &pgproto3.Query{String: "select pg_sleep(10)"}))
+	readMsg(t, server)
+	server.Close()
+	msg := readMsg(t, client)
+	if msg[0] != 'E' || !bytes.Contains(msg, []byte("C08006\x00")) {
+		t.Fatalf("client got %q, want ErrorResponse 08006", msg)
+	}
+	<-done
+}
+
+// A client that leaves mid-query: the server gets a CancelRequest for its
+// backend on a new connection and a Terminate on the session's.
+func TestRingClientGone(t *testing.T) {
+	srv, f := ringServer(t)
+	client, server, done := ringSession(t, srv, f)
+	write(t, client, encode(t, &pgproto3.Query{String: "select pg_sleep(10)"}))
+	readMsg(t, server)
+	client.Close()
+	cancel := f.next(t)
+	b := readN(t, cancel, 16)
+	if binary.BigEndian.Uint32(b[4:8]) != cancelRequestCode || binary.BigEndian.Uint32(b[8:12]) != 7 {
+		t.Fatalf("cancel connection got %x, want a CancelRequest for pid 7", b)
+	}
+	if got := readN(t, server, 5); got[0] != 'X' {
+		t.Fatalf("server got %q, want Terminate", got)
+	}
+	<-done
+}
+
+// A malformed message in the loop ends that session with 08P01 and leaves
+// the others alone.
+func TestRingMalformed(t *testing.T) {
+	srv, f := ringServer(t)
+	bad, _, badDone := ringSession(t, srv, f)
+	good, goodServer, _ := ringSession(t, srv, f)
+	write(t, bad, []byte{'Q', 0, 0, 0, 2})
+	msg := readMsg(t, bad)
+	if msg[0] != 'E' || !bytes.Contains(msg, []byte("C08P01\x00")) {
+		t.Fatalf("client got %q, want ErrorResponse 08P01", msg)
+	}
+	<-badDone
+	roundTrip(t, good, goodServer, "SELECT 1")
+}
+
+// Shutdown takes idle sessions out of the loop and ends them with 57P01;
+// a busy one ends at its ReadyForQuery, after its answer.
+func TestRingShutdown(t *testing.T) {
+	srv, f := ringServer(t)
+	idle, _, idleDone := ringSession(t, srv, f)
+	busy, busyServer, busyDone := ringSession(t, srv, f)
+	write(t, busy, encode(t, &pgproto3.Query{String: "select 1"}))
+	readMsg(t, busyServer)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	shut := make(chan error, 1)
+	go func() { shut <- srv.Shutdown(ctx) }()
+	msg := readMsg(t, idle)
+	if msg[0] != 'E' || !bytes.Contains(msg, []byte("C57P01\x00")) {
+		t.Fatalf("idle client got %q, want ErrorResponse 57P01", msg)
+	}
+	<-idleDone
+	a := encode(t, &pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
+	write(t, busyServer, a)
+	if got := readN(t, busy, len(a)); !bytes.Equal(got, a) {
+		t.Fatalf("busy client got %q, want its answer", got)
+	}
+	msg = readMsg(t, busy)
+	if msg[0] != 'E' || !bytes.Contains(msg, []byte("C57P01\x00")) {
+		t.Fatalf("busy client got %q after its answer, want ErrorResponse 57P01", msg)
+	}
+	<-busyDone
+	if err := <-shut; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(busy); err != nil {
+		t.Fatal(err)
+	}
+}
