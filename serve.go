@@ -38,7 +38,7 @@ type serveFlags struct {
 	policy          string
 	catalogRefresh  time.Duration
 	procs           int
-	ioUring         bool
+	ioUring         string
 	adminListen     string
 	config          string
 	maxClientConn   int
@@ -91,7 +91,7 @@ func (f *serveFlags) register(fs *pflag.FlagSet) {
 	fs.Var(&f.auditOnFull, "audit-on-full", "when the audit queue or disk is full: drop (count, log and mark the gap in the chain; sessions never stall) or block (sessions wait)")
 	f.keys.register(fs)
 	fs.IntVar(&f.decryptBatch, "decrypt-batch", 1000, "result rows decrypted together: one key-service call per encrypted column per batch (1 = one call per value, for comparison)")
-	fs.BoolVar(&f.ioUring, "io-uring", false, "relay sessions that pass unchanged over plain sockets on an io_uring event loop once they are idle, instead of a goroutine per direction: less CPU per query (bench/README.md); the loop takes one more scheduler core than --procs. Startup fails if the kernel refuses io_uring")
+	fs.StringVar(&f.ioUring, "io-uring", "auto", "relay idle sessions that pass unchanged over plain sockets on one io_uring event loop instead of a goroutine per direction (less CPU per query, bench/README.md; the loop takes one scheduler core more than --procs): auto (when the kernel allows it), on (fail to start otherwise) or off")
 	fs.IntVar(&f.procs, "procs", 1, "CPU cores the relay may use at once (GOMAXPROCS); 0 uses Go's default, one per available core. One core gives the lowest latency and CPU per query on small machines (see bench/README.md)")
 }
 
@@ -123,7 +123,19 @@ func (f *serveFlags) proxyConfig(log *slog.Logger) (proxy.Config, error) {
 		return cfg, usagef("invalid --upstream: %v", err)
 	}
 	cfg.Upstream = up
-	cfg.IOUring = f.ioUring
+	switch f.ioUring {
+	case "on":
+		cfg.IOUring = true
+	case "auto":
+		if err := proxy.IOUringAvailable(); err != nil {
+			log.Info("io_uring relay unavailable; relaying with goroutines", "err", err)
+		} else {
+			cfg.IOUring = true
+		}
+	case "off":
+	default:
+		return cfg, usagef("invalid --io-uring %q: want auto, on or off", f.ioUring)
+	}
 	if (f.tlsCert == "") != (f.tlsKey == "") {
 		return cfg, usagef("--tls-cert and --tls-key go together")
 	}

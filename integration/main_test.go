@@ -160,9 +160,16 @@ func startProxy(upstream string, mod func(*proxy.Config)) (*proxyInstance, error
 		return nil, err
 	}
 	cfg := proxy.Config{Upstream: up, TLS: w.proxyTLS}
-	// PGVEIL_IO_URING=true (which the binary reads as --io-uring) runs
-	// the in-process proxies with the io_uring relay too.
-	cfg.IOUring = os.Getenv("PGVEIL_IO_URING") == "true"
+	// Like the binary's --io-uring (which reads PGVEIL_IO_URING too):
+	// the io_uring relay unless PGVEIL_IO_URING is off; with on it must
+	// be available.
+	switch mode := os.Getenv("PGVEIL_IO_URING"); mode {
+	case "off":
+	case "on":
+		cfg.IOUring = true
+	default:
+		cfg.IOUring = proxy.IOUringAvailable() == nil
+	}
 	if mod != nil {
 		mod(&cfg)
 	}

@@ -102,7 +102,7 @@ func (w *syncWriter) setConnLocked(c net.Conn) {
 func (w *syncWriter) toRing(rw *ringWriter) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	rw.pending = append(rw.pending, w.queued...)
+	rw.out = append(rw.out, w.queued...)
 	w.queued = nil
 	w.out = rw
 }
@@ -116,6 +116,25 @@ func (w *syncWriter) fromRing(c net.Conn, queued []byte) {
 		w.queued = append([]byte(nil), queued...)
 	}
 }
+
+// sendQueued writes what the loop left queued, if anything, waiting at
+// most queuedWriteTimeout for a peer that does not read; a failure breaks
+// the writer, as a failed write does.
+func (w *syncWriter) sendQueued() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.broken != nil || len(w.queued) == 0 {
+		return
+	}
+	_ = w.conn.SetWriteDeadline(time.Now().Add(queuedWriteTimeout))
+	if err := w.flushQueued(); err != nil {
+		w.broken = err
+	}
+	_ = w.conn.SetWriteDeadline(time.Time{})
+}
+
+// queuedWriteTimeout bounds sendQueued.
+const queuedWriteTimeout = 10 * time.Second
 
 // flushQueued writes what the loop left queued; the caller holds mu.
 func (w *syncWriter) flushQueued() error {

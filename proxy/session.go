@@ -537,8 +537,13 @@ func (s *session) enterRing(p [2]*pump) *ringSess {
 		s.ringOff.Store(true)
 		return nil
 	}
+	// io_uring waits for readiness itself; on a blocking socket it never
+	// answers EAGAIN (net.FileConn makes the socket non-blocking again
+	// when the session leaves the loop).
+	_ = syscall.SetNonblock(cfd, false)
+	_ = syscall.SetNonblock(sfd, false)
 	rs := &ringSess{s: s, p: p, fd: [2]int{cfd, sfd}, left: make(chan struct{}), swapped: make(chan struct{})}
-	rs.w[0], rs.w[1] = &ringWriter{fd: sfd}, &ringWriter{fd: cfd}
+	rs.w[0], rs.w[1] = &ringWriter{}, &ringWriter{}
 	s.toSrv.toRing(rs.w[0])
 	s.toCl.toRing(rs.w[1])
 	// Closing the connections takes the sockets out of the runtime's
@@ -568,8 +573,8 @@ func (s *session) ringReturn(rs *ringSess) [2]*pump {
 		}
 		conns[i] = c
 	}
-	s.toSrv.fromRing(conns[1], rs.w[0].pending)
-	s.toCl.fromRing(conns[0], rs.w[1].pending)
+	s.toSrv.fromRing(conns[1], rs.w[0].rest())
+	s.toCl.fromRing(conns[0], rs.w[1].rest())
 	var out [2]*pump
 	for i, old := range rs.p {
 		p := newPump(conns[i], old.dst, old.h, old.maxSize, old.count)
@@ -583,6 +588,10 @@ func (s *session) ringReturn(rs *ringSess) [2]*pump {
 	s.up.Store(out[0])
 	s.down.Store(out[1])
 	s.ringActive.Store(false)
+	// What the pumps relayed last (a Terminate, the ReadyForQuery before
+	// a draining proxy ends the session) goes out before anything else.
+	s.toSrv.sendQueued()
+	s.toCl.sendQueued()
 	close(rs.swapped)
 	return out
 }
