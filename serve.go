@@ -192,15 +192,17 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	cfg, err := f.proxyConfig(log)
-	if err != nil {
-		return err
-	}
 	if f.procs < 0 {
 		return usagef("--procs must be 0 or more")
 	}
 	if f.procs > 0 {
+		// Before the io_uring loop starts (proxyConfig, proxy.New),
+		// which adds a core of its own.
 		runtime.GOMAXPROCS(f.procs)
+	}
+	cfg, err := f.proxyConfig(log)
+	if err != nil {
+		return err
 	}
 	ctx, cancelMasking := context.WithCancel(ctx)
 	defer cancelMasking()
