@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -23,8 +24,14 @@ func TestAdminEndpoints(t *testing.T) {
 	}
 	adminAddr := ln.Addr().String()
 	ln.Close()
+	// The default --io-uring auto (unless the run is without the
+	// io_uring relay) starts the loop while the flags are read.
+	relay := "auto"
+	if os.Getenv("PGVEIL_IO_URING") == "off" {
+		relay = "off"
+	}
 	cmd, port, logs := startBinary(t, "--upstream", fmt.Sprintf("postgres://127.0.0.1:%d/postgres?sslmode=disable", w.pg.Port),
-		"--admin-listen", adminAddr, "--shutdown-timeout", "10s")
+		"--admin-listen", adminAddr, "--shutdown-timeout", "10s", "--io-uring", relay)
 	get := func(path string) (int, string) {
 		t.Helper()
 		resp, err := http.Get("http://" + adminAddr + path)
@@ -73,6 +80,15 @@ func TestAdminEndpoints(t *testing.T) {
 			strings.Contains(body, "pgveil_sessions_active 1") &&
 			strings.Contains(body, "pgveil_upstream_connect_seconds_count 4")
 	})
+	// --procs 1, and one scheduler core more for the io_uring loop when
+	// it runs (set in that order: the loop's core must not be taken away).
+	procs := "go_sched_gomaxprocs_threads 2"
+	if os.Getenv("PGVEIL_IO_URING") == "off" {
+		procs = "go_sched_gomaxprocs_threads 1"
+	}
+	if _, body := get("/metrics"); !strings.Contains(body, procs+"\n") {
+		t.Errorf("/metrics lacks %q", procs)
+	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}

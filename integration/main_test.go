@@ -271,7 +271,8 @@ func runCmd(ctx context.Context, env []string, name string, args ...string) (str
 func cleanEnv() []string {
 	var e []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "PG") {
+		// PGVEIL_IO_URING chooses the relay of the whole run (Makefile).
+		if !strings.HasPrefix(kv, "PG") || strings.HasPrefix(kv, "PGVEIL_IO_URING=") {
 			e = append(e, kv)
 		}
 	}
