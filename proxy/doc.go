@@ -10,4 +10,9 @@
 // per burst of messages and no allocation. Only the few messages the proxy
 // must see whole (authentication requests, BackendKeyData, ReadyForQuery,
 // ErrorResponse) are buffered entirely.
+//
+// Each pump runs in a goroutine of its own until the session is idle and
+// known to pass unchanged; then, with Config.IOUring, both pumps move to
+// one io_uring event loop shared by all such sessions (uring.go), which
+// runs the same framing on its own thread, until anything ends the session.
 package proxy
