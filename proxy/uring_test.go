@@ -21,12 +21,43 @@ import (
 type tcpUpstream struct {
 	t     *testing.T
 	conns chan net.Conn
+	unix  bool
 }
 
 func (f *tcpUpstream) dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	a, b := tcpPair(f.t)
+	pair := tcpPair
+	if f.unix {
+		pair = unixPair
+	}
+	a, b := pair(f.t)
 	f.conns <- b
 	return a, nil
+}
+
+// unixPair is tcpPair over a Unix stream socket (an upstream reached
+// through PostgreSQL's socket directory).
+func unixPair(t *testing.T) (a, b net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("unix", t.TempDir()+"/.s.PGSQL.5432")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ch := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		ch <- c
+	}()
+	a, err = net.Dial("unix", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = <-ch
+	if b == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
 }
 
 func (f *tcpUpstream) next(t *testing.T) net.Conn {
@@ -122,7 +153,13 @@ func roundTrip(t *testing.T, client, server net.Conn, tag string) {
 }
 
 func TestRingRelay(t *testing.T) {
+	t.Run("tcp", func(t *testing.T) { testRingRelay(t, false) })
+	t.Run("unix upstream", func(t *testing.T) { testRingRelay(t, true) })
+}
+
+func testRingRelay(t *testing.T, unix bool) {
 	srv, f := ringServer(t)
+	f.unix = unix
 	client, server, done := ringSession(t, srv, f)
 	// Byte at a time from the client, a result larger than the buffers,
 	// notices and notifications: exactly the bytes sent.
