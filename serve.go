@@ -320,7 +320,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // serveUntilSignal serves until ctx ends (SIGTERM/SIGINT), then shuts down
 // gracefully; a second signal ends the remaining sessions at once.
 func serveUntilSignal(ctx context.Context, srv *proxy.Server, ln net.Listener, timeout time.Duration, log *slog.Logger) error {
-	log.Info("pgveil listening", "addr", ln.Addr().String(), "version", versionString())
+	relay := "goroutines"
+	if srv.IOUring() {
+		relay = "io_uring"
+	}
+	log.Info("pgveil listening", "addr", ln.Addr().String(), "version", versionString(), "relay", relay, "gomaxprocs", runtime.GOMAXPROCS(0))
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {

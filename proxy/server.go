@@ -223,6 +223,10 @@ func New(cfg Config) (*Server, error) {
 	}, nil
 }
 
+// IOUring reports whether idle pass-through sessions go to the io_uring
+// relay (Config.IOUring).
+func (s *Server) IOUring() bool { return s.ring != nil }
+
 // Serve accepts connections on ln until Shutdown; it returns ErrServerClosed
 // after Shutdown and another error if accepting fails.
 func (s *Server) Serve(ln net.Listener) error {
