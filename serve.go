@@ -91,7 +91,7 @@ func (f *serveFlags) register(fs *pflag.FlagSet) {
 	fs.Var(&f.auditOnFull, "audit-on-full", "when the audit queue or disk is full: drop (count, log and mark the gap in the chain; sessions never stall) or block (sessions wait)")
 	f.keys.register(fs)
 	fs.IntVar(&f.decryptBatch, "decrypt-batch", 1000, "result rows decrypted together: one key-service call per encrypted column per batch (1 = one call per value, for comparison)")
-	fs.StringVar(&f.ioUring, "io-uring", "auto", "relay idle sessions that pass unchanged over plain sockets on one io_uring event loop instead of a goroutine per direction (less CPU per query, bench/README.md; the loop takes one scheduler core more than --procs): auto (when the kernel allows it), on (fail to start otherwise) or off")
+	fs.StringVar(&f.ioUring, "io-uring", "auto", "relay idle sessions that pass unchanged over plain sockets on one io_uring event loop instead of a goroutine per direction (less of the proxy's own CPU per query, throughput level with PgBouncer: bench/README.md; the loop takes one scheduler core more than --procs): auto (when the kernel allows it), on (fail to start otherwise) or off")
 	fs.IntVar(&f.procs, "procs", 1, "CPU cores the relay may use at once (GOMAXPROCS); 0 uses Go's default, one per available core. One core gives the lowest latency and CPU per query on small machines (see bench/README.md)")
 }
 
