@@ -65,6 +65,16 @@ func testServer(t *testing.T, f *fakeUpstream, mod func(*Config)) *Server {
 func connect(t *testing.T, srv *Server) (net.Conn, chan struct{}) {
 	t.Helper()
 	c, p := net.Pipe()
+	done := serveSession(t, srv, c, p)
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c, done
+}
+
+// serveSession serves the proxy end p of a client connection c; when the
+// test ends it closes c and checks that the session ended. The channel is
+// closed when it has.
+func serveSession(t *testing.T, srv *Server, c, p net.Conn) chan struct{} {
+	t.Helper()
 	done := make(chan struct{})
 	go func() { srv.ServeConn(p); close(done) }()
 	t.Cleanup(func() {
@@ -75,8 +85,7 @@ func connect(t *testing.T, srv *Server) (net.Conn, chan struct{}) {
 			t.Error("session did not end after the client closed")
 		}
 	})
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	return c, done
+	return done
 }
 
 func startupBytes(t *testing.T, params map[string]string) []byte {

@@ -14,7 +14,14 @@ import (
 // tcpPair returns both ends of a loopback TCP connection.
 func tcpPair(t *testing.T) (a, b net.Conn) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return socketPair(t, "tcp", "127.0.0.1:0")
+}
+
+// socketPair returns both ends of a connection to a listener on address,
+// closed when the test ends.
+func socketPair(t *testing.T, network, address string) (a, b net.Conn) {
+	t.Helper()
+	ln, err := net.Listen(network, address)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -24,7 +31,7 @@ func tcpPair(t *testing.T) (a, b net.Conn) {
 		c, _ := ln.Accept()
 		ch <- c
 	}()
-	a, err = net.Dial("tcp", ln.Addr().String())
+	a, err = net.Dial(network, ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}

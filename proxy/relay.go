@@ -107,13 +107,14 @@ func (w *syncWriter) toRing(rw *ringWriter) {
 	w.out = rw
 }
 
-// fromRing makes c the connection written to again, after queued.
+// fromRing makes c the connection written to again, after queued (which
+// the writer keeps).
 func (w *syncWriter) fromRing(c net.Conn, queued []byte) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.setConnLocked(c)
 	if len(queued) > 0 {
-		w.queued = append([]byte(nil), queued...)
+		w.queued = queued
 	}
 }
 

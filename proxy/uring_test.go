@@ -38,26 +38,7 @@ func (f *tcpUpstream) dial(ctx context.Context, network, addr string) (net.Conn,
 // through PostgreSQL's socket directory).
 func unixPair(t *testing.T) (a, b net.Conn) {
 	t.Helper()
-	ln, err := net.Listen("unix", t.TempDir()+"/.s.PGSQL.5432")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	ch := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		ch <- c
-	}()
-	a, err = net.Dial("unix", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b = <-ch
-	if b == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a, b
+	return socketPair(t, "unix", t.TempDir()+"/.s.PGSQL.5432")
 }
 
 func (f *tcpUpstream) next(t *testing.T) net.Conn {
@@ -92,16 +73,7 @@ func ringServer(t *testing.T) (*Server, *tcpUpstream) {
 func ringSession(t *testing.T, srv *Server, f *tcpUpstream) (client, server net.Conn, done chan struct{}) {
 	t.Helper()
 	client, p := tcpPair(t)
-	done = make(chan struct{})
-	go func() { srv.ServeConn(p); close(done) }()
-	t.Cleanup(func() {
-		client.Close()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			t.Error("session did not end after the client closed")
-		}
-	})
+	done = serveSession(t, srv, client, p)
 	_ = client.SetDeadline(time.Now().Add(20 * time.Second))
 	write(t, client, startupBytes(t, map[string]string{"user": "alice", "database": "app"}))
 	server = f.next(t)
@@ -225,7 +197,7 @@ func TestRingUpstreamLost(t *testing.T) {
 	readMsg(t, server)
 	server.Close()
 	msg := readMsg(t, client)
-	if msg[0] != 'E' || !bytes.Contains(msg, []byte("C08006\x00")) {
+	if msg[0] != 'E' || errorCode(msg) != "08006" {
 		t.Fatalf("client got %q, want ErrorResponse 08006", msg)
 	}
 	<-done
@@ -258,7 +230,7 @@ func TestRingMalformed(t *testing.T) {
 	good, goodServer, _ := ringSession(t, srv, f)
 	write(t, bad, []byte{'Q', 0, 0, 0, 2})
 	msg := readMsg(t, bad)
-	if msg[0] != 'E' || !bytes.Contains(msg, []byte("C08P01\x00")) {
+	if msg[0] != 'E' || errorCode(msg) != "08P01" {
 		t.Fatalf("client got %q, want ErrorResponse 08P01", msg)
 	}
 	<-badDone
@@ -278,7 +250,7 @@ func TestRingShutdown(t *testing.T) {
 	shut := make(chan error, 1)
 	go func() { shut <- srv.Shutdown(ctx) }()
 	msg := readMsg(t, idle)
-	if msg[0] != 'E' || !bytes.Contains(msg, []byte("C57P01\x00")) {
+	if msg[0] != 'E' || errorCode(msg) != "57P01" {
 		t.Fatalf("idle client got %q, want ErrorResponse 57P01", msg)
 	}
 	<-idleDone
@@ -288,7 +260,7 @@ func TestRingShutdown(t *testing.T) {
 		t.Fatalf("busy client got %q, want its answer", got)
 	}
 	msg = readMsg(t, busy)
-	if msg[0] != 'E' || !bytes.Contains(msg, []byte("C57P01\x00")) {
+	if msg[0] != 'E' || errorCode(msg) != "57P01" {
 		t.Fatalf("busy client got %q after its answer, want ErrorResponse 57P01", msg)
 	}
 	<-busyDone
