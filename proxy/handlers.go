@@ -125,12 +125,14 @@ func (h *clientSide) message(typ byte, msg []byte) error {
 		t := h.s.track
 		switch typ {
 		case 'Q':
-			sql, _, _ := cutNul(msg[5:])
-			t.query(sql, nil, nil)
+			// The text is only looked up in the facts cache (which
+			// copies what it keeps): a view of the buffer, not a copy.
+			sql, _, _ := cutZero(msg[5:])
+			t.query(transient(sql), nil, nil)
 		case 'P':
-			name, rest, _ := cutNul(msg[5:])
-			sql, _, _ := cutNul(rest)
-			t.parse(name, sql, nil, nil)
+			name, rest, _ := cutZero(msg[5:])
+			sql, _, _ := cutZero(rest)
+			t.parse(string(name), transient(sql), nil, nil)
 		case 'B':
 			t.bind(msg)
 		case 'E':

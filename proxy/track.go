@@ -5,9 +5,11 @@ import (
 	"errors"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/pgveil/pgveil/rewrite"
 	"github.com/pgveil/pgveil/rules"
@@ -417,6 +419,16 @@ func (t *tracker) bind(msg []byte) {
 	t.portals[string(portal)] = ts
 }
 
+// transient returns b as a string without copying it, for a callee that
+// reads it and keeps nothing of it (the facts cache copies the text it
+// analyses); b must not change while the string is in use.
+func transient(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b))
+}
+
 // cutZero is cutNul without the copy: the parts alias b.
 func cutZero(b []byte) (before, after []byte, ok bool) {
 	for i, c := range b {
@@ -621,9 +633,16 @@ func tagRows(body []byte) int64 {
 	if sp < 0 {
 		return 0
 	}
-	n, err := strconv.ParseInt(string(body[sp+1:]), 10, 64)
-	if err != nil {
-		return 0
+	digits := body[sp+1:]
+	if len(digits) == 0 || len(digits) > 18 {
+		return 0 // not a count, or more rows than anyone returns
+	}
+	var n int64
+	for _, c := range digits {
+		if c < '0' || c > '9' {
+			return 0
+		}
+		n = n*10 + int64(c-'0')
 	}
 	return n
 }
@@ -689,6 +708,9 @@ func (c *factsCache) lookup(t *tracker, sql string) []*trackedStmt {
 	if ok {
 		norm = string(t.scratch[prefix:])
 	}
+	// sql may be a view of a relay buffer (transient): what the analysis
+	// and the cache keep must not point into it.
+	sql = strings.Clone(sql)
 	grants := t.grants
 	if g, err := policy.Grants(t.base.Roles); err == nil {
 		grants = g

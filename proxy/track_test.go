@@ -140,3 +140,15 @@ func TestTrackerBindDoesNotAllocate(t *testing.T) {
 		t.Fatalf("%.1f allocations per statement", n)
 	}
 }
+
+func TestTagRows(t *testing.T) {
+	for tag, want := range map[string]int64{
+		"SELECT 5\x00": 5, "INSERT 0 12": 12, "COPY 1000000": 1000000, "UPDATE 0": 0,
+		"CREATE TABLE": 0, "SELECT": 0, "SELECT 5x": 0, "SELECT ": 0,
+		"SELECT 999999999999999999": 999999999999999999, "SELECT 99999999999999999999": 0,
+	} {
+		if got := tagRows([]byte(tag)); got != want {
+			t.Errorf("tagRows(%q) = %d, want %d", tag, got, want)
+		}
+	}
+}

@@ -1,0 +1,169 @@
+package integration
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgveil/pgveil/proxy"
+)
+
+// countingSink counts the statement events it gets and remembers whether
+// any lacked what a relayed pgbench-like query must carry.
+type countingSink struct {
+	n   atomic.Int64
+	bad atomic.Int64
+}
+
+func (s *countingSink) Statement(ev *proxy.StatementEvent) {
+	s.n.Add(1)
+	if ev.Fingerprint == "" || len(ev.Uses) == 0 || ev.Outcome != "ok" || ev.Rows != 1 {
+		s.bad.Add(1)
+	}
+}
+
+// TestTrackedRelayAllocatesNothing: a tracked session that passes
+// unchanged (a role that sees everything raw) records each statement
+// without allocating, for simple queries whose constants change every
+// time (the facts cache is keyed by the normalized text) and for
+// unnamed Parse/Bind/Execute/Sync (pgbench -M extended). Allocations
+// would mean garbage collections, which stop the io_uring loop.
+func TestTrackedRelayAllocatesNothing(t *testing.T) {
+	shopProxy(t) // creates the shop schema
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	file := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(file, []byte(shopPolicy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mk, stop, err := newLiveMasking(ctx, file, w.pg.URL("shop_pgveil", "", "shop"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	sink := &countingSink{}
+	p, err := startProxy(fmt.Sprintf("postgres://127.0.0.1:%d/shop?sslmode=disable", w.pg.Port), func(c *proxy.Config) {
+		c.Masking = mk
+		c.Statements = sink
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.close()
+
+	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", p.port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(time.Minute))
+	fe := pgproto3.NewFrontend(conn, conn)
+	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: map[string]string{"user": "shop_dpo", "database": "shop"}})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		msg, err := fe.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e, ok := msg.(*pgproto3.ErrorResponse); ok {
+			t.Fatalf("startup: %s %s", e.Code, e.Message)
+		}
+		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+			break
+		}
+	}
+
+	// Requests encoded beforehand; answers read into one buffer.
+	var simple, extended [][]byte
+	for i := range 8 {
+		sql := fmt.Sprintf("SELECT email FROM customers WHERE id = %d", 1+i%2)
+		simple = append(simple, encodeAll(t, &pgproto3.Query{String: sql}))
+		extended = append(extended, encodeAll(t, &pgproto3.Parse{Query: sql}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}))
+	}
+	buf := make([]byte, 1<<16)
+	var failed error
+	trip := func(req []byte) {
+		if _, err := conn.Write(req); err != nil {
+			failed = err
+			return
+		}
+		if err := readToReady(conn, buf); err != nil {
+			failed = err
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		reqs [][]byte
+	}{{"simple", simple}, {"extended", extended}} {
+		for i := range 100 {
+			trip(tc.reqs[i%len(tc.reqs)])
+		}
+		const n = 2000
+		before := sink.n.Load()
+		var m0, m1 runtime.MemStats
+		runtime.ReadMemStats(&m0)
+		for i := range n {
+			trip(tc.reqs[i%len(tc.reqs)])
+		}
+		runtime.ReadMemStats(&m1)
+		if failed != nil {
+			t.Fatal(failed)
+		}
+		if got := sink.n.Load() - before; got != n {
+			t.Fatalf("%s: %d statements recorded, want %d", tc.name, got, n)
+		}
+		if allocs := float64(m1.Mallocs-m0.Mallocs) / n; allocs > 0.05 {
+			t.Errorf("%s: %.2f allocations per tracked statement, want 0", tc.name, allocs)
+		}
+	}
+	if b := sink.bad.Load(); b > 0 {
+		t.Fatalf("%d events without fingerprint, columns, outcome ok or one row", b)
+	}
+}
+
+func encodeAll(t *testing.T, msgs ...pgproto3.FrontendMessage) []byte {
+	t.Helper()
+	var out []byte
+	for _, m := range msgs {
+		var err error
+		if out, err = m.Encode(out); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+// readToReady reads messages into buf until a ReadyForQuery; an
+// ErrorResponse is an error.
+func readToReady(r io.Reader, buf []byte) error {
+	for {
+		if _, err := io.ReadFull(r, buf[:5]); err != nil {
+			return err
+		}
+		typ, n := buf[0], int(binary.BigEndian.Uint32(buf[1:5]))-4
+		if n < 0 || n > len(buf) {
+			return fmt.Errorf("message %q of %d bytes", typ, n)
+		}
+		if _, err := io.ReadFull(r, buf[:n]); err != nil {
+			return err
+		}
+		switch typ {
+		case 'E':
+			return fmt.Errorf("ErrorResponse: %q", buf[:n])
+		case 'Z':
+			return nil
+		}
+	}
+}
