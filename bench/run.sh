@@ -580,6 +580,29 @@ report() {
 				"$addb" "$addv" "$(fmt_cpu "$bc")" "$(fmt_cpu "$vc")"
 		done
 	done
+	if [[ -n $PGVEIL ]]; then
+		echo
+		echo "pgveil / PgBouncer paired by round (the two runs of a round are back to back, so a slow spell of the machine hits both): median of the rounds' ratios, its distribution-free 95% confidence interval (order statistics; needs 6 rounds or more), and in how many rounds pgveil had the higher TPS."
+		echo
+		echo "| mode | clients | rounds | median pgveil/PgBouncer | 95% CI of the median | rounds pgveil ahead |"
+		echo "|---|---:|---:|---:|---:|---:|"
+		for mode in "${MODES[@]}"; do
+			for clients in "${CLIENTS[@]}"; do
+				awk -v m="$mode" -v c="$clients" '
+					$1 == m && $2 == c && $5 != "NA" && $3 == "pgbouncer" { b[$4] = $5 }
+					$1 == m && $2 == c && $5 != "NA" && $3 == "pgveil" { v[$4] = $5 }
+					END {
+						n = 0; ahead = 0
+						for (r in v) if (r in b) { n++; x[n] = v[r] / b[r]; if (x[n] > 1) ahead++ }
+						for (i = 2; i <= n; i++) { t = x[i]; j = i - 1; while (j >= 1 && x[j] > t) { x[j + 1] = x[j]; j-- } x[j + 1] = t }
+						med = n == 0 ? "–" : sprintf("%.3f", (n % 2) ? x[(n + 1) / 2] : (x[n / 2] + x[n / 2 + 1]) / 2)
+						k = int((n + 1) / 2 - 0.98 * sqrt(n))
+						ci = k < 1 ? "–" : sprintf("%.3f–%.3f", x[k], x[n + 1 - k])
+						printf "| %s | %s | %d | %s | %s | %d of %d |\n", m, c, n, med, ci, ahead, n
+					}' "$RESULTS"
+			done
+		done
+	fi
 	echo
 	echo "<details><summary>all runs (TPS, in run order)</summary>"
 	echo

@@ -9,7 +9,9 @@
 #   masked:       a select by id from a protected table as a masked role.
 # Usage: bash bench/tracking.sh   (BENCH_SECONDS, BENCH_ROUNDS, BENCH_CLIENTS, BENCH_MODES;
 #        BENCH_WORKLOADS; TRACK_PROFILE=cpu.out and PLAIN_PROFILE=cpu.out write CPU
-#        profiles of the tracking and the plain instance)
+#        profiles of the tracking and the plain instance; BENCH_PERF=1 prints,
+#        instead of throughput, the proxy CPU per transaction by function, from
+#        perf, tracked minus plain)
 # Disturbance guard: a round (the pair of runs) during which processes
 # outside the benchmark used more than BENCH_MAX_OTHER_CPU % of the
 # machine (default 10) is repeated, up to BENCH_RETRIES times (default 3);
@@ -145,6 +147,51 @@ median() { sort -g | awk '{a[NR]=$1} END{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/
 # of the numbers on stdin (order statistics k and n+1-k, k = the largest
 # integer <= (n+1)/2 - 0.98 sqrt(n)); "–" for fewer than 6 numbers.
 median_ci() { sort -g | awk '{a[NR]=$1} END{k=int((NR+1)/2 - 0.98*sqrt(NR)); if (k<1) print "–"; else printf "%.3f–%.3f", a[k], a[NR+1-k]}'; }
+# BENCH_PERF=1: instead of the throughput rounds, profile both instances
+# (perf record, cpu-clock, kernel included) during one run each per cell
+# and print where the tracked instance's extra CPU goes: nanoseconds per
+# transaction by function, tracked minus plain. The proxy's CPU per
+# statement is a steadier figure than throughput on a noisy machine.
+if [[ ${BENCH_PERF:-0} == 1 ]]; then
+	command -v perf >/dev/null || { echo "BENCH_PERF=1 needs perf (Debian: linux-perf)" >&2; exit 2; }
+	# profile PORT PID OUT USER MODE CLIENTS SCRIPT -> transactions run
+	profile() {
+		local j=$(($6 < 2 ? $6 : 2)) what=(-S)
+		[[ $7 != builtin ]] && what=(-f "$7")
+		perf record -q -e cpu-clock -F 4999 -p "$2" -o "$3" -- sleep $((SECONDS_PER_RUN + 1)) >/dev/null 2>&1 &
+		local rec=$!
+		sleep 0.5
+		"$PGBIN/pgbench" -n -h 127.0.0.1 -p "$1" -U "$4" "${what[@]}" -M "$5" -c "$6" -j "$j" -T "$SECONDS_PER_RUN" postgres 2>/dev/null |
+			awk '/number of transactions actually processed/{print $NF}'
+		wait "$rec"
+	}
+	# by_symbol FILE TXNS: "DSO SYMBOL<TAB>ns per transaction", sorted
+	by_symbol() {
+		local n
+		n=$(perf script -i "$1" -F comm 2>/dev/null | wc -l)
+		perf report -i "$1" --no-children --sort dso,sym -g none -q --stdio 2>/dev/null |
+			awk -v n="$n" -v t="$2" '{p=$1; sub(/%/, "", p); $1=""; sub(/^ +/, ""); printf "%s\t%.1f\n", $0, p/100*n/4999/t*1e9}' |
+			sort -t$'\t' -k1,1
+	}
+	for workload in ${BENCH_WORKLOADS:-pass-through masked}; do
+		user=app script=builtin
+		[[ $workload == masked ]] && user=analyst script="$WORK/masked.sql"
+		for mode in $MODES; do
+			for c in $CLIENTS; do
+				tp=$(profile "$PLAIN" "$PLAIN_PID" "$WORK/plain.perf" "$user" "$mode" "$c" "$script")
+				tt=$(profile "$TRACK" "$TRACK_PID" "$WORK/track.perf" "$user" "$mode" "$c" "$script")
+				by_symbol "$WORK/plain.perf" "$tp" >"$WORK/plain.sym"
+				by_symbol "$WORK/track.perf" "$tt" >"$WORK/track.sym"
+				echo
+				echo "$workload $mode, $c clients: proxy CPU ns per transaction by function (plain $tp, tracked $tt transactions)"
+				join -t$'\t' -a1 -a2 -e 0 -o 0,1.2,2.2 "$WORK/plain.sym" "$WORK/track.sym" |
+					awk -F'\t' '{a+=$2; b+=$3; printf "%8.0f %8.0f %+8.0f  %s\n", $2, $3, $3-$2, $1} END{printf "%8.0f %8.0f %+8.0f  (all)\n", a, b, b-a > "/dev/stderr"}' 2>"$WORK/total" |
+					sort -k3 -g -r | head -n "${BENCH_PERF_TOP:-25}" | sed '1i\   plain  tracked    extra  function' | cat - "$WORK/total"
+			done
+		done
+	done
+	exit 0
+fi
 echo "| workload | mode | clients | pgveil TPS (best) | pgveil + ledger + audit TPS (best) | tracked / plain (median of $ROUNDS paired rounds) | 95% CI of the median | ratios | proxy CPU µs/txn plain → tracked (medians) | other processes' CPU % (max) |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
 for workload in ${BENCH_WORKLOADS:-pass-through masked}; do
