@@ -69,9 +69,12 @@ func Normalize(dst []byte, sql string, standardStrings bool, ls *LiteralScan) ([
 	for i < n {
 		c := sql[i]
 		switch {
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
+		case byteClass[c]&classSpace != 0:
 			space = true
 			i++
+			for i < n && byteClass[sql[i]]&classSpace != 0 {
+				i++
+			}
 		case c == '-' && i+1 < n && sql[i+1] == '-':
 			for i < n && sql[i] != '\n' {
 				i++
@@ -160,9 +163,9 @@ func Normalize(dst []byte, sql string, standardStrings bool, ls *LiteralScan) ([
 				emitLiteral(i, j, decimalNumber(sql[i:j]))
 			}
 			i = j
-		case isIdentStart(c):
+		case byteClass[c]&classIdentStart != 0:
 			j := i + 1
-			for j < n && isIdentChar(sql[j]) {
+			for j < n && byteClass[sql[j]]&classIdentChar != 0 {
 				j++
 			}
 			word := sql[i:j]
@@ -305,11 +308,30 @@ func decimalNumber(tok string) bool {
 	return true
 }
 
-func isIdentStart(c byte) bool {
-	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || c >= 0x80
-}
+// Byte classes of the scanner, looked up in byteClass: one load per byte
+// instead of a chain of comparisons.
+const (
+	classSpace      = 1 << iota // ' ', \t, \n, \r, \f, \v
+	classIdentStart             // a-z, A-Z, _, and every byte >= 0x80
+	classIdentChar              // classIdentStart, 0-9, $
+)
 
-func isIdentChar(c byte) bool { return isIdentStart(c) || c >= '0' && c <= '9' || c == '$' }
+var byteClass = func() (t [256]uint8) {
+	for _, c := range []byte(" \t\n\r\f\v") {
+		t[c] = classSpace
+	}
+	for c := range 256 {
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || c >= 0x80 {
+			t[c] = classIdentStart | classIdentChar
+		}
+		if c >= '0' && c <= '9' || c == '$' {
+			t[c] = classIdentChar
+		}
+	}
+	return t
+}()
+
+func isIdentChar(c byte) bool { return byteClass[c]&classIdentChar != 0 }
 
 func isHexDigitByte(c byte) bool {
 	return c >= '0' && c <= '9' || c|0x20 >= 'a' && c|0x20 <= 'f'
