@@ -512,7 +512,7 @@ const ringParkTimeout = 100 * time.Millisecond
 // session should go to the io_uring loop now: it passes unchanged over
 // plain sockets, nothing is unanswered, and the proxy is not draining.
 func (s *session) wantRing() bool {
-	return s.srv.ring != nil && !s.ringActive.Load() && !s.ringOff.Load() &&
+	return s.srv.ring != nil && !s.srv.ring.failed.Load() && !s.ringActive.Load() && !s.ringOff.Load() &&
 		!s.clientTLS && !s.serverTLS && s.masked.Load() == nil &&
 		s.pending.Load() == 0 && !s.srv.draining.Load()
 }
@@ -573,13 +573,28 @@ func (s *session) ringReturn(rs *ringSess) [2]*pump {
 		}
 		conns[i] = c
 	}
-	s.toSrv.fromRing(conns[1], rs.w[0].rest())
-	s.toCl.fromRing(conns[0], rs.w[1].rest())
 	var out [2]*pump
-	for i, old := range rs.p {
-		p := newPump(conns[i], old.dst, old.h, old.maxSize, old.count)
-		p.buf, p.r, p.w, p.remaining, p.last, p.rest = old.buf, old.r, old.w, old.remaining, old.last, old.rest
-		out[i] = p
+	if rs.dead {
+		// The loop failed while it held the session (ringLoop.fail): what
+		// it had queued or read may be incomplete or already sent, so
+		// nothing of it is used (the pumps do not run again: rs.err ends
+		// the session), and the sockets are shut down when closed.
+		for i := range 2 {
+			conns[i] = shutdownOnClose{conns[i]}
+		}
+		s.toSrv.fromRing(conns[1], nil)
+		s.toCl.fromRing(conns[0], nil)
+		for i, old := range rs.p {
+			out[i] = newPump(conns[i], old.dst, old.h, old.maxSize, old.count)
+		}
+	} else {
+		s.toSrv.fromRing(conns[1], rs.w[0].rest())
+		s.toCl.fromRing(conns[0], rs.w[1].rest())
+		for i, old := range rs.p {
+			p := newPump(conns[i], old.dst, old.h, old.maxSize, old.count)
+			p.buf, p.r, p.w, p.remaining, p.last, p.rest = old.buf, old.r, old.w, old.remaining, old.last, old.rest
+			out[i] = p
+		}
 	}
 	s.ringMu.Lock()
 	s.client, s.server = conns[0], conns[1]

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -233,10 +234,19 @@ type ringLoop struct {
 
 	mu   sync.Mutex
 	reqs []ringReq
+	dead bool // the loop failed (fail); under mu
 
 	slots []*ringSess // index 0 is the wake-up
 	free  []uint32
 	batch []ringReq
+
+	// failed is dead for readers without the lock (wantRing).
+	failed atomic.Bool
+	// graveyard keeps the sessions the loop held when it failed: the
+	// kernel still has their buffers' addresses (see fail).
+	graveyard []*ringSess
+	// failNext makes the loop fail at its next wake-up (tests).
+	failNext atomic.Bool
 }
 
 type ringReq struct {
@@ -258,6 +268,9 @@ type ringSess struct {
 	// err is how each pump ended, if it did.
 	err     [2]error
 	leaving bool
+	// dead: the loop failed while it held the session (fail); released:
+	// the loop closed left.
+	dead, released bool
 	// left is closed by the loop when it let go of the session;
 	// swapped by the session's goroutine once it has connections again.
 	left, swapped chan struct{}
@@ -273,10 +286,9 @@ var (
 // and the reason when io_uring cannot be used here.
 func sharedRing() (*ringLoop, error) {
 	ringOnce.Do(func() {
-		l := &ringLoop{slots: []*ringSess{nil}}
-		started := make(chan error)
-		go l.run(started)
-		if ringErr = <-started; ringErr != nil {
+		l, err := startRingLoop()
+		if err != nil {
+			ringErr = err
 			return
 		}
 		// The loop keeps its core while it waits (see above).
@@ -284,6 +296,18 @@ func sharedRing() (*ringLoop, error) {
 		ringInst = l
 	})
 	return ringInst, ringErr
+}
+
+// startRingLoop starts an event loop (the process uses one, sharedRing;
+// tests may start their own).
+func startRingLoop() (*ringLoop, error) {
+	l := &ringLoop{slots: []*ringSess{nil}}
+	started := make(chan error)
+	go l.run(started)
+	if err := <-started; err != nil {
+		return nil, err
+	}
+	return l, nil
 }
 
 // IOUringAvailable reports why the io_uring relay (Config.IOUring) cannot
@@ -296,6 +320,14 @@ func IOUringAvailable() error {
 // post hands a request to the loop.
 func (l *ringLoop) post(q ringReq) {
 	l.mu.Lock()
+	if l.dead {
+		l.mu.Unlock()
+		if !q.leave {
+			// Never adopted: the session goes on with goroutines.
+			close(q.rs.left)
+		}
+		return
+	}
 	l.reqs = append(l.reqs, q)
 	l.mu.Unlock()
 	one := [8]byte{1}
@@ -333,6 +365,22 @@ func (l *ringLoop) run(started chan error) {
 	l.r, l.evfd = r, int(fd)
 	l.armWake()
 	started <- nil
+	l.serve()
+	// The loop failed. Its thread must neither exit nor enter the ring
+	// again (see fail): it waits here for good.
+	select {}
+}
+
+// serve runs the loop until it fails: a panic outside the pumps (which
+// recover per session) is a bug in the loop itself, and an unexpected
+// io_uring_enter error leaves it unable to go on.
+func (l *ringLoop) serve() {
+	defer func() {
+		if v := recover(); v != nil {
+			l.fail(v, debug.Stack())
+		}
+	}()
+	r := l.r
 	for {
 		r.enter(1, len(l.slots) == len(l.free)+1)
 		head := atomic.LoadUint32(r.cqHead)
@@ -346,10 +394,63 @@ func (l *ringLoop) run(started chan error) {
 	}
 }
 
+// fail ends the loop after a panic (v, stack) outside the pumps. Its
+// state cannot be trusted any more — a completion may have been taken
+// from the ring without being handled, so bytes may be lost or sent
+// twice — so the sessions it holds end, each with SQLSTATE XX000, and the
+// proxy carries on without it: new sessions and those that were not in
+// the loop are relayed by goroutines.
+//
+// The ring is not closed and the loop's thread neither exits nor enters
+// it again: with IORING_SETUP_DEFER_TASKRUN, the operations still
+// outstanding (receives into the pumps' buffers, sends from the queues)
+// make progress only in that thread's io_uring_enter, or when it exits
+// or the ring is closed — so, left alone, the kernel never touches that
+// memory again (and graveyard keeps it allocated). Their sockets are shut
+// down when the sessions end, since the ring's references keep them open.
+func (l *ringLoop) fail(v any, stack []byte) {
+	l.mu.Lock()
+	l.dead = true
+	pending := l.reqs
+	l.reqs = nil
+	l.mu.Unlock()
+	l.failed.Store(true)
+	logged := false
+	for _, rs := range l.slots {
+		if rs == nil || rs.released {
+			continue
+		}
+		if !logged {
+			logged = true
+			rs.s.srv.log.Error("io_uring relay failed: the sessions it carried were ended; new sessions are relayed with goroutines",
+				"panic", fmt.Sprint(v), "stack", string(stack))
+		}
+		rs.dead, rs.released = true, true
+		l.graveyard = append(l.graveyard, rs)
+		e := &clientError{code: codeInternalError, msg: "pgveil: internal error in the io_uring relay; the session was ended", kind: "internal_error"}
+		rs.err = [2]error{e, e}
+		close(rs.left)
+	}
+	clear(l.slots)
+	// Requests the loop had not handled yet (in batch, those after the
+	// one it failed on; entries it handled are cleared or adopted): a
+	// session it never adopted goes on with goroutines; a leave is moot.
+	for _, q := range append(l.batch, pending...) {
+		if q.rs != nil && !q.leave && !q.rs.released && q.rs.slot == 0 {
+			q.rs.released = true
+			close(q.rs.left)
+		}
+	}
+	clear(l.batch)
+}
+
 func (l *ringLoop) complete(ud uint64, res int32) {
 	kind, slot := ud&(1<<ringKindBits-1), uint32(ud>>ringKindBits)
 	switch kind {
 	case ringWake:
+		if l.failNext.Load() {
+			panic("io_uring loop: failure requested by a test")
+		}
 		l.mu.Lock()
 		l.batch, l.reqs = l.reqs, l.batch[:0]
 		l.mu.Unlock()
@@ -538,6 +639,7 @@ func (l *ringLoop) maybeLet(rs *ringSess) {
 	l.slots[rs.slot] = nil
 	l.free = append(l.free, rs.slot)
 	rs.slot = 0
+	rs.released = true
 	close(rs.left)
 }
 
@@ -603,6 +705,29 @@ func fdConn(fd int) (net.Conn, error) {
 	f := os.NewFile(uintptr(fd), "socket")
 	defer f.Close()
 	return net.FileConn(f)
+}
+
+// shutdownOnClose is a connection over a socket that a failed loop's ring
+// still references (which keeps the socket open after the last close of
+// a descriptor): Close shuts the socket down first, so that the peer sees
+// the end of the connection.
+type shutdownOnClose struct{ net.Conn }
+
+func (c shutdownOnClose) Close() error {
+	if sc, ok := c.Conn.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			_ = rc.Control(func(fd uintptr) { _ = syscall.Shutdown(int(fd), syscall.SHUT_RDWR) })
+		}
+	}
+	return c.Conn.Close()
+}
+
+// CloseWrite is the connection's, as session.drainClient uses it.
+func (c shutdownOnClose) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
 }
 
 // closedConn stands in for a connection that could not be made again; every

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
 	"runtime"
+	"syscall"
 	"testing"
 	"time"
 
@@ -72,6 +74,14 @@ func ringServer(t *testing.T) (*Server, *tcpUpstream) {
 // the client and server ends once the session is in the loop.
 func ringSession(t *testing.T, srv *Server, f *tcpUpstream) (client, server net.Conn, done chan struct{}) {
 	t.Helper()
+	client, server, done = startedSession(t, srv, f)
+	waitRing(t, srv, true)
+	return client, server, done
+}
+
+// startedSession connects a client over TCP and runs the startup.
+func startedSession(t *testing.T, srv *Server, f *tcpUpstream) (client, server net.Conn, done chan struct{}) {
+	t.Helper()
 	client, p := tcpPair(t)
 	done = serveSession(t, srv, client, p)
 	_ = client.SetDeadline(time.Now().Add(20 * time.Second))
@@ -84,7 +94,6 @@ func ringSession(t *testing.T, srv *Server, f *tcpUpstream) (client, server net.
 	for range 3 {
 		readMsg(t, client)
 	}
-	waitRing(t, srv, true)
 	return client, server, done
 }
 
@@ -315,4 +324,63 @@ func TestRingAllocatesNothing(t *testing.T) {
 		t.Errorf("%.2f allocations per round trip through the io_uring loop, want 0", allocs)
 	}
 	waitRing(t, srv, true)
+}
+
+// TestRingLoopFails: when the loop itself fails (a panic outside the
+// pumps, or an io_uring_enter error), the sessions it holds end with
+// XX000 and their sockets are shut down (the ring's references would keep
+// them open); the process goes on, and new sessions are relayed with
+// goroutines. The test uses a loop of its own, not the process's.
+func TestRingLoopFails(t *testing.T) {
+	srv, f := ringServer(t)
+	l, err := startRingLoop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.ring = l
+	idle, idleServer, idleDone := ringSession(t, srv, f)
+	busy, busyServer, busyDone := ringSession(t, srv, f)
+	q := encode(t, &pgproto3.Query{String: "select 1"})
+	write(t, busy, q)
+	if got := readN(t, busyServer, len(q)); !bytes.Equal(got, q) {
+		t.Fatalf("server got %q", got)
+	}
+
+	l.failNext.Store(true)
+	one := [8]byte{1}
+	if _, err := syscall.Write(l.evfd, one[:]); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name           string
+		client, server net.Conn
+		done           chan struct{}
+	}{{"idle", idle, idleServer, idleDone}, {"busy", busy, busyServer, busyDone}} {
+		msg := readMsg(t, c.client)
+		if msg[0] != 'E' || errorCode(msg) != codeInternalError {
+			t.Fatalf("%s client got %q, want ErrorResponse XX000", c.name, msg)
+		}
+		if rest, err := io.ReadAll(c.client); err != nil || len(rest) > 0 {
+			t.Fatalf("%s client: %q, %v after the error, want the end of the connection", c.name, rest, err)
+		}
+		_ = c.server.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadAll(c.server); err != nil {
+			t.Fatalf("%s upstream connection not closed: %v", c.name, err)
+		}
+		<-c.done
+	}
+	if !l.failed.Load() {
+		t.Fatal("the loop is not marked failed")
+	}
+
+	// The proxy goes on: a new session works, relayed with goroutines.
+	client, server, _ := startedSession(t, srv, f)
+	for i := range 3 {
+		roundTrip(t, client, server, fmt.Sprint("after ", i))
+	}
+	for _, s := range srv.appendSessions(nil) {
+		if s.ringActive.Load() {
+			t.Fatal("a session entered the failed loop")
+		}
+	}
 }
