@@ -53,7 +53,9 @@ import (
 // idle ReadyForQuery) or when anything else ends it (session.end calls
 // leaveRing first): the loop cancels its outstanding operations, and the
 // session gets new net.Conns over the same sockets, sends what was still
-// queued, and the existing code finishes it exactly as before.
+// queued, and the existing code finishes it exactly as before. If the loop
+// itself fails (ringLoop.fail), the sessions it holds end with XX000 and
+// every session from then on is relayed with goroutines.
 
 const (
 	sysIOUringSetup = 425 // the same number on every Linux architecture
