@@ -44,7 +44,11 @@ import (
 // preemption request (the garbage collector stopping the world, say)
 // interrupts the wait with a signal (EINTR); the loop then yields
 // (runtime.Gosched) before it waits again. With no session it waits as an
-// ordinary blocking system call.
+// ordinary blocking system call, and so does the rest of a wait that was
+// interrupted: the runtime preempts a goroutine that has run for 10 ms,
+// so such a wait is an idle spell, and waiting on with the raw call would
+// mean a preemption signal every 10 ms until traffic resumes (0.8–0.9% of
+// a CPU for ten idle sessions, against 0–0.2% now).
 //
 // Everything else stays with the session's goroutines: the startup,
 // authentication and the first ReadyForQuery, masked and TLS sessions,
@@ -175,9 +179,9 @@ func (r *uring) sqe() *uringSQE {
 }
 
 // enter submits the queued entries and waits until at least wait
-// completions are there. With idle set (the loop holds no session) it
-// waits as an ordinary blocking system call, which lets the runtime use
-// the loop's core meanwhile.
+// completions are there. With idle set (the loop holds no session), and
+// after an interruption, it waits as an ordinary blocking system call,
+// which lets the runtime use the loop's core meanwhile.
 func (r *uring) enter(wait uint32, idle bool) {
 	atomic.StoreUint32(r.sqTail, r.tail)
 	n := r.toSubmit
@@ -202,6 +206,12 @@ func (r *uring) enter(wait uint32, idle bool) {
 		case syscall.EINTR:
 			// A signal, possibly a preemption request: let it happen.
 			runtime.Gosched()
+			// The runtime preempts a goroutine that has run 10 ms: a
+			// wait that long is an idle spell, which goes on as an
+			// ordinary blocking system call (giving the core back)
+			// rather than being preempted every 10 ms until traffic
+			// resumes.
+			idle = true
 			continue
 		case syscall.EAGAIN, syscall.EBUSY:
 			// The completion queue is full: the caller reaps it.
