@@ -264,7 +264,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	metrics.WatchTotals(func() admin.Totals {
 		st := srv.Stats()
-		return admin.Totals{ClientBytes: st.ClientBytes, ServerBytes: st.ServerBytes, PlanCacheHits: st.PlanCacheHits, PlanCacheMisses: st.PlanCacheMisses, PlanTemplateHits: st.PlanTemplateHits}
+		return admin.Totals{ClientBytes: st.ClientBytes, ServerBytes: st.ServerBytes, PlanCacheHits: st.PlanCacheHits, PlanCacheMisses: st.PlanCacheMisses, PlanTemplateHits: st.PlanTemplateHits,
+			IOUringUp: st.RingUp, IOUringSessions: st.RingSessions}
 	})
 	rl := newReloader(f.policy, src, f.certs, srv, metrics, log)
 	if kr, ok := keySvc.(*vaultkms.Keyring); ok {

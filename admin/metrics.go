@@ -46,6 +46,10 @@ type Metrics struct {
 type Totals struct {
 	ClientBytes, ServerBytes                         int64
 	PlanCacheHits, PlanCacheMisses, PlanTemplateHits uint64
+	// IOUringUp: the io_uring relay is in use; IOUringSessions: the
+	// sessions it carries now.
+	IOUringUp       bool
+	IOUringSessions int
 }
 
 // NewMetrics registers pgveil's metrics (and the Go and process
@@ -212,6 +216,15 @@ func (m *Metrics) WatchTotals(f func() Totals) {
 			func() float64 { return float64(f().PlanCacheMisses) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "pgveil_plan_cache_template_hits_total", Help: "Plan cache hits answered by a statement template (a new text whose shape was known; included in pgveil_plan_cache_hits_total)."},
 			func() float64 { return float64(f().PlanTemplateHits) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pgveil_io_uring_up", Help: "1 while the io_uring relay is in use; 0 when it is off (--io-uring off), unavailable (kernel, seccomp) or failed (see the log)."},
+			func() float64 {
+				if f().IOUringUp {
+					return 1
+				}
+				return 0
+			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pgveil_io_uring_sessions", Help: "Sessions the io_uring relay carries now (idle sessions that pass unchanged over plain sockets)."},
+			func() float64 { return float64(f().IOUringSessions) }),
 	)
 }
 

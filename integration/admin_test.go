@@ -73,13 +73,26 @@ func TestAdminEndpoints(t *testing.T) {
 	if _, err := held.Exec(ctx, "BEGIN"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "the metrics", func() bool {
+	// The held session, idle in its transaction, is on the io_uring loop
+	// when the relay runs.
+	ring := "pgveil_io_uring_up 1\n"
+	ringSessions := "pgveil_io_uring_sessions 1\n"
+	if relay == "off" {
+		ring, ringSessions = "pgveil_io_uring_up 0\n", "pgveil_io_uring_sessions 0\n"
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		_, body := get("/metrics")
-		return strings.Contains(body, `pgveil_sessions_ended_total{outcome="ok"} 3`) &&
+		if strings.Contains(body, `pgveil_sessions_ended_total{outcome="ok"} 3`) &&
 			strings.Contains(body, "pgveil_client_connections_total 4") &&
 			strings.Contains(body, "pgveil_sessions_active 1") &&
-			strings.Contains(body, "pgveil_upstream_connect_seconds_count 4")
-	})
+			strings.Contains(body, "pgveil_upstream_connect_seconds_count 4") &&
+			strings.Contains(body, ring) && strings.Contains(body, ringSessions) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics lacks what is expected (%q and %q among others):\n%s", ring, ringSessions, body)
+		}
+	}
 	// --procs 1, and one scheduler core more for the io_uring loop when
 	// it runs (set in that order: the loop's core must not be taken away).
 	procs := "go_sched_gomaxprocs_threads 2"

@@ -225,7 +225,7 @@ func New(cfg Config) (*Server, error) {
 
 // IOUring reports whether idle pass-through sessions go to the io_uring
 // relay (Config.IOUring).
-func (s *Server) IOUring() bool { return s.ring != nil }
+func (s *Server) IOUring() bool { return s.ring != nil && !s.ring.failed.Load() }
 
 // Serve accepts connections on ln until Shutdown; it returns ErrServerClosed
 // after Shutdown and another error if accepting fails.
@@ -541,6 +541,10 @@ type Stats struct {
 	// PlanTemplateHits are the hits a statement template answered (a text
 	// seen for the first time whose shape was known; rewrite/template.go).
 	PlanCacheHits, PlanCacheMisses, PlanTemplateHits uint64
+	// RingUp says the io_uring relay is in use (Config.IOUring, and its
+	// loop has not failed); RingSessions counts the sessions it carries.
+	RingUp       bool
+	RingSessions int
 }
 
 // Stats returns the running totals.
@@ -551,8 +555,12 @@ func (s *Server) Stats() Stats {
 		st.ClientBytes += sess.bytesIn.Load()
 		st.ServerBytes += sess.bytesOut.Load()
 		st.Queries += sess.queries.Load()
+		if sess.ringActive.Load() {
+			st.RingSessions++
+		}
 	}
 	s.mu.Unlock()
+	st.RingUp = s.IOUring()
 	st.PlanCacheHits, st.PlanCacheMisses = s.cache.Stats()
 	st.PlanTemplateHits = s.cache.ShapeHits()
 	return st
