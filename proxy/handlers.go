@@ -99,6 +99,22 @@ func (h *clientSide) note(typ byte) error {
 	case 'c', 'f':
 		if h.masked != nil {
 			h.masked.copyEnd()
+		} else {
+			h.s.plainCopyEnded()
+		}
+	}
+	if h.masked == nil {
+		// A relayed session's COPY FROM STDIN (copyrelay.go).
+		switch typ {
+		case 'S':
+			h.s.plainSync()
+			return nil
+		case 'Q':
+			h.s.syncSent()
+			h.s.pcopy.mark.Store(h.s.syncsSent.Load())
+			return nil
+		case 'E':
+			h.s.pcopy.mark.Store(h.s.syncsSent.Load())
 		}
 	}
 	switch typ {
@@ -137,11 +153,12 @@ func (h *clientSide) message(typ byte, msg []byte) error {
 			t.bind(msg)
 		case 'E':
 			t.execute(msg)
-		case 'S', 'F':
-			t.syncPoint(typ == 'F')
+		case 'F':
+			t.syncPoint(true)
 		case 'C':
 			t.close(msg)
 		}
+		// A Sync's sync point is the tracker's too (note, plainSync).
 		return h.note(typ)
 	}
 	var out []byte
@@ -403,12 +420,11 @@ func (h *serverSide) class(typ byte) msgClass {
 	case 'S':
 		return classPeek
 	case 'G':
-		if h.masked != nil {
-			// It decides which Syncs the server ignores (copysync.go).
-			return classPeek
-		}
+		// It decides which Syncs the server ignores (copysync.go,
+		// copyrelay.go).
+		return classPeek
 	case 'C':
-		if h.s.srv.cfg.Masking != nil {
+		if h.s.srv.cfg.Masking != nil || h.s.pcopy.in.Load() {
 			return classPeek
 		}
 	case 'R', 'K':
@@ -455,6 +471,14 @@ func (h *serverSide) message(typ byte, msg []byte) error {
 			if err := h.masked.copyAnswer(typ); err != nil {
 				return err
 			}
+		}
+	} else {
+		// A relayed session's COPY FROM STDIN (copyrelay.go).
+		switch typ {
+		case 'G':
+			s.plainCopyStarted()
+		case 'C', 'E':
+			s.plainCopyEnded()
 		}
 	}
 	if h.withhold {

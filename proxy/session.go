@@ -139,6 +139,9 @@ type session struct {
 	admitted, console bool
 	// syncsSent and syncsDone count sync points sent and answered.
 	syncsSent, syncsDone atomic.Uint64
+	// pcopy keeps a relayed session's count right around COPY FROM STDIN
+	// (copyrelay.go).
+	pcopy plainCopy
 	// swallows lists answers the proxy caused itself (CloseComplete and
 	// ParseComplete of a statement prepared again) that the server side
 	// drops, per batch (the sync point they precede); swallowing says

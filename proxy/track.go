@@ -482,6 +482,20 @@ func (t *tracker) syncPoint(functionCall bool) {
 	t.mu.Unlock()
 }
 
+// dropTrailingSyncs takes up to n sync points off the end of the queue
+// (the Syncs a server ignored during COPY FROM STDIN, copyrelay.go: the
+// client sends nothing else after the Execute of such a COPY).
+func (t *tracker) dropTrailingSyncs(n int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for ; n > 0 && len(t.queue) > t.qh && t.queue[len(t.queue)-1].sync; n-- {
+		t.queue = t.queue[:len(t.queue)-1]
+	}
+	if t.qh == len(t.queue) {
+		t.queue, t.qh = t.queue[:0], 0
+	}
+}
+
 // next removes and returns the oldest unanswered statement, if any before
 // the next sync point.
 func (t *tracker) next() (pending, bool) {
