@@ -1,13 +1,10 @@
 package integration
 
 import (
-	"context"
 	"encoding/binary"
 	"fmt"
 	"io"
-	"net"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -45,51 +42,8 @@ func (r *recordingSink) events() []proxy.StatementEvent {
 // loop). Before, the statements after the COPY were recorded one answer
 // late and the session never counted as idle again.
 func TestRelayedCopySync(t *testing.T) {
-	shopProxy(t) // creates the shop schema
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	file := filepath.Join(t.TempDir(), "policy.yaml")
-	if err := os.WriteFile(file, []byte(shopPolicy), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	mk, stop, err := newLiveMasking(ctx, file, w.pg.URL("shop_pgveil", "", "shop"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stop()
 	sink := &recordingSink{}
-	p, err := startProxy(fmt.Sprintf("postgres://127.0.0.1:%d/shop?sslmode=disable", w.pg.Port), func(c *proxy.Config) {
-		c.Masking = mk
-		c.Statements = sink
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.close()
-
-	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", p.port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(time.Minute))
-	fe := pgproto3.NewFrontend(conn, conn)
-	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: map[string]string{"user": "shop_dpo", "database": "shop"}})
-	if err := fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	for {
-		msg, err := fe.Receive()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if e, ok := msg.(*pgproto3.ErrorResponse); ok {
-			t.Fatalf("startup: %s %s", e.Code, e.Message)
-		}
-		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
-			break
-		}
-	}
+	p, conn := rawTrackedSession(t, sink)
 	buf := make([]byte, 1<<16)
 	send := func(msgs ...pgproto3.FrontendMessage) {
 		t.Helper()

@@ -39,51 +39,8 @@ func (s *countingSink) Statement(ev *proxy.StatementEvent) {
 // unnamed Parse/Bind/Execute/Sync (pgbench -M extended). Allocations
 // would mean garbage collections, which stop the io_uring loop.
 func TestTrackedRelayAllocatesNothing(t *testing.T) {
-	shopProxy(t) // creates the shop schema
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	file := filepath.Join(t.TempDir(), "policy.yaml")
-	if err := os.WriteFile(file, []byte(shopPolicy), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	mk, stop, err := newLiveMasking(ctx, file, w.pg.URL("shop_pgveil", "", "shop"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stop()
 	sink := &countingSink{}
-	p, err := startProxy(fmt.Sprintf("postgres://127.0.0.1:%d/shop?sslmode=disable", w.pg.Port), func(c *proxy.Config) {
-		c.Masking = mk
-		c.Statements = sink
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.close()
-
-	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", p.port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(time.Minute))
-	fe := pgproto3.NewFrontend(conn, conn)
-	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: map[string]string{"user": "shop_dpo", "database": "shop"}})
-	if err := fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	for {
-		msg, err := fe.Receive()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if e, ok := msg.(*pgproto3.ErrorResponse); ok {
-			t.Fatalf("startup: %s %s", e.Code, e.Message)
-		}
-		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
-			break
-		}
-	}
+	_, conn := rawTrackedSession(t, sink)
 
 	// Requests encoded beforehand; answers read into one buffer.
 	var simple, extended [][]byte
@@ -130,6 +87,57 @@ func TestTrackedRelayAllocatesNothing(t *testing.T) {
 	}
 	if b := sink.bad.Load(); b > 0 {
 		t.Fatalf("%d events without fingerprint, columns, outcome ok or one row", b)
+	}
+}
+
+// rawTrackedSession starts a proxy enforcing shopPolicy on database shop
+// with sink recording statements, and opens a session as shop_dpo (who
+// sees everything raw: relayed unchanged) over a bare connection, ready
+// for raw protocol messages. Both end with the test.
+func rawTrackedSession(t *testing.T, sink proxy.StatementSink) (*proxyInstance, net.Conn) {
+	t.Helper()
+	shopProxy(t) // creates the shop schema
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	file := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(file, []byte(shopPolicy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mk, stop, err := newLiveMasking(ctx, file, w.pg.URL("shop_pgveil", "", "shop"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	p, err := startProxy(fmt.Sprintf("postgres://127.0.0.1:%d/shop?sslmode=disable", w.pg.Port), func(c *proxy.Config) {
+		c.Masking = mk
+		c.Statements = sink
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.close)
+	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", p.port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	conn.SetDeadline(time.Now().Add(time.Minute))
+	fe := pgproto3.NewFrontend(conn, conn)
+	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: map[string]string{"user": "shop_dpo", "database": "shop"}})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		msg, err := fe.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e, ok := msg.(*pgproto3.ErrorResponse); ok {
+			t.Fatalf("startup: %s %s", e.Code, e.Message)
+		}
+		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+			return p, conn
+		}
 	}
 }
 
