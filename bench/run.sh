@@ -26,6 +26,11 @@
 #                  waiting up to 60 s for the machine to calm down       [3]
 #   BENCH_WAIT_IDLE  before benchmarking, wait up to this many seconds for
 #                  the machine to be idle (< BENCH_MAX_OTHER_CPU)        [120]
+#   BENCH_HUGE_PAGES  PostgreSQL's shared memory in huge pages: auto (when
+#                  free or, as root, reservable: vm.nr_hugepages is raised
+#                  for the run and restored), on (fail otherwise), off.
+#                  Without them direct and pgveil runs start cold backends
+#                  that PgBouncer's pool does not (bench/lib.sh)      [auto]
 #   BENCH_CPU_POLL 1 = hold /dev/cpu_dma_latency at 0 during the runs so idle
 #                  CPUs poll instead of halting (needs root; see README),
 #                  0 = leave CPU idle states alone, auto = 1 if writable  [auto]
@@ -159,6 +164,7 @@ cleanup() {
 		as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w -t 30 stop >/dev/null 2>&1 ||
 			log "pg_ctl stop failed"
 	fi
+	release_huge_pages
 	if ((rc != 0)); then
 		local f
 		for f in "$WORK"/postgres.log "$WORK"/pgbouncer.log "$WORK"/pgveil.log; do
@@ -288,6 +294,10 @@ fsync = off
 synchronous_commit = off
 full_page_writes = off
 EOF
+# Huge pages when the machine allows (lib.sh: why).
+reserve_huge_pages "$PGDATA" || die "huge pages unavailable"
+echo "huge_pages = $HUGE_PAGES" >>"$PGDATA/postgresql.conf"
+log "huge pages: $HUGE_NOTE"
 PG_STARTED=1
 as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$WORK/postgres.log" -w -t 60 start >/dev/null ||
 	die "pg_ctl start failed"
@@ -545,6 +555,7 @@ report() {
 		echo "- pgveil: skipped (SKIP_PGVEIL=1)"
 	fi
 	echo "- scale $BENCH_SCALE; PgBouncer pool_mode=session, default_pool_size=20; PostgreSQL fsync=off; all processes on loopback"
+	echo "- PostgreSQL huge pages: $HUGE_NOTE"
 	if [[ $BENCH_CPU_POLL == 1 ]]; then
 		echo "- BENCH_CPU_POLL=1: /dev/cpu_dma_latency held at 0 µs, idle CPUs poll instead of halting"
 	else
