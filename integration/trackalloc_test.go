@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -155,23 +154,4 @@ func encodeAll(t *testing.T, msgs ...pgproto3.FrontendMessage) []byte {
 
 // readToReady reads messages into buf until a ReadyForQuery; an
 // ErrorResponse is an error.
-func readToReady(r io.Reader, buf []byte) error {
-	for {
-		if _, err := io.ReadFull(r, buf[:5]); err != nil {
-			return err
-		}
-		typ, n := buf[0], int(binary.BigEndian.Uint32(buf[1:5]))-4
-		if n < 0 || n > len(buf) {
-			return fmt.Errorf("message %q of %d bytes", typ, n)
-		}
-		if _, err := io.ReadFull(r, buf[:n]); err != nil {
-			return err
-		}
-		switch typ {
-		case 'E':
-			return fmt.Errorf("ErrorResponse: %q", buf[:n])
-		case 'Z':
-			return nil
-		}
-	}
-}
+func readToReady(r io.Reader, buf []byte) error { return readUntil(r, buf, 'Z') }

@@ -515,7 +515,7 @@ const ringParkTimeout = 100 * time.Millisecond
 // session should go to the io_uring loop now: it passes unchanged over
 // plain sockets, nothing is unanswered, and the proxy is not draining.
 func (s *session) wantRing() bool {
-	return s.srv.ring != nil && !s.srv.ring.failed.Load() && !s.ringActive.Load() && !s.ringOff.Load() &&
+	return s.srv.IOUring() && !s.ringActive.Load() && !s.ringOff.Load() &&
 		!s.clientTLS && !s.serverTLS && s.masked.Load() == nil &&
 		s.pending.Load() == 0 && !s.srv.draining.Load()
 }

@@ -246,13 +246,14 @@ type ringLoop struct {
 
 	mu   sync.Mutex
 	reqs []ringReq
-	dead bool // the loop failed (fail); under mu
 
 	slots []*ringSess // index 0 is the wake-up
 	free  []uint32
 	batch []ringReq
 
-	// failed is dead for readers without the lock (wantRing).
+	// failed says the loop failed (fail). It is set under mu, so that
+	// post, which checks it under mu, never queues a request fail will
+	// not see; others read it without the lock (wantRing).
 	failed atomic.Bool
 	// graveyard keeps the sessions the loop held when it failed: the
 	// kernel still has their buffers' addresses (see fail).
@@ -332,7 +333,7 @@ func IOUringAvailable() error {
 // post hands a request to the loop.
 func (l *ringLoop) post(q ringReq) {
 	l.mu.Lock()
-	if l.dead {
+	if l.failed.Load() {
 		l.mu.Unlock()
 		if !q.leave {
 			// Never adopted: the session goes on with goroutines.
@@ -422,11 +423,10 @@ func (l *ringLoop) serve() {
 // down when the sessions end, since the ring's references keep them open.
 func (l *ringLoop) fail(v any, stack []byte) {
 	l.mu.Lock()
-	l.dead = true
+	l.failed.Store(true)
 	pending := l.reqs
 	l.reqs = nil
 	l.mu.Unlock()
-	l.failed.Store(true)
 	logged := false
 	for _, rs := range l.slots {
 		if rs == nil || rs.released {
