@@ -8,6 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -155,3 +158,73 @@ func encodeAll(t *testing.T, msgs ...pgproto3.FrontendMessage) []byte {
 // readToReady reads messages into buf until a ReadyForQuery; an
 // ErrorResponse is an error.
 func readToReady(r io.Reader, buf []byte) error { return readUntil(r, buf, 'Z') }
+
+// shapeSink records the normalized text and the columns (with clauses)
+// of each statement event.
+type shapeSink struct {
+	mu  sync.Mutex
+	evs []string
+}
+
+func (s *shapeSink) Statement(ev *proxy.StatementEvent) {
+	cols := make([]string, 0, len(ev.Uses))
+	for _, u := range ev.Uses {
+		cols = append(cols, fmt.Sprintf("%s.%s:%v", u.Column.Table, u.Column.Column, u.Clauses))
+	}
+	slices.Sort(cols)
+	s.mu.Lock()
+	s.evs = append(s.evs, ev.Normalized+" | "+strings.Join(cols, " "))
+	s.mu.Unlock()
+}
+
+// TestTrackedRelayShapes: a relayed session's statements are attributed by
+// their own text although the tracker reuses the last analysis for a text
+// that differs from the previous one only in its constants
+// (rewrite.SameShape): a changed constant keeps the facts; a changed
+// column, condition or positional ORDER BY reference gets new ones.
+func TestTrackedRelayShapes(t *testing.T) {
+	sink := &shapeSink{}
+	_, conn := rawTrackedSession(t, sink)
+	buf := make([]byte, 1<<16)
+	texts := []string{
+		"SELECT email FROM customers WHERE id = 1",
+		"SELECT email FROM customers WHERE id = 22",
+		"SELECT name FROM customers WHERE id = 3",
+		"SELECT name FROM customers WHERE id = 4 OR ssn = '5'",
+		"SELECT name FROM customers WHERE id = 6 OR ssn = 'it''s'",
+		"SELECT email, name FROM customers ORDER BY 1",
+		"SELECT email, name FROM customers ORDER BY 2",
+		"SELECT email FROM customers WHERE id = 7",
+	}
+	for _, sql := range texts {
+		if _, err := conn.Write(encodeAll(t, &pgproto3.Query{String: sql})); err != nil {
+			t.Fatal(err)
+		}
+		if err := readToReady(conn, buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []string{
+		"SELECT email FROM customers WHERE id = ? | customers.email:output customers.id:filter",
+		"SELECT email FROM customers WHERE id = ? | customers.email:output customers.id:filter",
+		"SELECT name FROM customers WHERE id = ? | customers.id:filter customers.name:output",
+		"SELECT name FROM customers WHERE id = ? OR ssn = ? | customers.id:filter customers.name:output customers.ssn:filter",
+		"SELECT name FROM customers WHERE id = ? OR ssn = ? | customers.id:filter customers.name:output customers.ssn:filter",
+		"SELECT email, name FROM customers ORDER BY 1 | customers.email:output|group-order customers.name:output",
+		"SELECT email, name FROM customers ORDER BY 2 | customers.email:output customers.name:output|group-order",
+		"SELECT email FROM customers WHERE id = ? | customers.email:output customers.id:filter",
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		sink.mu.Lock()
+		got := slices.Clone(sink.evs)
+		sink.mu.Unlock()
+		if len(got) >= len(want) || time.Now().After(deadline) {
+			if !slices.Equal(got, want) {
+				t.Fatalf("events:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -177,9 +177,17 @@ type tracker struct {
 	prefixUser  string
 	// lastKey and lastStmts remember the session's last facts-cache
 	// entry: applications repeat a few statement shapes, and a hit here
-	// skips the shared cache's lock and hashing.
+	// skips the shared cache's lock and hashing. lastRaw is the text that
+	// entry was looked up for, lastLits its literals and lastScs its
+	// standard_conforming_strings: a text that differs from it only in
+	// those literals has the same entry (rewrite.SameShape), found
+	// without normalizing the text. lits is the scratch of the scan.
 	lastKey   []byte
 	lastStmts []*trackedStmt
+	lastRaw   []byte
+	lastLits  []rewrite.Literal
+	lastScs   bool
+	lits      rewrite.LiteralScan
 	// byPlan remembers the tracked statements of a masked session's
 	// plans (the client-side goroutine's).
 	byPlan map[*rewrite.Plan][]*trackedStmt
@@ -698,16 +706,27 @@ func (c *factsCache) lookup(t *tracker, sql string) []*trackedStmt {
 		}
 		t.prefix = append(p, 1)
 		t.prefixOf, t.prefixCtxV, t.prefixValid = [2]any{policy, snap}, ctxV, true
+		t.lastStmts = nil
+	}
+	scs := !t.s.scsOff.Load()
+	if t.lastStmts != nil && t.lastScs == scs && rewrite.SameShape(transient(t.lastRaw), t.lastLits, sql, scs) {
+		return t.lastStmts
 	}
 	path, user := t.prefixPath, t.prefixUser
 	var ok bool
 	t.scratch = append(t.scratch[:0], t.prefix...)
 	prefix := len(t.scratch)
-	t.scratch, ok = normalizeSQL(t.scratch, sql, !t.s.scsOff.Load())
+	// The key has a NUL where a literal was (Normalize with a
+	// LiteralScan), which no statement text has, so that no two shapes
+	// share one ("x ? '1'" and "x '1' ?" would with "?").
+	t.lits.Lits, t.lits.Other = t.lits.Lits[:0], false
+	t.scratch, ok = rewrite.Normalize(t.scratch, sql, scs, &t.lits)
 	if !ok {
 		// Not scannable: key on the exact text.
 		t.scratch = append(t.scratch[:prefix], sql...)
+		t.lits.Lits = t.lits.Lits[:0]
 	}
+	t.lastRaw, t.lastLits, t.lastScs = append(t.lastRaw[:0], sql...), append(t.lastLits[:0], t.lits.Lits...), scs
 	if t.lastStmts != nil && string(t.lastKey) == string(t.scratch) {
 		return t.lastStmts
 	}
@@ -720,7 +739,7 @@ func (c *factsCache) lookup(t *tracker, sql string) []*trackedStmt {
 	}
 	norm := ""
 	if ok {
-		norm = string(t.scratch[prefix:])
+		norm = strings.ReplaceAll(string(t.scratch[prefix:]), "\x00", "?")
 	}
 	// sql may be a view of a relay buffer (transient): what the analysis
 	// and the cache keep must not point into it.

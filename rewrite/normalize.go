@@ -440,3 +440,69 @@ func asciiEqualFold(w, k string) bool {
 
 // endOfList are the keywords that can follow an ORDER BY or GROUP BY list.
 var endOfList = [...]string{"limit", "offset", "having", "window", "for", "union", "intersect", "except", "fetch", "returning", "where", "from", "select"}
+
+// SameShape reports whether sql normalizes (Normalize, with the same
+// standardStrings) to the same text as prev, given lits, the plain
+// literals Normalize found in prev: sql must be prev with each of those
+// literals replaced by a literal of the same kind (a decimal number by a
+// decimal number, a '...' string by a '...' string) and nothing else
+// changed. It scans only the replaced literals, so it costs a comparison
+// of the texts where Normalize costs a scan of every token; false means
+// only that the texts are not known to normalize alike.
+//
+// Why this is exact: Normalize reads the text left to right, and a plain
+// literal leaves its state as any other literal of its kind would. Up to
+// a literal the texts are the same bytes, and the literal is read by the
+// scanner Normalize uses (scanNumber, scanString), so it ends where
+// Normalize would end it. What Normalize decides by looking ahead past a
+// token (a number's fraction or exponent, ".5", "$1", a prefixed string
+// such as E'..', an identifier absorbing digits) could look into the
+// replaced literal, so a literal counts only after a byte that starts no
+// such token (see shapeBoundary); any other literal must be unchanged.
+func SameShape(prev string, lits []Literal, sql string, standardStrings bool) bool {
+	i, j := 0, 0
+	for _, l := range lits {
+		if l.Start < i || l.End > len(prev) || l.Start >= l.End {
+			return false
+		}
+		k := j + (l.Start - i)
+		if k > len(sql) || sql[j:k] != prev[i:l.Start] {
+			return false
+		}
+		j = k
+		if l.Start > 0 && !shapeBoundary[prev[l.Start-1]] || j >= len(sql) {
+			return false
+		}
+		var end int
+		switch c := sql[j]; {
+		case prev[l.Start] == '\'':
+			if c != '\'' || !standardStrings {
+				return false
+			}
+			e, ok := scanString(sql, j, false)
+			if !ok {
+				return false
+			}
+			end = e
+		case c >= '0' && c <= '9' || c == '.' && j+1 < len(sql) && sql[j+1] >= '0' && sql[j+1] <= '9':
+			end = scanNumber(sql, j)
+			if !decimalNumber(sql[j:end]) {
+				return false
+			}
+		default:
+			return false
+		}
+		i, j = l.End, end
+	}
+	return sql[j:] == prev[i:]
+}
+
+// shapeBoundary holds the bytes after which a literal can be replaced in
+// SameShape: none of them starts a token whose end Normalize finds by
+// looking at the byte after it.
+var shapeBoundary = func() (t [256]bool) {
+	for _, c := range []byte(" \t\n\r(,=<>[") {
+		t[c] = true
+	}
+	return t
+}()
