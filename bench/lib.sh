@@ -6,8 +6,10 @@
 #                         user when run as root
 #   free_port             a free TCP port on 127.0.0.1
 #   hold_cpu_poll         hold a 0 µs PM QoS request on /dev/cpu_dma_latency
-#                         (idle CPUs poll instead of halting; see README.md)
-#                         when root can and BENCH_CPU_POLL is not 0; QOS_PID
+#                         (idle CPUs poll instead of halting, where a cpuidle
+#                         driver acts on it; see README.md) when root can
+#                         and BENCH_CPU_POLL is not 0; QOS_PID
+#   cpu_idle_state        one line on what that request does here
 #   start_pg              initdb and start PostgreSQL on PGPORT (tuned for
 #                         benchmarks: fsync off, 256 MB shared buffers,
 #                         huge pages as reserve_huge_pages decides)
@@ -38,6 +40,20 @@ bench_workdir() {
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# cpu_idle_state prints what a 0 µs request on /dev/cpu_dma_latency does
+# here: a PM QoS request acts through the cpuidle driver, so without one
+# (current_driver "none": the kernel's default idle, HLT in a VM) idle
+# CPUs halt whatever is requested.
+cpu_idle_state() {
+	local drv
+	drv=$(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null || true)
+	if [[ -z $drv || $drv == none ]]; then
+		echo "no cpuidle driver here, so idle CPUs halt regardless (the request has no effect; 1-client rows include the cost of waking halted vCPUs)"
+	else
+		echo "cpuidle driver $drv: idle CPUs poll instead of halting"
+	fi
+}
 
 QOS_PID=
 hold_cpu_poll() {

@@ -557,7 +557,7 @@ report() {
 	echo "- scale $BENCH_SCALE; PgBouncer pool_mode=session, default_pool_size=20; PostgreSQL fsync=off; all processes on loopback"
 	echo "- PostgreSQL huge pages: $HUGE_NOTE"
 	if [[ $BENCH_CPU_POLL == 1 ]]; then
-		echo "- BENCH_CPU_POLL=1: /dev/cpu_dma_latency held at 0 µs, idle CPUs poll instead of halting"
+		echo "- BENCH_CPU_POLL=1: /dev/cpu_dma_latency held at 0 µs; $(cpu_idle_state)"
 	else
 		echo "- BENCH_CPU_POLL=0: CPU idle states untouched (1-client rows include the cost of waking idle CPUs)"
 	fi

@@ -35,8 +35,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Idle CPUs poll instead of halting while this runs (see bench/lib.sh).
+# Idle CPUs poll instead of halting while this runs, where a cpuidle
+# driver acts on the request (see bench/lib.sh).
 hold_cpu_poll
+[[ -z $QOS_PID ]] || echo "CPU idle: /dev/cpu_dma_latency held at 0 µs; $(cpu_idle_state)" >&2
 
 PGPORT=$(free_port)
 PLAIN=$(free_port)
