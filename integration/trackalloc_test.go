@@ -195,6 +195,10 @@ func TestTrackedRelayShapes(t *testing.T) {
 		"SELECT email, name FROM customers ORDER BY 1",
 		"SELECT email, name FROM customers ORDER BY 2",
 		"SELECT email FROM customers WHERE id = 7",
+		// Longer than the tracker keeps to compare the next text with.
+		"SELECT email FROM customers WHERE id = 8 OR name = '" + strings.Repeat("x", 9000) + "'",
+		"SELECT email FROM customers WHERE id = 9 OR name = '" + strings.Repeat("y", 9000) + "'",
+		"SELECT name FROM customers WHERE id = 10",
 	}
 	for _, sql := range texts {
 		if _, err := conn.Write(encodeAll(t, &pgproto3.Query{String: sql})); err != nil {
@@ -213,6 +217,9 @@ func TestTrackedRelayShapes(t *testing.T) {
 		"SELECT email, name FROM customers ORDER BY 1 | customers.email:output|group-order customers.name:output",
 		"SELECT email, name FROM customers ORDER BY 2 | customers.email:output customers.name:output|group-order",
 		"SELECT email FROM customers WHERE id = ? | customers.email:output customers.id:filter",
+		"SELECT email FROM customers WHERE id = ? OR name = ? | customers.email:output customers.id:filter customers.name:filter",
+		"SELECT email FROM customers WHERE id = ? OR name = ? | customers.email:output customers.id:filter customers.name:filter",
+		"SELECT name FROM customers WHERE id = ? | customers.id:filter customers.name:output",
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {

@@ -187,6 +187,7 @@ type tracker struct {
 	lastRaw   []byte
 	lastLits  []rewrite.Literal
 	lastScs   bool
+	lastRawOK bool // lastRaw holds the text (not kept beyond maxShapeMemo)
 	lits      rewrite.LiteralScan
 	// byPlan remembers the tracked statements of a masked session's
 	// plans (the client-side goroutine's).
@@ -195,6 +196,10 @@ type tracker struct {
 
 // maxPlanMemo bounds a tracker's byPlan; it is cleared when full.
 const maxPlanMemo = 256
+
+// maxShapeMemo is the longest text a tracker keeps to recognise the next
+// one by (tracker.lastRaw): a session's bulk statement is not held on to.
+const maxShapeMemo = 8 << 10
 
 func newTracker(s *session, sink StatementSink, roles []string, grants *rules.Grants, masked bool) *tracker {
 	host := s.clientAddr
@@ -709,7 +714,7 @@ func (c *factsCache) lookup(t *tracker, sql string) []*trackedStmt {
 		t.lastStmts = nil
 	}
 	scs := !t.s.scsOff.Load()
-	if t.lastStmts != nil && t.lastScs == scs && rewrite.SameShape(transient(t.lastRaw), t.lastLits, sql, scs) {
+	if t.lastStmts != nil && t.lastRawOK && t.lastScs == scs && rewrite.SameShape(transient(t.lastRaw), t.lastLits, sql, scs) {
 		return t.lastStmts
 	}
 	path, user := t.prefixPath, t.prefixUser
@@ -726,7 +731,14 @@ func (c *factsCache) lookup(t *tracker, sql string) []*trackedStmt {
 		t.scratch = append(t.scratch[:prefix], sql...)
 		t.lits.Lits = t.lits.Lits[:0]
 	}
-	t.lastRaw, t.lastLits, t.lastScs = append(t.lastRaw[:0], sql...), append(t.lastLits[:0], t.lits.Lits...), scs
+	if t.lastRawOK = len(sql) <= maxShapeMemo; t.lastRawOK {
+		t.lastRaw, t.lastLits, t.lastScs = append(t.lastRaw[:0], sql...), append(t.lastLits[:0], t.lits.Lits...), scs
+	} else if cap(t.lastRaw) > maxShapeMemo {
+		t.lastRaw, t.lastLits = nil, nil
+	}
+	if cap(t.lits.Lits) > maxShapeMemo/8 {
+		t.lits.Lits = nil // a bulk statement's literals
+	}
 	if t.lastStmts != nil && string(t.lastKey) == string(t.scratch) {
 		return t.lastStmts
 	}
