@@ -724,17 +724,17 @@ func (c *factsCache) lookup(t *tracker, sql string) []*trackedStmt {
 	// The key has a NUL where a literal was (Normalize with a
 	// LiteralScan), which no statement text has, so that no two shapes
 	// share one ("x ? '1'" and "x '1' ?" would with "?").
-	t.lits.Lits, t.lits.Other = t.lits.Lits[:0], false
+	t.lits = rewrite.LiteralScan{Lits: t.lits.Lits[:0]}
 	t.scratch, ok = rewrite.Normalize(t.scratch, sql, scs, &t.lits)
 	if !ok {
 		// Not scannable: key on the exact text.
 		t.scratch = append(t.scratch[:prefix], sql...)
 		t.lits.Lits = t.lits.Lits[:0]
 	}
+	// Only texts up to maxShapeMemo are kept, so lastRaw and lastLits stay
+	// small.
 	if t.lastRawOK = len(sql) <= maxShapeMemo; t.lastRawOK {
 		t.lastRaw, t.lastLits, t.lastScs = append(t.lastRaw[:0], sql...), append(t.lastLits[:0], t.lits.Lits...), scs
-	} else if cap(t.lastRaw) > maxShapeMemo {
-		t.lastRaw, t.lastLits = nil, nil
 	}
 	if cap(t.lits.Lits) > maxShapeMemo/8 {
 		t.lits.Lits = nil // a bulk statement's literals
