@@ -44,7 +44,9 @@ func (s *statementSink) SessionSink(base *proxy.StatementEvent) proxy.StatementS
 // Statement records ev for a sink that no session owns; the proxy calls
 // SessionSink's sinks instead.
 func (s *statementSink) Statement(ev *proxy.StatementEvent) {
-	s.SessionSink(ev).Statement(ev)
+	ss := s.SessionSink(ev).(*sessionSink)
+	ss.Statement(ev)
+	ss.End()
 }
 
 // sessionSink is one session's statementSink.
@@ -53,6 +55,13 @@ type sessionSink struct {
 	audit   *audit.Writer  // nil without an audit log
 	session *audit.Session
 	st      audit.Statement // reused: WriteStatement copies it
+}
+
+// End adds what the session's ledger handle still counts to the ledger.
+func (s *sessionSink) End() {
+	if s.ledger != nil {
+		s.ledger.End()
+	}
 }
 
 // forms are the ledger's and the audit log's forms of one statement, per

@@ -118,6 +118,13 @@ func rawTrackedSession(t *testing.T, sink proxy.StatementSink) (*proxyInstance, 
 		t.Fatal(err)
 	}
 	t.Cleanup(p.close)
+	return p, protocolSession(t, p, "shop_dpo")
+}
+
+// protocolSession opens a session of user on database shop through p and
+// returns the connection after its first ReadyForQuery.
+func protocolSession(t *testing.T, p *proxyInstance, user string) net.Conn {
+	t.Helper()
 	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", p.port))
 	if err != nil {
 		t.Fatal(err)
@@ -125,7 +132,7 @@ func rawTrackedSession(t *testing.T, sink proxy.StatementSink) (*proxyInstance, 
 	t.Cleanup(func() { conn.Close() })
 	conn.SetDeadline(time.Now().Add(time.Minute))
 	fe := pgproto3.NewFrontend(conn, conn)
-	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: map[string]string{"user": "shop_dpo", "database": "shop"}})
+	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: map[string]string{"user": user, "database": "shop"}})
 	if err := fe.Flush(); err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +145,7 @@ func rawTrackedSession(t *testing.T, sink proxy.StatementSink) (*proxyInstance, 
 			t.Fatalf("startup: %s %s", e.Code, e.Message)
 		}
 		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
-			return p, conn
+			return conn
 		}
 	}
 }
@@ -234,4 +241,55 @@ func TestTrackedRelayShapes(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// TestBulkTextsNotKept: distinct large texts (bulk statements) are
+// analysed for their own run only. Neither a tracked relayed session's
+// facts cache nor a masked session's plan and template caches keep them,
+// so that a client cannot fill the proxy's memory with them.
+func TestBulkTextsNotKept(t *testing.T) {
+	heap := func() int64 {
+		runtime.GC()
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return int64(m.HeapAlloc)
+	}
+	// run sends n texts of about 78 kB, text(i) distinct for each i: kept,
+	// the caches would hold at least twice that per text.
+	run := func(t *testing.T, conn net.Conn, n int, text func(i int) string) {
+		buf := make([]byte, 1<<16)
+		send := func(i int) {
+			if _, err := conn.Write(encodeAll(t, &pgproto3.Query{String: text(i)})); err != nil {
+				t.Fatal(err)
+			}
+			if err := readToReady(conn, buf); err != nil {
+				t.Fatal(err)
+			}
+		}
+		send(0)
+		before := heap()
+		for i := 1; i <= n; i++ {
+			send(i)
+		}
+		grown := heap() - before
+		t.Logf("the heap grew by %.1f MB over %d distinct texts of %d kB", float64(grown)/(1<<20), n, len(text(0))/1000)
+		if grown > 4<<20 {
+			t.Errorf("the heap grew by %.1f MB: the texts were kept", float64(grown)/(1<<20))
+		}
+	}
+	t.Run("relayed and tracked", func(t *testing.T) {
+		// The facts cache keys on the text without its literals: no
+		// literal here, so the key is as long as the text.
+		pad := strings.Repeat(" AND id >= id", 6000)
+		_, conn := rawTrackedSession(t, &countingSink{})
+		run(t, conn, 80, func(i int) string { return fmt.Sprintf("SELECT email AS c%d FROM customers WHERE id = 1%s", i, pad) })
+	})
+	t.Run("masked", func(t *testing.T) {
+		// Without a literal the plan cache keys on the whole text (no
+		// template), and a long comment costs the analysis little.
+		pad := strings.Repeat("x", 78000)
+		conn := protocolSession(t, shopProxy(t), "shop_analyst")
+		run(t, conn, 80, func(i int) string { return fmt.Sprintf("SELECT email FROM customers WHERE id = id /* %d%s */", i, pad) })
+	})
 }

@@ -243,6 +243,9 @@ func (s *session) serve() {
 	s.srv.cfg.Observer.SessionStarted()
 
 	cause := s.relay()
+	if s.track != nil {
+		s.track.end() // both sides are done: no statement follows
+	}
 	elapsed := time.Since(s.start)
 	s.srv.cfg.Observer.SessionEnded(outcome(cause), elapsed)
 	log.Info("session end", "elapsed", elapsed.Round(time.Millisecond), "outcome", outcome(cause),

@@ -36,6 +36,13 @@ type SessionSinker interface {
 	SessionSink(base *StatementEvent) StatementSink
 }
 
+// SessionEnder is implemented by a sink SessionSink returns that wants to
+// know when its session ends: the tracker calls End once, after the
+// session's last Statement.
+type SessionEnder interface {
+	End()
+}
+
 // Memo holds a sink's own form of one analysed statement: all events of
 // the same tracked statement (a relayed text shape shared by every session
 // with the same context, a prepared statement, a cached plan) carry the
@@ -216,6 +223,13 @@ func newTracker(s *session, sink StatementSink, roles []string, grants *rules.Gr
 	return t
 }
 
+// end tells a per-session sink that the session is over.
+func (t *tracker) end() {
+	if e, ok := t.sink.(SessionEnder); ok {
+		e.End()
+	}
+}
+
 // setContext records the session's search_path and current user.
 func (t *tracker) setContext(path []string, user string) {
 	t.mu.Lock()
@@ -228,10 +242,14 @@ func (t *tracker) setContext(path []string, user string) {
 func (t *tracker) normalize(sql string) (string, bool) {
 	var ok bool
 	t.scratch, ok = normalizeSQL(t.scratch[:0], sql, !t.s.scsOff.Load())
-	if !ok {
-		return "", false
+	var norm string
+	if ok {
+		norm = string(t.scratch)
 	}
-	return string(t.scratch), true
+	if cap(t.scratch) > maxShapeMemo {
+		t.scratch = nil // a long text's: not kept for the session's life
+	}
+	return norm, ok
 }
 
 // analyse returns the statements of sql as the tracker records them: from
@@ -267,7 +285,7 @@ func (t *tracker) analyse(sql string, plan *rewrite.Plan, refusal error) []*trac
 		}
 		norm, _ := t.normalize(sql)
 		stmts := stmtsOf(plan, nil, norm)
-		if plan != nil {
+		if plan != nil && len(sql) <= rewrite.MaxCachedText { // a bulk text's plan is its own
 			if t.byPlan == nil || len(t.byPlan) >= maxPlanMemo {
 				t.byPlan = map[*rewrite.Plan][]*trackedStmt{}
 			}
@@ -682,8 +700,29 @@ type factsCache struct {
 	mu      sync.Mutex
 	entries map[string][]*trackedStmt
 	max     int
-	key     []byte
+	bytes   int // what the entries hold, estimated (factsSize)
 }
+
+// Bounds of the facts cache's memory: a text whose key is longer than
+// maxFactsKey (a bulk statement) is analysed each time it runs and kept
+// nowhere, and the cache is cleared when its entries would hold more than
+// maxFactsBytes; so distinct large statements cannot fill the proxy's
+// memory.
+const (
+	maxFactsKey   = rewrite.MaxCachedText
+	maxFactsBytes = 64 << 20
+)
+
+// size returns the number of entries and what they hold (estimated).
+func (c *factsCache) size() (entries, bytes int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.entries), c.bytes
+}
+
+// factsSize estimates what an entry holds: its key, the normalized text,
+// and the analysed text with its analysis (taken to be as large again).
+func factsSize(key, norm, sql int) int { return key + norm + 2*sql }
 
 func newFactsCache(max int) *factsCache {
 	return &factsCache{entries: map[string][]*trackedStmt{}, max: max}
@@ -742,12 +781,15 @@ func (c *factsCache) lookup(t *tracker, sql string) []*trackedStmt {
 	if t.lastStmts != nil && string(t.lastKey) == string(t.scratch) {
 		return t.lastStmts
 	}
-	c.mu.Lock()
-	hit, found := c.entries[string(t.scratch)]
-	c.mu.Unlock()
-	if found {
-		t.lastKey, t.lastStmts = append(t.lastKey[:0], t.scratch...), hit
-		return hit
+	bulk := len(t.scratch) > maxFactsKey
+	if !bulk {
+		c.mu.Lock()
+		hit, found := c.entries[string(t.scratch)]
+		c.mu.Unlock()
+		if found {
+			t.remember(hit)
+			return hit
+		}
 	}
 	norm := ""
 	if ok {
@@ -769,14 +811,35 @@ func (c *factsCache) lookup(t *tracker, sql string) []*trackedStmt {
 		plan = nil
 	}
 	stmts := stmtsOf(plan, nil, norm)
-	c.mu.Lock()
-	if len(c.entries) >= c.max {
-		clear(c.entries)
+	if !bulk {
+		size := factsSize(len(t.scratch), len(norm), len(sql))
+		c.mu.Lock()
+		if _, dup := c.entries[string(t.scratch)]; !dup {
+			if len(c.entries) >= c.max || c.bytes+size > maxFactsBytes {
+				clear(c.entries)
+				c.bytes = 0
+			}
+			c.entries[string(t.scratch)] = stmts
+			c.bytes += size
+		}
+		c.mu.Unlock()
 	}
-	c.entries[string(t.scratch)] = stmts
-	c.mu.Unlock()
-	t.lastKey, t.lastStmts = append(t.lastKey[:0], t.scratch...), stmts
+	t.remember(stmts)
 	return stmts
+}
+
+// remember makes stmts, found for the key in t.scratch, the session's
+// last facts-cache entry (a key longer than maxShapeMemo is not kept),
+// and lets go of a scratch buffer a long text has grown.
+func (t *tracker) remember(stmts []*trackedStmt) {
+	if len(t.scratch) > maxShapeMemo {
+		t.lastKey, t.lastStmts = nil, nil
+	} else {
+		t.lastKey, t.lastStmts = append(t.lastKey[:0], t.scratch...), stmts
+	}
+	if cap(t.scratch) > maxShapeMemo {
+		t.scratch = nil
+	}
 }
 
 // errorCode returns the SQLSTATE of an ErrorResponse message.

@@ -55,12 +55,36 @@ type Cache struct {
 	// shapes holds statement templates by shape (template.go).
 	shapes    map[CacheKey]*template
 	shapeHits uint64
+	// bytes and shapeBytes are what items and shapes hold, estimated
+	// (planSize, templateSize).
+	bytes, shapeBytes int
 }
 
 type cacheEntry struct {
 	key  CacheKey
 	plan *Plan
 	err  error
+	size int
+}
+
+// Memory bounds of a Cache: a text longer than MaxCachedText (a bulk
+// statement) is analysed each time it runs and kept nowhere, and the plans
+// and the templates each hold at most about maxCacheBytes (least recently
+// used plans go first; the templates are dropped all together), so that
+// distinct large texts cannot fill the proxy's memory.
+const (
+	MaxCachedText = 64 << 10
+	maxCacheBytes = 64 << 20
+)
+
+// planSize estimates what a cached plan of sql holds: the text, the text
+// sent in its place, and the analysis (taken to be as large as the text).
+func planSize(sql string, plan *Plan) int {
+	n := 2 * len(sql)
+	if plan != nil && plan.Rewritten {
+		n += len(plan.SQL)
+	}
+	return n
 }
 
 // NewCache returns a cache holding up to max plans (zero means 10,000).
@@ -96,17 +120,32 @@ func (c *Cache) Rewrite(sql string, s *Session) (*Plan, error) {
 	default:
 		return plan, err
 	}
+	if len(sql) > MaxCachedText {
+		return plan, err
+	}
+	size := planSize(sql, plan)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.items[key]; !ok {
-		c.items[key] = c.ll.PushFront(&cacheEntry{key: key, plan: plan, err: err})
-		for c.ll.Len() > c.max {
+		c.items[key] = c.ll.PushFront(&cacheEntry{key: key, plan: plan, err: err, size: size})
+		c.bytes += size
+		for c.ll.Len() > c.max || c.bytes > maxCacheBytes {
 			last := c.ll.Back()
+			e := last.Value.(*cacheEntry)
 			c.ll.Remove(last)
-			delete(c.items, last.Value.(*cacheEntry).key)
+			delete(c.items, e.key)
+			c.bytes -= e.size
 		}
 	}
 	return plan, err
+}
+
+// Size returns the number of cached plans and templates, and what they
+// hold in bytes (estimated).
+func (c *Cache) Size() (plans, templates, bytes int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ll.Len(), len(c.shapes), c.bytes + c.shapeBytes
 }
 
 // Stats returns the number of hits and misses so far.

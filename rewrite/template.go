@@ -129,6 +129,10 @@ func (c *Cache) rewriteShape(sql string, s *Session, scan func() (string, []Lite
 		return e.plan, planText(e.plan, sql), nil, e.err
 	}
 	c.mu.Unlock()
+	if len(sql) > MaxCachedText {
+		plan, err := c.Rewrite(sql, s) // analysed for this run only
+		return plan, planText(plan, sql), nil, err
+	}
 	shape, lits := scan()
 	if shape == "" || len(lits) == 0 || len(lits) > maxTemplateLiterals || s.Grants.AllRaw() {
 		plan, err := c.Rewrite(sql, s)
@@ -160,14 +164,24 @@ func (c *Cache) rewriteShape(sql string, s *Session, scan func() (string, []Lite
 		} else if !nt.ok {
 			nt.fails = 1
 		}
-		if len(c.shapes) >= maxTemplates {
+		size := templateSize(skey.SQL)
+		if old != nil {
+			c.shapeBytes -= size // replaced below
+		}
+		if len(c.shapes) >= maxTemplates || c.shapeBytes+size > maxCacheBytes {
 			c.shapes = map[CacheKey]*template{}
+			c.shapeBytes = 0
 		}
 		c.shapes[skey] = nt
+		c.shapeBytes += size
 	}
 	c.mu.Unlock()
 	return plan, planText(plan, sql), nil, nil
 }
+
+// templateSize estimates what the template of a shape holds: the shape,
+// the template's parts, its plan and its prepared form.
+func templateSize(shape string) int { return 4 * len(shape) }
 
 // ShapeHits returns how many lookups a template answered.
 func (c *Cache) ShapeHits() uint64 {

@@ -227,9 +227,13 @@ type Ledger struct {
 	// shards hold what Session handles record, each under its own lock
 	// so that sessions do not contend for mu; a flush swaps them out with
 	// live. closedA is closed for them.
-	shards   [numShards]shard
-	nextSh   atomic.Uint32
-	closedA  atomic.Bool
+	shards  [numShards]shard
+	nextSh  atomic.Uint32
+	closedA atomic.Bool
+	// sessions are the Session handles not yet ended, whose slots a flush
+	// folds into the shards first.
+	sessMu   sync.Mutex
+	sessions map[*Session]struct{}
 	inflight counters // being written by a flush
 	pending  counters // kept after a failed flush, retried next time
 	roleSets map[string]string
@@ -294,6 +298,7 @@ func New(cfg Config) (*Ledger, error) {
 	l := &Ledger{
 		cfg:         cfg,
 		live:        counters{},
+		sessions:    map[*Session]struct{}{},
 		roleSets:    map[string]string{},
 		written:     colCounters{},
 		stop:        make(chan struct{}),
@@ -349,6 +354,39 @@ func (l *Ledger) Record(st *Statement) {
 	}
 }
 
+// countN adds n statements that used a column in the clauses cl: ok of
+// them succeeded, together they returned rows, and the latest ran at
+// micros.
+func (c *counter) countN(cl ClauseSet, n, ok, rows, micros int64) {
+	c.statements += n
+	if cl.Reads() {
+		c.reads += n
+		c.lastRead = max(c.lastRead, micros)
+	}
+	if cl&Output != 0 {
+		c.output += n
+		c.rows += rows
+	}
+	if cl&Filter != 0 {
+		c.filter += n
+	}
+	if cl&Join != 0 {
+		c.join += n
+	}
+	if cl&GroupOrder != 0 {
+		c.groupOrder += n
+	}
+	if cl&AggregateArg != 0 {
+		c.aggregateArg += n
+	}
+	if cl&WriteTarget != 0 {
+		c.writeTarget += n
+	}
+	c.ok += ok
+	c.failed += n - ok
+	c.lastSeen = max(c.lastSeen, micros)
+}
+
 // count adds one statement that used a column in the clauses cl.
 func (c *counter) count(cl ClauseSet, rows int64, ok bool, micros int64) {
 	c.statements++
@@ -400,19 +438,45 @@ type shard struct {
 const maxMemo = 1024
 
 // Session is one client session's handle on a Ledger. Its Record counts
-// like Ledger.Record, but the handle knows the session's identity already
-// and remembers which counters each statement shape updates, so that a
-// shape seen before costs a lock and a few additions instead of hashing
-// the session's and the columns' names. A Session is for one goroutine at
-// a time; it holds no counts of its own (they are in the ledger), so a
-// Session needs no closing.
+// like Ledger.Record, but the handle knows the session's identity already,
+// and it adds a statement to a count of its own when the session ran the
+// same statement shape recently: the ledger's per-column counters are
+// updated when the shape leaves the handle's few slots, at every flush
+// (and Snapshot), and at End. A statement therefore costs a lock and a
+// few additions on the handle, however many columns it touched. A Session
+// is for one goroutine at a time; End it when its session ends (a Session
+// never ended stays registered with the ledger, its counts still flushed).
 type Session struct {
-	l    *Ledger
-	sh   *shard
-	sk   sessKey // the identity; hour is set per use
-	gen  uint64  // the shard's gen the memo belongs to
+	l  *Ledger
+	sh *shard
+	sk sessKey // the identity; hour is set per use
+
+	// mu guards the slots and ended: Record takes it, and so do the
+	// ledger's flushes (foldSessions) and End. Lock order: the ledger's
+	// sessMu, then mu, then the shard's mu.
+	mu    sync.Mutex
+	slots [numSlots]slot
+	n     int // slots in use, oldest first
+	ended bool
+
+	// The fields below are used under the shard's lock.
+	gen  uint64 // the shard's gen the memo belongs to
 	memo map[shapeKey][]*counter
 	cols colCounters // the shard's live counters of (sk, hour)
+}
+
+// numSlots is how many statement shapes a Session counts on its own.
+const numSlots = 4
+
+// slot counts the statements of one shape (and hour) that a Session has
+// not yet added to the ledger's counters.
+type slot struct {
+	key    shapeKey
+	cols   []ColumnUse
+	hour   int64
+	n, ok  int64
+	rows   int64
+	micros int64 // the latest statement's time
 }
 
 // shapeKey identifies a statement shape by its columns slice.
@@ -428,8 +492,12 @@ func (l *Ledger) Session(database, user string, roles []string, application stri
 	r := l.roleSet(roles)
 	l.mu.Unlock()
 	sh := &l.shards[l.nextSh.Add(1)%numShards]
-	return &Session{l: l, sh: sh, memo: map[shapeKey][]*counter{},
+	s := &Session{l: l, sh: sh, memo: map[shapeKey][]*counter{},
 		sk: sessKey{database: strings.Clone(database), user: strings.Clone(user), roles: r, app: strings.Clone(application)}}
+	l.sessMu.Lock()
+	l.sessions[s] = struct{}{}
+	l.sessMu.Unlock()
+	return s
 }
 
 // Record counts one statement of the session that touched cols, started at
@@ -449,34 +517,96 @@ func (s *Session) Record(t time.Time, cols []ColumnUse, rows int64, ok bool) {
 	sec := t.Unix()
 	hour := sec - ((sec%3600)+3600)%3600
 	micros := t.UnixMicro()
-	sh := s.sh
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
+	k := shapeKey{&cols[0], len(cols)}
+	var okN int64
+	if ok {
+		okN = 1
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if l.closedA.Load() {
 		return
 	}
-	if s.gen != sh.gen || s.sk.hour != hour || s.cols == nil {
-		s.sk.hour = hour
+	if s.ended {
+		s.count(slot{key: k, cols: cols, hour: hour, n: 1, ok: okN, rows: rows, micros: micros})
+		return
+	}
+	var p *slot
+	for i := range s.n {
+		if q := &s.slots[i]; q.key == k && q.hour == hour {
+			p = q
+			break
+		}
+	}
+	if p == nil {
+		if s.n == numSlots {
+			s.count(s.slots[0])
+			copy(s.slots[:], s.slots[1:])
+			s.n--
+		}
+		p = &s.slots[s.n]
+		*p = slot{key: k, cols: cols, hour: hour}
+		s.n++
+	}
+	p.n++
+	p.ok += okN
+	p.rows += rows
+	p.micros = max(p.micros, micros)
+}
+
+// fold adds what the slots count to the ledger's counters and empties
+// them. The caller holds s.mu.
+func (s *Session) fold() {
+	for i := range s.n {
+		s.count(s.slots[i])
+		s.slots[i] = slot{}
+	}
+	s.n = 0
+}
+
+// End adds what the handle still counts to the ledger and unregisters it;
+// a Record after End counts straight into the ledger.
+func (s *Session) End() {
+	s.mu.Lock()
+	s.fold()
+	s.ended = true
+	s.mu.Unlock()
+	l := s.l
+	l.sessMu.Lock()
+	delete(l.sessions, s)
+	l.sessMu.Unlock()
+}
+
+// count adds the statements of p to the ledger's counters. The caller
+// holds s.mu.
+func (s *Session) count(p slot) {
+	if p.n == 0 {
+		return
+	}
+	sh := s.sh
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if s.gen != sh.gen || s.sk.hour != p.hour || s.cols == nil {
+		s.sk.hour = p.hour
 		if sh.live == nil {
 			sh.live = counters{}
 		}
 		s.cols = sh.live[s.sk]
 		if s.cols == nil {
-			s.cols = make(colCounters, len(cols))
+			s.cols = make(colCounters, len(p.cols))
 			sh.live[s.sk] = s.cols
 		}
 		s.gen = sh.gen
 		clear(s.memo)
 	}
-	k := shapeKey{&cols[0], len(cols)}
-	cs := s.memo[k]
+	cs := s.memo[p.key]
 	if cs == nil {
 		if len(s.memo) >= maxMemo {
 			clear(s.memo)
 		}
-		cs = make([]*counter, len(cols))
-		for i := range cols {
-			cu := &cols[i]
+		cs = make([]*counter, len(p.cols))
+		for i := range p.cols {
+			cu := &p.cols[i]
 			ck := colKey{schema: cu.Schema, table: cu.Table, column: cu.Column, treatment: cu.Treatment}
 			c := s.cols[ck]
 			if c == nil {
@@ -486,10 +616,22 @@ func (s *Session) Record(t time.Time, cols []ColumnUse, rows int64, ok bool) {
 			}
 			cs[i] = c
 		}
-		s.memo[k] = cs
+		s.memo[p.key] = cs
 	}
 	for i, c := range cs {
-		c.count(cols[i].Clauses, rows, ok, micros)
+		c.countN(p.cols[i].Clauses, p.n, p.ok, p.rows, p.micros)
+	}
+}
+
+// foldSessions adds what every registered Session counts to the ledger's
+// counters.
+func (l *Ledger) foldSessions() {
+	l.sessMu.Lock()
+	defer l.sessMu.Unlock()
+	for s := range l.sessions {
+		s.mu.Lock()
+		s.fold()
+		s.mu.Unlock()
 	}
 }
 
@@ -566,6 +708,7 @@ func (l *Ledger) flush(ctx context.Context) error {
 	l.flushMu.Lock()
 	defer l.flushMu.Unlock()
 
+	l.foldSessions()
 	l.mu.Lock()
 	fresh := l.live
 	l.live = make(counters, len(fresh))
@@ -754,6 +897,7 @@ type ColumnTotal struct {
 
 // Snapshot returns a copy of the ledger's current counts.
 func (l *Ledger) Snapshot() Snapshot {
+	l.foldSessions()
 	l.mu.Lock()
 	all := counters{}
 	for _, src := range []counters{l.pending, l.inflight, l.live} {

@@ -573,3 +573,178 @@ type nopStore struct{}
 func (nopStore) Add(context.Context, []Row) error                { return nil }
 func (nopStore) Query(context.Context, time.Time) ([]Row, error) { return nil, nil }
 func (nopStore) Close() error                                    { return nil }
+
+// TestSessionSlotsMatchRecord records one random sequence of statements
+// (more shapes than a Session has slots, two hours, successes and
+// failures, flushes and Snapshots in between, a session ended half-way
+// and used again) through Session handles and through Ledger.Record: the
+// stores must hold the same counts.
+func TestSessionSlotsMatchRecord(t *testing.T) {
+	shapes := [][]ColumnUse{
+		{col("customers", "email", Output|Filter, Masked), col("customers", "id", Filter, Raw)},
+		{col("customers", "email", Output, Raw)},
+		{col("orders", "total", AggregateArg|GroupOrder, Raw), col("orders", "customer", Join, Raw)},
+		{col("orders", "total", WriteTarget, Raw)},
+		{col("customers", "ssn", Output, Refused)},
+		{col("customers", "phone", Output, Decrypted), col("customers", "id", Filter, Raw)},
+		{col("customers", "email", Filter, Masked)},
+	}
+	users := []string{"ann", "bob", "cy"}
+	type op struct {
+		user  int
+		shape int
+		at    time.Time
+		rows  int64
+		ok    bool
+		event int // 0 record; 1 flush; 2 snapshot; 3 end the user's session
+	}
+	rng := newRand(42)
+	var ops []op
+	for range 3000 {
+		o := op{user: rng.intn(len(users)), shape: rng.intn(len(shapes)), rows: int64(rng.intn(5)), ok: rng.intn(4) > 0,
+			at: t0.Add(time.Duration(rng.intn(7200)) * time.Second)}
+		switch r := rng.intn(100); {
+		case r < 2:
+			o.event = 1
+		case r < 4:
+			o.event = 2
+		case r < 5:
+			o.event = 3
+		}
+		ops = append(ops, o)
+	}
+	run := func(viaSession bool) map[string]Counts {
+		store := sqliteStore(t)
+		l := newLedger(t, Config{Store: store})
+		handles := make([]*Session, len(users))
+		for _, o := range ops {
+			u := users[o.user]
+			switch o.event {
+			case 1:
+				if err := l.Flush(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+			case 2:
+				l.Snapshot()
+			case 3:
+				if h := handles[o.user]; h != nil && viaSession {
+					h.End()
+					if o.user == 0 {
+						handles[o.user] = nil // a new session; the others go on with ended handles
+					}
+				}
+			}
+			if !viaSession {
+				l.Record(stmt(o.at, u, []string{u}, o.rows, o.ok, shapes[o.shape]...))
+				continue
+			}
+			if handles[o.user] == nil {
+				handles[o.user] = l.Session("app", u, []string{u}, "psql")
+			}
+			handles[o.user].Record(o.at, shapes[o.shape], o.rows, o.ok)
+		}
+		if err := l.Close(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		return rowMap(queryAll(t, store))
+	}
+	want, got := run(false), run(true)
+	if len(got) != len(want) {
+		t.Errorf("Session path: %d keys, Record path: %d", len(got), len(want))
+	}
+	for k, w := range want {
+		if g := got[k]; g != w {
+			t.Errorf("%s:\n Session %+v\n Record  %+v", k, g, w)
+		}
+	}
+}
+
+// TestSessionsConcurrentWithFlushes: sessions record on their own
+// goroutines while flushes and Snapshots run; some sessions end, some do
+// not. After Close the store holds every statement exactly once.
+func TestSessionsConcurrentWithFlushes(t *testing.T) {
+	store := sqliteStore(t)
+	l := newLedger(t, Config{Store: store})
+	shapes := [][]ColumnUse{
+		{col("customers", "email", Output, Masked)},
+		{col("customers", "email", Filter, Masked), col("customers", "id", Output, Raw)},
+		{col("customers", "email", Output, Masked), col("orders", "total", Output, Raw)},
+		{col("orders", "total", Output, Raw)},
+		{col("customers", "id", Filter, Raw)},
+		{col("customers", "email", GroupOrder, Masked)},
+	}
+	const sessions, per = 8, 3000
+	stop := make(chan struct{})
+	var flushes sync.WaitGroup
+	flushes.Add(1)
+	go func() {
+		defer flushes.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if i%2 == 0 {
+				if err := l.Flush(context.Background()); err != nil {
+					t.Error(err)
+					return
+				}
+			} else {
+				l.Snapshot()
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	for s := range sessions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h := l.Session("app", "u", []string{"u"}, "psql")
+			for i := range per {
+				h.Record(t0, shapes[(i*(s+1))%len(shapes)], 1, true)
+			}
+			if s%2 == 0 {
+				h.End()
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	flushes.Wait()
+	if err := l.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int64{}
+	for s := range sessions {
+		for i := range per {
+			for _, c := range shapes[(i*(s+1))%len(shapes)] {
+				want[c.Table+"."+c.Column+"/"+c.Treatment.String()]++
+			}
+		}
+	}
+	got := map[string]int64{}
+	for _, r := range queryAll(t, store) {
+		got[r.Table+"."+r.Column+"/"+r.Treatment.String()] += r.Statements
+	}
+	if len(got) != len(want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+	for k, w := range want {
+		if got[k] != w {
+			t.Errorf("%s: %d statements, want %d", k, got[k], w)
+		}
+	}
+}
+
+// rand is a small deterministic generator for the tests (xorshift).
+type rand struct{ s uint64 }
+
+func newRand(seed uint64) *rand { return &rand{s: seed*2654435761 + 1} }
+
+func (r *rand) intn(n int) int {
+	r.s ^= r.s << 13
+	r.s ^= r.s >> 7
+	r.s ^= r.s << 17
+	return int(r.s % uint64(n))
+}
