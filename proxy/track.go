@@ -194,7 +194,8 @@ type tracker struct {
 	lastRaw   []byte
 	lastLits  []rewrite.Literal
 	lastScs   bool
-	lastRawOK bool // lastRaw holds the text (not kept beyond maxShapeMemo)
+	lastRawOK bool      // lastRaw holds the text (not kept beyond maxShapeMemo)
+	epoch     time.Time // see now
 	lits      rewrite.LiteralScan
 	// byPlan remembers the tracked statements of a masked session's
 	// plans (the client-side goroutine's).
@@ -213,14 +214,28 @@ func newTracker(s *session, sink StatementSink, roles []string, grants *rules.Gr
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}
-	t := &tracker{s: s, sink: sink, masked: masked, grants: grants, user: s.user,
+	t := &tracker{s: s, sink: sink, masked: masked, grants: grants, user: s.user, epoch: time.Now(),
 		base:  StatementEvent{Session: s.id, User: s.user, Database: s.database, Application: s.appName, ClientIP: host, Roles: roles},
 		stmts: map[string]*trackedStmt{}, portals: map[string]*trackedStmt{}, sqlPrep: map[string]*trackedStmt{}, cursors: map[string]*trackedStmt{}}
+	t.ev = t.base
 	if ss, ok := sink.(SessionSinker); ok {
 		base := t.base
 		t.sink = ss.SessionSink(&base)
 	}
 	return t
+}
+
+// now returns the time a statement starts: the wall clock of epoch plus
+// the monotonic time since, one clock read where time.Now takes two. The
+// epoch is renewed every minute, so that a step of the system clock shows
+// in the statements' times within a minute. It is the client side's.
+func (t *tracker) now() time.Time {
+	d := time.Since(t.epoch)
+	if d > time.Minute || d < 0 {
+		t.epoch = time.Now()
+		return t.epoch
+	}
+	return t.epoch.Add(d)
 }
 
 // end tells a per-session sink that the session is over.
@@ -367,7 +382,7 @@ func (t *tracker) query(sql string, plan *rewrite.Plan, refusal error) {
 	if len(stmts) == 1 && (stmts[0].st == nil || stmts[0].st.Prepares == "" && stmts[0].st.Declares == "" &&
 		stmts[0].st.Executes == "" && stmts[0].st.Fetches == "") {
 		// The common case: one statement, recorded as it is.
-		now := time.Now()
+		now := t.now()
 		t.mu.Lock()
 		t.queue = append(t.queue, pending{ts: stmts[0], start: now}, pending{sync: true})
 		t.mu.Unlock()
@@ -386,7 +401,7 @@ func (t *tracker) query(sql string, plan *rewrite.Plan, refusal error) {
 		}
 		run[i] = t.executed(ts)
 	}
-	now := time.Now()
+	now := t.now()
 	t.mu.Lock()
 	for _, ts := range run {
 		t.queue = append(t.queue, pending{ts: ts, start: now})
@@ -483,7 +498,7 @@ func (t *tracker) execute(msg []byte) *trackedStmt {
 	} else {
 		ts = t.executed(ts)
 	}
-	now := time.Now()
+	now := t.now()
 	t.mu.Lock()
 	t.queue = append(t.queue, pending{ts: ts, start: now, maxRows: maxRows})
 	t.mu.Unlock()
@@ -507,7 +522,7 @@ func (t *tracker) close(msg []byte) {
 func (t *tracker) syncPoint(functionCall bool) {
 	t.mu.Lock()
 	if functionCall {
-		t.queue = append(t.queue, pending{ts: &trackedStmt{normalized: "<function call>"}, start: time.Now()})
+		t.queue = append(t.queue, pending{ts: &trackedStmt{normalized: "<function call>"}, start: t.now()})
 	}
 	t.queue = append(t.queue, pending{sync: true})
 	t.mu.Unlock()
@@ -629,11 +644,12 @@ func (t *tracker) emit(p pending, rows int64, outcome, code, rule string) {
 	if t.sink == nil {
 		return
 	}
+	// The session's fields of t.ev are set once (newTracker).
 	ev := &t.ev
-	*ev = t.base
 	ev.Start = p.start
 	ev.Duration = time.Since(p.start)
 	ev.Rows, ev.Outcome, ev.SQLState, ev.Rule = rows, outcome, code, rule
+	ev.Normalized, ev.Fingerprint, ev.Kind, ev.Uses, ev.Memo = "", "", "", nil, nil
 	if ts := p.ts; ts != nil {
 		ev.Normalized, ev.Fingerprint = ts.normalized, ts.fingerprint
 		if ts.st != nil {

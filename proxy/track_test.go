@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"testing"
+	"time"
 
 	"github.com/pgveil/pgveil/rewrite"
 )
@@ -24,7 +25,7 @@ func extMsg(typ byte, fields ...[]byte) []byte {
 func cstr(s string) []byte { return append([]byte(s), 0) }
 
 func newTestTracker(sink StatementSink) *tracker {
-	return &tracker{sink: sink, stmts: map[string]*trackedStmt{}, portals: map[string]*trackedStmt{},
+	return &tracker{sink: sink, epoch: time.Now(), stmts: map[string]*trackedStmt{}, portals: map[string]*trackedStmt{},
 		sqlPrep: map[string]*trackedStmt{}, cursors: map[string]*trackedStmt{}}
 }
 
