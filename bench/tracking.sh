@@ -11,7 +11,9 @@
 #        BENCH_WORKLOADS; TRACK_PROFILE=cpu.out and PLAIN_PROFILE=cpu.out write CPU
 #        profiles of the tracking and the plain instance; BENCH_PERF=1 prints,
 #        instead of throughput, the proxy CPU per transaction by function, from
-#        perf, tracked minus plain)
+#        perf, tracked minus plain; BENCH_RATE=N prints, instead of throughput,
+#        the proxies' CPU time per transaction at a fixed N transactions per
+#        second, and what tracking adds, paired by round)
 # Disturbance guard: a round (the pair of runs) during which processes
 # outside the benchmark used more than BENCH_MAX_OTHER_CPU % of the
 # machine (default 10) is repeated, up to BENCH_RETRIES times (default 3);
@@ -189,6 +191,52 @@ if [[ ${BENCH_PERF:-0} == 1 ]]; then
 				join -t$'\t' -a1 -a2 -e 0 -o 0,1.2,2.2 "$WORK/plain.sym" "$WORK/track.sym" |
 					awk -F'\t' '{a+=$2; b+=$3; printf "%8.0f %8.0f %+8.0f  %s\n", $2, $3, $3-$2, $1} END{printf "%8.0f %8.0f %+8.0f  (all)\n", a, b, b-a > "/dev/stderr"}' 2>"$WORK/total" |
 					sort -k3 -g -r | head -n "${BENCH_PERF_TOP:-25}" | sed '1i\   plain  tracked    extra  function' | cat - "$WORK/total"
+			done
+		done
+	done
+	exit 0
+fi
+# BENCH_RATE=N: instead of the throughput rounds, run each instance in turn
+# at a fixed N transactions per second (pgbench -R) and print the proxies'
+# CPU time per transaction (all their threads, from /proc/PID/task/*/
+# schedstat, in ns) and what tracking adds, the difference of each round's
+# pair. This measures the cost itself rather than its effect on a
+# saturated machine's throughput; single pairs still differ by 1-2 µs on
+# a noisy VM, so run 30 rounds or more. The cost per statement is a
+# little higher than at saturation, where more messages share each system
+# call and the caches stay warmer.
+if [[ -n ${BENCH_RATE:-} ]]; then
+	# cpu_ns PID: the CPU time of all the process's threads, in ns.
+	cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f", s}'; }
+	# at_rate PORT PID USER MODE CLIENTS SCRIPT -> proxy CPU µs per transaction
+	at_rate() {
+		local j=$(($5 < 2 ? $5 : 2)) what=(-S) before after n
+		[[ $6 != builtin ]] && what=(-f "$6")
+		before=$(cpu_ns "$2")
+		n=$("$PGBIN/pgbench" -n -h 127.0.0.1 -p "$1" -U "$3" "${what[@]}" -M "$4" -c "$5" -j "$j" -R "$BENCH_RATE" -T "$SECONDS_PER_RUN" postgres 2>/dev/null |
+			awk '/number of transactions actually processed/{print $NF}')
+		after=$(cpu_ns "$2")
+		awk -v a="$before" -v b="$after" -v n="${n:-0}" 'BEGIN{printf "%.2f", (n>0)?(b-a)/n/1000:0}'
+	}
+	echo "| workload | mode | clients | rate (txn/s) | proxy CPU µs/txn, plain (median of $ROUNDS) | tracked | tracking adds, µs/txn (median of the pairs) | 95% CI | pairs |"
+	echo "|---|---|---|---|---|---|---|---|---|"
+	for workload in ${BENCH_WORKLOADS:-pass-through masked}; do
+		user=app script=builtin
+		[[ $workload == masked ]] && user=analyst script="$WORK/masked.sql"
+		for mode in $MODES; do
+			for c in $CLIENTS; do
+				ps=() ts=() ds=()
+				for r in $(seq "$ROUNDS"); do
+					if ((r % 2)); then
+						p=$(at_rate "$PLAIN" "$PLAIN_PID" "$user" "$mode" "$c" "$script"); t=$(at_rate "$TRACK" "$TRACK_PID" "$user" "$mode" "$c" "$script")
+					else
+						t=$(at_rate "$TRACK" "$TRACK_PID" "$user" "$mode" "$c" "$script"); p=$(at_rate "$PLAIN" "$PLAIN_PID" "$user" "$mode" "$c" "$script")
+					fi
+					ps+=("$p"); ts+=("$t"); ds+=("$(awk -v a="$t" -v b="$p" 'BEGIN{printf "%.2f", a-b}')")
+				done
+				printf '| %s | %s | %s | %s | %.2f | %.2f | %.2f | %s | %s |\n' "$workload" "$mode" "$c" "$BENCH_RATE" \
+					"$(printf '%s\n' "${ps[@]}" | median)" "$(printf '%s\n' "${ts[@]}" | median)" \
+					"$(printf '%s\n' "${ds[@]}" | median)" "$(printf '%s\n' "${ds[@]}" | median_ci)" "${ds[*]}"
 			done
 		done
 	done

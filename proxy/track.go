@@ -11,6 +11,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/pgveil/pgveil/catalog"
 	"github.com/pgveil/pgveil/rewrite"
 	"github.com/pgveil/pgveil/rules"
 )
@@ -177,7 +178,8 @@ type tracker struct {
 	// and user it was built from, are the client side's.
 	ctxVersion  atomic.Uint64
 	prefix      []byte
-	prefixOf    [2]any
+	prefixPol   *rules.Policy // the policy and snapshot the prefix is for
+	prefixSnap  *catalog.Snapshot
 	prefixCtxV  uint64
 	prefixValid bool
 	prefixPath  []string
@@ -751,7 +753,7 @@ func (c *factsCache) lookup(t *tracker, sql string) []*trackedStmt {
 	if policy == nil || snap == nil {
 		return []*trackedStmt{{}}
 	}
-	if ctxV := t.ctxVersion.Load(); !t.prefixValid || t.prefixOf != [2]any{policy, snap} || t.prefixCtxV != ctxV {
+	if ctxV := t.ctxVersion.Load(); !t.prefixValid || t.prefixPol != policy || t.prefixSnap != snap || t.prefixCtxV != ctxV {
 		t.mu.Lock()
 		path, user, ctxV := t.path, t.user, t.ctxVersion.Load()
 		t.mu.Unlock()
@@ -765,7 +767,7 @@ func (c *factsCache) lookup(t *tracker, sql string) []*trackedStmt {
 			p = append(append(p, 0), e...)
 		}
 		t.prefix = append(p, 1)
-		t.prefixOf, t.prefixCtxV, t.prefixValid = [2]any{policy, snap}, ctxV, true
+		t.prefixPol, t.prefixSnap, t.prefixCtxV, t.prefixValid = policy, snap, ctxV, true
 		t.lastStmts = nil
 	}
 	scs := !t.s.scsOff.Load()
