@@ -731,13 +731,6 @@ const (
 	maxFactsBytes = 64 << 20
 )
 
-// size returns the number of entries and what they hold (estimated).
-func (c *factsCache) size() (entries, bytes int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.entries), c.bytes
-}
-
 // factsSize estimates what an entry holds: its key, the normalized text,
 // and the analysed text with its analysis (taken to be as large again).
 func factsSize(key, norm, sql int) int { return key + norm + 2*sql }

@@ -1,7 +1,9 @@
 package rewrite
 
 import (
+	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -38,6 +40,46 @@ func TestCacheHitsAndRefusals(t *testing.T) {
 	}
 	if h, m := c.Stats(); h != 2 || m != 4 {
 		t.Fatalf("hits %d misses %d", h, m)
+	}
+}
+
+// TestCacheMemoryBounds: a text longer than MaxCachedText is analysed
+// every time and not kept, and the plans together stay within
+// maxCacheBytes, the least recently used going first.
+func TestCacheMemoryBounds(t *testing.T) {
+	if fx == nil {
+		t.Skip("PostgreSQL not installed")
+	}
+	c := NewCache(0)
+	s := session(t, caseHeader{roles: []string{"analyst"}, searchPath: []string{"$user", "public"}})
+	big := "SELECT email FROM customers /* " + strings.Repeat("x", MaxCachedText) + " */"
+	p1, err := c.Rewrite(big, s)
+	if err != nil || !p1.Rewritten {
+		t.Fatal(p1, err)
+	}
+	if p2, _ := c.Rewrite(big, s); p2 == p1 {
+		t.Fatal("a text over MaxCachedText was cached")
+	}
+	if plans, _, bytes := c.Size(); plans != 0 || bytes != 0 {
+		t.Fatalf("%d plans, %d bytes cached", plans, bytes)
+	}
+	pad := strings.Repeat("x", 60<<10)
+	text := func(i int) string { return fmt.Sprintf("SELECT email FROM customers /* %d %s */", i, pad) }
+	const n = 600 // about 74 MB by planSize
+	for i := range n {
+		if _, err := c.Rewrite(text(i), s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	plans, _, bytes := c.Size()
+	if bytes > maxCacheBytes || plans >= n || plans < n/2 {
+		t.Fatalf("%d plans of %d kept, %d bytes (bound %d)", plans, n, bytes, maxCacheBytes)
+	}
+	h0, _ := c.Stats()
+	c.Rewrite(text(n-1), s) // the most recent is kept
+	c.Rewrite(text(0), s)   // the oldest is not
+	if h, _ := c.Stats(); h != h0+1 {
+		t.Fatalf("hits %d after %d: want the newest text only", h, h0)
 	}
 }
 
