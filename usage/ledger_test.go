@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -598,12 +599,12 @@ func TestSessionSlotsMatchRecord(t *testing.T) {
 		ok    bool
 		event int // 0 record; 1 flush; 2 snapshot; 3 end the user's session
 	}
-	rng := newRand(42)
+	rng := rand.New(rand.NewPCG(42, 0))
 	var ops []op
 	for range 3000 {
-		o := op{user: rng.intn(len(users)), shape: rng.intn(len(shapes)), rows: int64(rng.intn(5)), ok: rng.intn(4) > 0,
-			at: t0.Add(time.Duration(rng.intn(7200)) * time.Second)}
-		switch r := rng.intn(100); {
+		o := op{user: rng.IntN(len(users)), shape: rng.IntN(len(shapes)), rows: int64(rng.IntN(5)), ok: rng.IntN(4) > 0,
+			at: t0.Add(time.Duration(rng.IntN(7200)) * time.Second)}
+		switch r := rng.IntN(100); {
 		case r < 2:
 			o.event = 1
 		case r < 4:
@@ -735,16 +736,4 @@ func TestSessionsConcurrentWithFlushes(t *testing.T) {
 			t.Errorf("%s: %d statements, want %d", k, got[k], w)
 		}
 	}
-}
-
-// rand is a small deterministic generator for the tests (xorshift).
-type rand struct{ s uint64 }
-
-func newRand(seed uint64) *rand { return &rand{s: seed*2654435761 + 1} }
-
-func (r *rand) intn(n int) int {
-	r.s ^= r.s << 13
-	r.s ^= r.s >> 7
-	r.s ^= r.s << 17
-	return int(r.s % uint64(n))
 }
