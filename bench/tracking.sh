@@ -94,6 +94,18 @@ done
 
 printf '\\set id random(1, 100000)\nSELECT id, name, email, ssn, birth_date, salary FROM customers WHERE id = :id;\n' >"$WORK/masked.sql"
 
+# CELLS: one "WORKLOAD USER SCRIPT MODE CLIENTS" line per cell of the
+# tables: pass-through runs pgbench's select-only script as app (raw),
+# masked the select above as analyst.
+CELLS=()
+for workload in ${BENCH_WORKLOADS:-pass-through masked}; do
+	user=app script=builtin
+	[[ $workload == masked ]] && user=analyst script="$WORK/masked.sql"
+	for mode in $MODES; do
+		for c in $CLIENTS; do CELLS+=("$workload $user $script $mode $c"); done
+	done
+done
+
 CLK_TCK=$(getconf CLK_TCK)
 # cpu_ticks PID: utime+stime of the process (all threads), in clock ticks.
 cpu_ticks() {
@@ -177,22 +189,17 @@ if [[ ${BENCH_PERF:-0} == 1 ]]; then
 			awk -v n="$n" -v t="$2" '{p=$1; sub(/%/, "", p); $1=""; sub(/^ +/, ""); printf "%s\t%.1f\n", $0, p/100*n/4999/t*1e9}' |
 			sort -t$'\t' -k1,1
 	}
-	for workload in ${BENCH_WORKLOADS:-pass-through masked}; do
-		user=app script=builtin
-		[[ $workload == masked ]] && user=analyst script="$WORK/masked.sql"
-		for mode in $MODES; do
-			for c in $CLIENTS; do
-				tp=$(profile "$PLAIN" "$PLAIN_PID" "$WORK/plain.perf" "$user" "$mode" "$c" "$script")
-				tt=$(profile "$TRACK" "$TRACK_PID" "$WORK/track.perf" "$user" "$mode" "$c" "$script")
-				by_symbol "$WORK/plain.perf" "$tp" >"$WORK/plain.sym"
-				by_symbol "$WORK/track.perf" "$tt" >"$WORK/track.sym"
-				echo
-				echo "$workload $mode, $c clients: proxy CPU ns per transaction by function (plain $tp, tracked $tt transactions)"
-				join -t$'\t' -a1 -a2 -e 0 -o 0,1.2,2.2 "$WORK/plain.sym" "$WORK/track.sym" |
-					awk -F'\t' '{a+=$2; b+=$3; printf "%8.0f %8.0f %+8.0f  %s\n", $2, $3, $3-$2, $1} END{printf "%8.0f %8.0f %+8.0f  (all)\n", a, b, b-a > "/dev/stderr"}' 2>"$WORK/total" |
-					sort -k3 -g -r | head -n "${BENCH_PERF_TOP:-25}" | sed '1i\   plain  tracked    extra  function' | cat - "$WORK/total"
-			done
-		done
+	for cell in "${CELLS[@]}"; do
+		read -r workload user script mode c <<<"$cell"
+		tp=$(profile "$PLAIN" "$PLAIN_PID" "$WORK/plain.perf" "$user" "$mode" "$c" "$script")
+		tt=$(profile "$TRACK" "$TRACK_PID" "$WORK/track.perf" "$user" "$mode" "$c" "$script")
+		by_symbol "$WORK/plain.perf" "$tp" >"$WORK/plain.sym"
+		by_symbol "$WORK/track.perf" "$tt" >"$WORK/track.sym"
+		echo
+		echo "$workload $mode, $c clients: proxy CPU ns per transaction by function (plain $tp, tracked $tt transactions)"
+		join -t$'\t' -a1 -a2 -e 0 -o 0,1.2,2.2 "$WORK/plain.sym" "$WORK/track.sym" |
+			awk -F'\t' '{a+=$2; b+=$3; printf "%8.0f %8.0f %+8.0f  %s\n", $2, $3, $3-$2, $1} END{printf "%8.0f %8.0f %+8.0f  (all)\n", a, b, b-a > "/dev/stderr"}' 2>"$WORK/total" |
+			sort -k3 -g -r | head -n "${BENCH_PERF_TOP:-25}" | sed '1i\   plain  tracked    extra  function' | cat - "$WORK/total"
 	done
 	exit 0
 fi
@@ -220,60 +227,50 @@ if [[ -n ${BENCH_RATE:-} ]]; then
 	}
 	echo "| workload | mode | clients | rate (txn/s) | proxy CPU µs/txn, plain (median of $ROUNDS) | tracked | tracking adds, µs/txn (median of the pairs) | 95% CI | pairs |"
 	echo "|---|---|---|---|---|---|---|---|---|"
-	for workload in ${BENCH_WORKLOADS:-pass-through masked}; do
-		user=app script=builtin
-		[[ $workload == masked ]] && user=analyst script="$WORK/masked.sql"
-		for mode in $MODES; do
-			for c in $CLIENTS; do
-				ps=() ts=() ds=()
-				for r in $(seq "$ROUNDS"); do
-					if ((r % 2)); then
-						p=$(at_rate "$PLAIN" "$PLAIN_PID" "$user" "$mode" "$c" "$script"); t=$(at_rate "$TRACK" "$TRACK_PID" "$user" "$mode" "$c" "$script")
-					else
-						t=$(at_rate "$TRACK" "$TRACK_PID" "$user" "$mode" "$c" "$script"); p=$(at_rate "$PLAIN" "$PLAIN_PID" "$user" "$mode" "$c" "$script")
-					fi
-					ps+=("$p"); ts+=("$t"); ds+=("$(awk -v a="$t" -v b="$p" 'BEGIN{printf "%.2f", a-b}')")
-				done
-				printf '| %s | %s | %s | %s | %.2f | %.2f | %.2f | %s | %s |\n' "$workload" "$mode" "$c" "$BENCH_RATE" \
-					"$(printf '%s\n' "${ps[@]}" | median)" "$(printf '%s\n' "${ts[@]}" | median)" \
-					"$(printf '%s\n' "${ds[@]}" | median)" "$(printf '%s\n' "${ds[@]}" | median_ci)" "${ds[*]}"
-			done
+	for cell in "${CELLS[@]}"; do
+		read -r workload user script mode c <<<"$cell"
+		ps=() ts=() ds=()
+		for r in $(seq "$ROUNDS"); do
+			if ((r % 2)); then
+				p=$(at_rate "$PLAIN" "$PLAIN_PID" "$user" "$mode" "$c" "$script"); t=$(at_rate "$TRACK" "$TRACK_PID" "$user" "$mode" "$c" "$script")
+			else
+				t=$(at_rate "$TRACK" "$TRACK_PID" "$user" "$mode" "$c" "$script"); p=$(at_rate "$PLAIN" "$PLAIN_PID" "$user" "$mode" "$c" "$script")
+			fi
+			ps+=("$p"); ts+=("$t"); ds+=("$(awk -v a="$t" -v b="$p" 'BEGIN{printf "%.2f", a-b}')")
 		done
+		printf '| %s | %s | %s | %s | %.2f | %.2f | %.2f | %s | %s |\n' "$workload" "$mode" "$c" "$BENCH_RATE" \
+			"$(printf '%s\n' "${ps[@]}" | median)" "$(printf '%s\n' "${ts[@]}" | median)" \
+			"$(printf '%s\n' "${ds[@]}" | median)" "$(printf '%s\n' "${ds[@]}" | median_ci)" "${ds[*]}"
 	done
 	exit 0
 fi
 echo "| workload | mode | clients | pgveil TPS (best) | pgveil + ledger + audit TPS (best) | tracked / plain (median of $ROUNDS paired rounds) | 95% CI of the median | ratios | proxy CPU µs/txn plain → tracked (medians) | other processes' CPU % (max) |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
-for workload in ${BENCH_WORKLOADS:-pass-through masked}; do
-	user=app script=builtin
-	[[ $workload == masked ]] && user=analyst script="$WORK/masked.sql"
-	for mode in $MODES; do
-		for c in $CLIENTS; do
-			bp=0 bt=0 ratios=() cpus_p=() cpus_t=() omax=0
-			for r in $(seq "$ROUNDS"); do
-				for attempt in $(seq 0 "$RETRIES"); do
-					s0=$(cpu_snapshot)
-					if (( r % 2 )); then
-						read -r p cp < <(tps "$PLAIN" "$user" "$mode" "$c" "$script"); read -r t ct < <(tps "$TRACK" "$user" "$mode" "$c" "$script")
-					else
-						read -r t ct < <(tps "$TRACK" "$user" "$mode" "$c" "$script"); read -r p cp < <(tps "$PLAIN" "$user" "$mode" "$c" "$script")
-					fi
-					sleep 0.2 # let the process substitutions be reaped
-					other=$(other_cpu_pct "$s0" "$(cpu_snapshot)")
-					over_limit "$other" "$MAX_OTHER" || break
-					((attempt < RETRIES)) && echo "  ($workload $mode $c round $r: other processes used $other% CPU; repeating)" >&2 && sleep 5
-				done
-				omax=$(best "$omax" "$other")
-				cpus_p+=("$cp"); cpus_t+=("$ct")
-				bp=$(best "$bp" "${p:-0}"); bt=$(best "$bt" "${t:-0}")
-				ratios+=("$(awk -v a="${t:-0}" -v b="${p:-0}" 'BEGIN{printf "%.3f", (b>0)?a/b:0}')")
-			done
-			med=$(printf '%s\n' "${ratios[@]}" | median)
-			ci=$(printf '%s\n' "${ratios[@]}" | median_ci)
-			mcp=$(printf '%s\n' "${cpus_p[@]}" | median); mct=$(printf '%s\n' "${cpus_t[@]}" | median)
-			printf '| %s | %s | %s | %.0f | %.0f | %.3f | %s | %s | %.1f → %.1f | %s |\n' "$workload" "$mode" "$c" "$bp" "$bt" "$med" "$ci" "${ratios[*]}" "$mcp" "$mct" "$omax"
+for cell in "${CELLS[@]}"; do
+	read -r workload user script mode c <<<"$cell"
+	bp=0 bt=0 ratios=() cpus_p=() cpus_t=() omax=0
+	for r in $(seq "$ROUNDS"); do
+		for attempt in $(seq 0 "$RETRIES"); do
+			s0=$(cpu_snapshot)
+			if (( r % 2 )); then
+				read -r p cp < <(tps "$PLAIN" "$user" "$mode" "$c" "$script"); read -r t ct < <(tps "$TRACK" "$user" "$mode" "$c" "$script")
+			else
+				read -r t ct < <(tps "$TRACK" "$user" "$mode" "$c" "$script"); read -r p cp < <(tps "$PLAIN" "$user" "$mode" "$c" "$script")
+			fi
+			sleep 0.2 # let the process substitutions be reaped
+			other=$(other_cpu_pct "$s0" "$(cpu_snapshot)")
+			over_limit "$other" "$MAX_OTHER" || break
+			((attempt < RETRIES)) && echo "  ($workload $mode $c round $r: other processes used $other% CPU; repeating)" >&2 && sleep 5
 		done
+		omax=$(best "$omax" "$other")
+		cpus_p+=("$cp"); cpus_t+=("$ct")
+		bp=$(best "$bp" "${p:-0}"); bt=$(best "$bt" "${t:-0}")
+		ratios+=("$(awk -v a="${t:-0}" -v b="${p:-0}" 'BEGIN{printf "%.3f", (b>0)?a/b:0}')")
 	done
+	med=$(printf '%s\n' "${ratios[@]}" | median)
+	ci=$(printf '%s\n' "${ratios[@]}" | median_ci)
+	mcp=$(printf '%s\n' "${cpus_p[@]}" | median); mct=$(printf '%s\n' "${cpus_t[@]}" | median)
+	printf '| %s | %s | %s | %.0f | %.0f | %.3f | %s | %s | %.1f → %.1f | %s |\n' "$workload" "$mode" "$c" "$bp" "$bt" "$med" "$ci" "${ratios[*]}" "$mcp" "$mct" "$omax"
 done
 kill "$TRACK_PID" "$PLAIN_PID"; wait "$TRACK_PID" "$PLAIN_PID" 2>/dev/null || true
 TRACK_PID= PLAIN_PID=
