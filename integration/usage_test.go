@@ -54,6 +54,7 @@ func usageTotals(t *testing.T, spec string) map[usageKey]usage.Counts {
 // checks the exact counts, the report's findings and the audit chain.
 func TestUsageAndAudit(t *testing.T) {
 	shopProxy(t)
+	testStart := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if _, err := w.pg.PsqlDB(ctx, "shop", `CREATE TABLE IF NOT EXISTS contacts (id int PRIMARY KEY, phone text);
@@ -117,6 +118,13 @@ func TestUsageAndAudit(t *testing.T) {
 	var phone string
 	if err := dpo.QueryRow(ctx, "SELECT phone FROM contacts WHERE id = 1").Scan(&phone); err != nil {
 		t.Fatal(err)
+	}
+	// Statements that take a known time, in both protocols: their audit
+	// lines' durations (checked below) come from the relay's clock.
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol} {
+		if _, err := dpo.Exec(ctx, "SELECT pg_sleep(0.05)", mode); err != nil {
+			t.Fatal(err)
+		}
 	}
 	// SHOW USAGE on the console sees the counts before they are flushed.
 	var consoleOut string
@@ -211,15 +219,27 @@ func TestUsageAndAudit(t *testing.T) {
 		}
 	}
 	var sawRefused, sawError, sawSupport bool
+	slept := 0
 	sc := bufio.NewScanner(strings.NewReader(string(data)))
 	for sc.Scan() {
 		var line struct {
 			Kind, User, SQL, Outcome, SQLState, Rule, Application string
 			Columns                                               []struct{ Table, Column, Treatment string }
 			Rows                                                  int64
+			Time                                                  time.Time
+			DurationUS                                            int64 `json:"duration_us"`
 		}
 		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
 			t.Fatalf("audit line %q: %v", sc.Text(), err)
+		}
+		if line.Kind == "statement" && (line.Time.Before(testStart.Add(-time.Second)) || line.Time.After(time.Now()) || line.DurationUS < 0 || line.DurationUS > 60e6) {
+			t.Errorf("audit line with time %v (test started %v), duration %d µs", line.Time, testStart, line.DurationUS)
+		}
+		if strings.Contains(line.SQL, "pg_sleep") {
+			slept++
+			if line.DurationUS < 50000 || line.DurationUS > 10e6 {
+				t.Errorf("pg_sleep(0.05) took %d µs by the audit log", line.DurationUS)
+			}
 		}
 		switch {
 		case line.Outcome == "refused" && line.User == "shop_analyst":
@@ -234,8 +254,8 @@ func TestUsageAndAudit(t *testing.T) {
 			t.Errorf("audit SQL keeps a literal: %q", line.SQL)
 		}
 	}
-	if !sawRefused || !sawError || !sawSupport {
-		t.Errorf("audit log: refused %v, error %v, support read %v\n%s", sawRefused, sawError, sawSupport, data)
+	if !sawRefused || !sawError || !sawSupport || slept != 2 {
+		t.Errorf("audit log: refused %v, error %v, support read %v, pg_sleep lines %d of 2\n%s", sawRefused, sawError, sawSupport, slept, data)
 	}
 }
 

@@ -224,6 +224,9 @@ type pump struct {
 	peerGone atomic.Bool
 	// count accumulates the bytes read from src, for statistics.
 	count *atomic.Int64
+	// stamp, if set, is the session's clock of this side (session.stamp):
+	// process resets it for each buffer.
+	stamp *int64
 }
 
 // newPump returns a pump from src to dst; count, if not nil, accumulates
@@ -374,6 +377,17 @@ func (p *pump) flush(from, to int) error {
 // process relays every complete message (and every available byte of a
 // streaming message) in buf[r:w], then keeps the incomplete rest.
 func (p *pump) process() error {
+	if p.stamp == nil {
+		return p.messages()
+	}
+	*p.stamp = 0
+	err := p.messages()
+	*p.stamp = -1
+	return err
+}
+
+// messages relays the messages of the buffer (process).
+func (p *pump) messages() error {
 	start := p.r // start of the bytes to pass through unchanged
 	need := 0    // bytes a buffered message needs in all
 	stop := false

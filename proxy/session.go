@@ -131,6 +131,11 @@ type session struct {
 	bytesIn, bytesOut atomic.Int64
 	queries           atomic.Int64
 	busySince         atomic.Int64
+	// clock is, per side (0 the client's, 1 the server's), the time in
+	// nanoseconds since start that the side read for the buffer its pump
+	// is handling, 0 before the first read, or -1 outside a buffer (see
+	// stamp). Each is its side's pump's.
+	clock [2]int64
 	// started is set once user, database, appName and clientTLS are known;
 	// they are not written after that.
 	started atomic.Bool
@@ -174,7 +179,7 @@ type session struct {
 }
 
 func newSession(srv *Server, conn net.Conn, id uint64) *session {
-	return &session{srv: srv, id: id, start: time.Now(), client: conn, clientAddr: conn.RemoteAddr().String(), params: map[string]string{}, modeDecided: make(chan struct{}), endedCh: make(chan struct{}), endingCh: make(chan struct{})}
+	return &session{srv: srv, id: id, start: time.Now(), clock: [2]int64{-1, -1}, client: conn, clientAddr: conn.RemoteAddr().String(), params: map[string]string{}, modeDecided: make(chan struct{}), endedCh: make(chan struct{}), endingCh: make(chan struct{})}
 }
 
 // serve runs the session to its end.
@@ -331,8 +336,27 @@ func (s *session) swallowed(typ byte) bool {
 func (s *session) syncSent() {
 	s.syncsSent.Add(1)
 	if s.pending.Add(1) == 1 {
-		s.busySince.Store(int64(time.Since(s.start)))
+		s.busySince.Store(s.stamp(0))
 	}
+}
+
+// stamp returns the time in nanoseconds since the session's start, read
+// once per buffer a side's pump handles: the messages of one buffer
+// arrived together, and the busy-time metric and the statement tracker
+// share one clock read (a system clock read is most of what a message's
+// tracking costs otherwise). Outside a buffer it reads the clock. side
+// is 0 for the client side, 1 for the server side; only that side's
+// goroutine may call it.
+func (s *session) stamp(side int) int64 {
+	switch v := s.clock[side]; {
+	case v > 0:
+		return v
+	case v == 0:
+		v = max(1, int64(time.Since(s.start)))
+		s.clock[side] = v
+		return v
+	}
+	return int64(time.Since(s.start))
 }
 
 // syncDone records the ReadyForQuery that answers a sync point. outcome is
@@ -366,7 +390,7 @@ func (s *session) syncDone(outcome string) {
 	}
 	d := time.Duration(-1)
 	if n == 0 {
-		d = time.Since(s.start) - time.Duration(s.busySince.Load())
+		d = time.Duration(s.stamp(1) - s.busySince.Load())
 	}
 	s.srv.cfg.Observer.QueryDone(outcome, d)
 }
@@ -411,6 +435,7 @@ func (s *session) relay() error {
 	up := newPump(s.client, &s.toSrv, &clientSide{s: s}, max, &s.bytesIn)
 	down := newPump(s.server, &s.toCl, &serverSide{s: s}, max, &s.bytesOut)
 	up.rest, down.rest = clientRest, serverRest
+	up.stamp, down.stamp = &s.clock[0], &s.clock[1]
 	s.up.Store(up)
 	s.down.Store(down)
 	pumps := [2]*pump{up, down}
@@ -592,13 +617,14 @@ func (s *session) ringReturn(rs *ringSess) [2]*pump {
 		s.toCl.fromRing(conns[0], nil)
 		for i, old := range rs.p {
 			out[i] = newPump(conns[i], old.dst, old.h, old.maxSize, old.count)
+			out[i].stamp = old.stamp
 		}
 	} else {
 		s.toSrv.fromRing(conns[1], rs.w[0].rest())
 		s.toCl.fromRing(conns[0], rs.w[1].rest())
 		for i, old := range rs.p {
 			p := newPump(conns[i], old.dst, old.h, old.maxSize, old.count)
-			p.buf, p.r, p.w, p.remaining, p.last, p.rest = old.buf, old.r, old.w, old.remaining, old.last, old.rest
+			p.buf, p.r, p.w, p.remaining, p.last, p.rest, p.stamp = old.buf, old.r, old.w, old.remaining, old.last, old.rest, old.stamp
 			out[i] = p
 		}
 	}

@@ -104,6 +104,7 @@ type trackedStmt struct {
 type pending struct {
 	ts      *trackedStmt
 	start   time.Time
+	mono    int64 // start in the session's clock (session.stamp)
 	maxRows int64
 	sync    bool
 }
@@ -157,9 +158,17 @@ type tracker struct {
 
 	// The maps belong to the client-side goroutine.
 	stmts   map[string]*trackedStmt // protocol-level prepared statements
-	portals map[string]*trackedStmt
+	portals map[string]*trackedStmt // named portals
 	sqlPrep map[string]*trackedStmt // SQL PREPARE, for EXECUTE
 	cursors map[string]*trackedStmt // DECLARE, for FETCH
+	// unnamed is the unnamed portal's statement (most clients bind only
+	// that one), and bound the statement last found by name for a Bind
+	// (boundName; boundOK says it is set): a client binding the same
+	// prepared statement again skips both map lookups.
+	unnamed   *trackedStmt
+	bound     *trackedStmt
+	boundName []byte
+	boundOK   bool
 
 	// mu guards what both goroutines use: the queue of statements sent
 	// and not yet answered (from queue[qh]; the client side appends, the
@@ -198,11 +207,15 @@ type tracker struct {
 	lastScs   bool
 	lastRawOK bool      // lastRaw holds the text (not kept beyond maxShapeMemo)
 	epoch     time.Time // see now
+	epochMono int64     // epoch in the session's clock
 	lits      rewrite.LiteralScan
 	// byPlan remembers the tracked statements of a masked session's
 	// plans (the client-side goroutine's).
 	byPlan map[*rewrite.Plan][]*trackedStmt
 }
+
+// maxBoundName is the longest statement name tracker.bound remembers.
+const maxBoundName = 256
 
 // maxPlanMemo bounds a tracker's byPlan; it is cleared when full.
 const maxPlanMemo = 256
@@ -216,10 +229,12 @@ func newTracker(s *session, sink StatementSink, roles []string, grants *rules.Gr
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}
-	t := &tracker{s: s, sink: sink, masked: masked, grants: grants, user: s.user, epoch: time.Now(),
+	t := &tracker{s: s, sink: sink, masked: masked, grants: grants, user: s.user,
 		base:  StatementEvent{Session: s.id, User: s.user, Database: s.database, Application: s.appName, ClientIP: host, Roles: roles},
 		stmts: map[string]*trackedStmt{}, portals: map[string]*trackedStmt{}, sqlPrep: map[string]*trackedStmt{}, cursors: map[string]*trackedStmt{}}
 	t.ev = t.base
+	t.epoch = time.Now()
+	t.epochMono = int64(t.epoch.Sub(s.start))
 	if ss, ok := sink.(SessionSinker); ok {
 		base := t.base
 		t.sink = ss.SessionSink(&base)
@@ -227,17 +242,21 @@ func newTracker(s *session, sink StatementSink, roles []string, grants *rules.Gr
 	return t
 }
 
-// now returns the time a statement starts: the wall clock of epoch plus
-// the monotonic time since, one clock read where time.Now takes two. The
-// epoch is renewed every minute, so that a step of the system clock shows
-// in the statements' times within a minute. It is the client side's.
-func (t *tracker) now() time.Time {
-	d := time.Since(t.epoch)
-	if d > time.Minute || d < 0 {
+// now returns the time a statement starts, as wall-clock time and in the
+// session's clock (session.stamp, which the busy-time metric shares): the
+// wall clock of epoch plus the session's clock since, so a statement
+// reads no clock of its own. The epoch is renewed every minute, so that a
+// step of the system clock shows in the statements' times within a
+// minute. It is the client side's.
+func (t *tracker) now() (time.Time, int64) {
+	m := t.s.stamp(0)
+	d := m - t.epochMono
+	if d > int64(time.Minute) || d < 0 {
 		t.epoch = time.Now()
-		return t.epoch
+		t.epochMono = int64(t.epoch.Sub(t.s.start))
+		return t.epoch, t.epochMono
 	}
-	return t.epoch.Add(d)
+	return t.epoch.Add(time.Duration(d)), m
 }
 
 // end tells a per-session sink that the session is over.
@@ -384,9 +403,9 @@ func (t *tracker) query(sql string, plan *rewrite.Plan, refusal error) {
 	if len(stmts) == 1 && (stmts[0].st == nil || stmts[0].st.Prepares == "" && stmts[0].st.Declares == "" &&
 		stmts[0].st.Executes == "" && stmts[0].st.Fetches == "") {
 		// The common case: one statement, recorded as it is.
-		now := t.now()
+		now, mono := t.now()
 		t.mu.Lock()
-		t.queue = append(t.queue, pending{ts: stmts[0], start: now}, pending{sync: true})
+		t.queue = append(t.queue, pending{ts: stmts[0], start: now, mono: mono}, pending{sync: true})
 		t.mu.Unlock()
 		return
 	}
@@ -403,10 +422,10 @@ func (t *tracker) query(sql string, plan *rewrite.Plan, refusal error) {
 		}
 		run[i] = t.executed(ts)
 	}
-	now := t.now()
+	now, mono := t.now()
 	t.mu.Lock()
 	for _, ts := range run {
-		t.queue = append(t.queue, pending{ts: ts, start: now})
+		t.queue = append(t.queue, pending{ts: ts, start: now, mono: mono})
 	}
 	t.queue = append(t.queue, pending{sync: true})
 	t.mu.Unlock()
@@ -445,6 +464,16 @@ func (t *tracker) parse(name, sql string, plan *rewrite.Plan, refusal error) {
 		clear(t.stmts)
 	}
 	t.stmts[name] = stmts[0]
+	t.setBound(name, stmts[0])
+}
+
+// setBound makes ts the statement remembered for the name (see bound).
+func (t *tracker) setBound(name string, ts *trackedStmt) {
+	if len(name) > maxBoundName {
+		t.bound, t.boundName, t.boundOK = nil, nil, false
+		return
+	}
+	t.bound, t.boundName, t.boundOK = ts, append(t.boundName[:0], name...), true
 }
 
 // bind registers a Bind message.
@@ -457,7 +486,17 @@ func (t *tracker) bind(msg []byte) {
 	if !ok {
 		return
 	}
-	ts := t.stmts[string(stmt)]
+	var ts *trackedStmt
+	if t.boundOK && string(stmt) == string(t.boundName) {
+		ts = t.bound
+	} else {
+		ts = t.stmts[string(stmt)]
+		t.setBound(transient(stmt), ts)
+	}
+	if len(portal) == 0 {
+		t.unnamed = ts
+		return
+	}
 	if cur, ok := t.portals[string(portal)]; ok && cur == ts {
 		return
 	}
@@ -494,15 +533,18 @@ func (t *tracker) execute(msg []byte) *trackedStmt {
 	if ok && len(rest) >= 4 {
 		maxRows = int64(int32(uint32(rest[0])<<24 | uint32(rest[1])<<16 | uint32(rest[2])<<8 | uint32(rest[3])))
 	}
-	ts := t.portals[string(portal)]
+	ts := t.unnamed
+	if len(portal) != 0 {
+		ts = t.portals[string(portal)]
+	}
 	if ts == nil {
 		ts = &trackedStmt{}
 	} else {
 		ts = t.executed(ts)
 	}
-	now := t.now()
+	now, mono := t.now()
 	t.mu.Lock()
-	t.queue = append(t.queue, pending{ts: ts, start: now, maxRows: maxRows})
+	t.queue = append(t.queue, pending{ts: ts, start: now, mono: mono, maxRows: maxRows})
 	t.mu.Unlock()
 	return ts
 }
@@ -513,18 +555,29 @@ func (t *tracker) close(msg []byte) {
 		return
 	}
 	name, _, _ := cutNul(msg[6:])
-	if msg[5] == 'S' {
+	switch {
+	case msg[5] == 'S':
 		delete(t.stmts, name)
-	} else {
+		if t.boundOK && name == string(t.boundName) {
+			t.bound, t.boundOK = nil, false
+		}
+	case name == "":
+		t.unnamed = nil
+	default:
 		delete(t.portals, name)
 	}
 }
 
 // syncPoint registers a Sync (or the end of a FunctionCall).
 func (t *tracker) syncPoint(functionCall bool) {
+	var call pending
+	if functionCall {
+		call.ts = &trackedStmt{normalized: "<function call>"}
+		call.start, call.mono = t.now()
+	}
 	t.mu.Lock()
 	if functionCall {
-		t.queue = append(t.queue, pending{ts: &trackedStmt{normalized: "<function call>"}, start: t.now()})
+		t.queue = append(t.queue, call)
 	}
 	t.queue = append(t.queue, pending{sync: true})
 	t.mu.Unlock()
@@ -649,7 +702,7 @@ func (t *tracker) emit(p pending, rows int64, outcome, code, rule string) {
 	// The session's fields of t.ev are set once (newTracker).
 	ev := &t.ev
 	ev.Start = p.start
-	ev.Duration = time.Since(p.start)
+	ev.Duration = time.Duration(t.s.stamp(1) - p.mono)
 	ev.Rows, ev.Outcome, ev.SQLState, ev.Rule = rows, outcome, code, rule
 	ev.Normalized, ev.Fingerprint, ev.Kind, ev.Uses, ev.Memo = "", "", "", nil, nil
 	if ts := p.ts; ts != nil {

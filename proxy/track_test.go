@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -25,7 +26,8 @@ func extMsg(typ byte, fields ...[]byte) []byte {
 func cstr(s string) []byte { return append([]byte(s), 0) }
 
 func newTestTracker(sink StatementSink) *tracker {
-	return &tracker{sink: sink, epoch: time.Now(), stmts: map[string]*trackedStmt{}, portals: map[string]*trackedStmt{},
+	s := &session{start: time.Now(), clock: [2]int64{-1, -1}}
+	return &tracker{s: s, sink: sink, epoch: s.start, stmts: map[string]*trackedStmt{}, portals: map[string]*trackedStmt{},
 		sqlPrep: map[string]*trackedStmt{}, cursors: map[string]*trackedStmt{}}
 }
 
@@ -142,6 +144,71 @@ func TestTrackerBindDoesNotAllocate(t *testing.T) {
 	}
 }
 
+// TestTrackerStatementNames follows prepared statements and portals by
+// name through Parse, Bind, Execute and Close, including a statement
+// closed or parsed again under the name a Bind last used (the tracker
+// remembers that statement, and the unnamed portal's, outside its maps).
+func TestTrackerStatementNames(t *testing.T) {
+	sink := &recordingSink{}
+	tr := newTestTracker(sink)
+	tr.masked = true // statements from their text alone, no facts cache
+	bind := func(portal, stmt string) { tr.bind(extMsg('B', cstr(portal), cstr(stmt), []byte{0, 0, 0, 0, 0, 0})) }
+	closeMsg := func(kind byte, name string) { tr.close(extMsg('C', []byte{kind}, cstr(name))) }
+	ran := func(portal string) string {
+		t.Helper()
+		n := len(sink.evs)
+		tr.execute(extMsg('E', cstr(portal), []byte{0, 0, 0, 0}))
+		tr.syncPoint(false)
+		tr.answered('C', extMsg('C', cstr("SELECT 1")))
+		tr.ready()
+		if len(sink.evs) != n+1 {
+			t.Fatalf("%d events after an Execute, want %d", len(sink.evs), n+1)
+		}
+		return sink.evs[n].Normalized
+	}
+	check := func(step, got, want string) {
+		t.Helper()
+		if got != want {
+			t.Errorf("%s: statement %q, want %q", step, got, want)
+		}
+	}
+	tr.parse("s", "SELECT 1", nil, nil)
+	bind("", "s")
+	check("bound", ran(""), "SELECT ?")
+	bind("", "s")
+	check("bound again", ran(""), "SELECT ?")
+	closeMsg('S', "s")
+	bind("", "s")
+	check("closed statement", ran(""), "")
+	tr.parse("s", "SELECT 2, 'x'", nil, nil)
+	bind("", "s")
+	check("parsed again", ran(""), "SELECT ?, ?")
+	tr.parse("t", "SELECT 3 FROM x", nil, nil)
+	bind("p", "t")
+	bind("", "s")
+	check("named portal", ran("p"), "SELECT ? FROM x")
+	check("unnamed portal", ran(""), "SELECT ?, ?")
+	check("named portal again", ran("p"), "SELECT ? FROM x")
+	closeMsg('P', "")
+	check("closed unnamed portal", ran(""), "")
+	check("named portal after", ran("p"), "SELECT ? FROM x")
+	closeMsg('P', "p")
+	check("closed named portal", ran("p"), "")
+	tr.parse("", "SELECT 4", nil, nil)
+	bind("", "")
+	check("unnamed statement", ran(""), "SELECT ?")
+	tr.parse("", "VALUES (5)", nil, nil)
+	bind("", "")
+	check("unnamed statement parsed again", ran(""), "VALUES (?)")
+	long := strings.Repeat("n", maxBoundName+1)
+	tr.parse(long, "SELECT 6", nil, nil)
+	bind("", long)
+	check("long name", ran(""), "SELECT ?")
+	closeMsg('S', long)
+	bind("", long)
+	check("long name closed", ran(""), "")
+}
+
 func TestTagRows(t *testing.T) {
 	for tag, want := range map[string]int64{
 		"SELECT 5\x00": 5, "INSERT 0 12": 12, "COPY 1000000": 1000000, "UPDATE 0": 0,
@@ -151,5 +218,44 @@ func TestTagRows(t *testing.T) {
 		if got := tagRows([]byte(tag)); got != want {
 			t.Errorf("tagRows(%q) = %d, want %d", tag, got, want)
 		}
+	}
+}
+
+// TestTrackerTimes: a statement's start is the wall-clock time it was
+// sent and its duration runs until its answer; within one buffer a side
+// reads the clock once (session.stamp), outside a buffer each time.
+func TestTrackerTimes(t *testing.T) {
+	sink := &recordingSink{}
+	tr := newTestTracker(sink)
+	tr.stmts["s"] = &trackedStmt{normalized: "SELECT ?", fingerprint: "f"}
+	before := time.Now()
+	tr.bind(extMsg('B', cstr(""), cstr("s"), []byte{0, 0, 0, 0, 0, 0}))
+	tr.execute(extMsg('E', cstr(""), []byte{0, 0, 0, 0}))
+	tr.syncPoint(false)
+	time.Sleep(5 * time.Millisecond)
+	tr.answered('C', extMsg('C', cstr("SELECT 1")))
+	tr.ready()
+	after := time.Now()
+	if len(sink.evs) != 1 {
+		t.Fatalf("%d events, want 1", len(sink.evs))
+	}
+	ev := sink.evs[0]
+	if ev.Start.Before(before.Add(-time.Millisecond)) || ev.Start.After(before.Add(5*time.Millisecond)) {
+		t.Errorf("start %v, sent at %v", ev.Start, before)
+	}
+	if ev.Duration < 5*time.Millisecond || ev.Duration > after.Sub(before) {
+		t.Errorf("duration %v, want between 5ms and %v", ev.Duration, after.Sub(before))
+	}
+
+	s := tr.s
+	s.clock[0] = 0 // a buffer starts
+	a := s.stamp(0)
+	time.Sleep(2 * time.Millisecond)
+	if b := s.stamp(0); b != a {
+		t.Errorf("two reads in one buffer: %d and %d", a, b)
+	}
+	s.clock[0] = -1 // the buffer is done
+	if c := s.stamp(0); c < a+int64(2*time.Millisecond) {
+		t.Errorf("read outside a buffer: %d, want at least %d", c, a+int64(2*time.Millisecond))
 	}
 }
