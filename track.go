@@ -36,7 +36,12 @@ func (s *statementSink) SessionSink(base *proxy.StatementEvent) proxy.StatementS
 	}
 	if s.audit != nil {
 		ss.audit = s.audit
-		ss.session = audit.NewSession(strconv.FormatUint(base.Session, 10), base.User, base.Roles, base.ClientIP, base.Database, base.Application)
+		newSession := audit.NewSession
+		if base.Loop {
+			// One thread writes the statements of all such sessions.
+			newSession = audit.NewLoopSession
+		}
+		ss.session = newSession(strconv.FormatUint(base.Session, 10), base.User, base.Roles, base.ClientIP, base.Database, base.Application)
 	}
 	return ss
 }

@@ -165,7 +165,7 @@ func (c *chain) makeMid(k midKey, prefix []byte) *midstate {
 // remembers (mid) is set atomically and names the chain that made it.
 type Session struct {
 	enc   []byte // from `,"session":` to the end of the application member
-	shard uint32 // the writer's queue shard for the session's statements
+	shard uint32 // the writer's queue shard for the session's statements: 0, or 1 + n % (shards-1)
 	// mid is the prefix state the session's last statement line used
 	// (see chain.midFor).
 	mid atomic.Pointer[midstate]
@@ -178,8 +178,19 @@ var sessionShards atomic.Uint32
 // written as [].
 func NewSession(id, user string, roles []string, client, database, application string) *Session {
 	ss := newSession(id, user, roles, client, database, application)
-	ss.shard = sessionShards.Add(1)
+	ss.shard = sessionShards.Add(1)%(1<<31) + 1
 	return ss
+}
+
+// NewLoopSession is NewSession for a session whose statements are written
+// by a thread that writes those of many sessions one after another (the
+// proxy's io_uring loop): such sessions share one queue shard, which that
+// thread and the writer go through as one dense stream in memory, where
+// the shards that keep sessions on different threads apart would only
+// scatter it. Like any session, it uses its shard for its whole life, so
+// its statements stay in order.
+func NewLoopSession(id, user string, roles []string, client, database, application string) *Session {
+	return newSession(id, user, roles, client, database, application)
 }
 
 // newSession is NewSession in queue shard 0.

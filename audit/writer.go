@@ -137,7 +137,10 @@ type queueShard struct {
 	batch   []queued
 	waiting int
 	spare   []queued // the goroutine's: the batch it took last, emptied
-	_       [64]byte
+	// limit is how many statements the shard holds at most; the writer
+	// goroutine is woken when it holds kickAt.
+	limit, kickAt int
+	_             [64]byte
 }
 
 // queued is a Statement in the queue, in 48 bytes rather than 104: the
@@ -172,12 +175,26 @@ func (q *queued) statement() Statement {
 }
 
 // queueShards is how many shards a queue of size n has: one for small
-// queues (tests), eight from 1024 on (each shard holds n/shards).
+// queues (tests), eight from 1024 on. Shard 0 takes the statements of
+// Write and of loop sessions (NewLoopSession) and holds half of n; the
+// others share the rest (shardLimit).
 func queueShards(n int) int {
 	if n < 1024 {
 		return 1
 	}
 	return 8
+}
+
+// shardLimit is how many statements shard i of a queue of size n in
+// shards holds.
+func shardLimit(i, n, shards int) int {
+	switch {
+	case shards == 1:
+		return n
+	case i == 0:
+		return n / 2
+	}
+	return n / 2 / (shards - 1)
 }
 
 // pending counts what the unwritten buffer holds.
@@ -206,15 +223,15 @@ type Writer struct {
 
 	// The queue, in shards: WriteStatement appends to the batch of the
 	// statement's session's shard under that shard's lock (so that
-	// sessions rarely contend) and wakes the writer goroutine (kick) only
-	// when the batch becomes non-empty or reaches kickAt, so that the
-	// goroutine wakes a few times per FlushInterval rather than once per
-	// statement. Each shard holds at most limit statements.
+	// sessions on different threads rarely contend), or of shard 0 for
+	// the sessions of a loop and for Write (NewLoopSession), and wakes
+	// the writer goroutine (kick) only when the batch becomes non-empty
+	// or reaches its kickAt, so that the goroutine wakes a few times per
+	// FlushInterval rather than once per statement.
 	shards []queueShard
-	limit  int
-	kickAt int
 	kick   chan struct{}
 	merge  []int // the goroutine's: merge positions per shard
+	live   []int // the goroutine's: the shards takeBatch merges
 
 	flushReq  chan chan error
 	closing   chan struct{}
@@ -305,11 +322,12 @@ func New(cfg Config) (*Writer, error) {
 		buf:      make([]byte, 0, flushSize+4096),
 	}
 	w.shards = make([]queueShard, queueShards(cfg.QueueSize))
-	w.limit = cfg.QueueSize / len(w.shards)
-	w.kickAt = max(1, w.limit/2)
 	w.merge = make([]int, len(w.shards))
 	for i := range w.shards {
-		w.shards[i].space.L = &w.shards[i].mu
+		q := &w.shards[i]
+		q.space.L = &q.mu
+		q.limit = shardLimit(i, cfg.QueueSize, len(w.shards))
+		q.kickAt = max(1, q.limit/2)
 	}
 	if w.obs == nil {
 		w.obs = noObserver{}
@@ -353,8 +371,8 @@ func (w *Writer) Write(r *Record) {
 // a refusal take one small allocation.
 func (w *Writer) WriteStatement(st *Statement) {
 	q := &w.shards[0]
-	if st.Session != nil && len(w.shards) > 1 {
-		q = &w.shards[st.Session.shard%uint32(len(w.shards))]
+	if st.Session != nil && st.Session.shard != 0 && len(w.shards) > 1 {
+		q = &w.shards[1+(st.Session.shard-1)%uint32(len(w.shards)-1)]
 	}
 	q.mu.Lock()
 	if w.stopping.Load() {
@@ -362,7 +380,7 @@ func (w *Writer) WriteStatement(st *Statement) {
 		w.drop()
 		return
 	}
-	for len(q.batch) >= w.limit {
+	for len(q.batch) >= q.limit {
 		if w.cfg.OnFull == OnFullDrop {
 			q.mu.Unlock()
 			w.drop()
@@ -385,7 +403,7 @@ func (w *Writer) WriteStatement(st *Statement) {
 		e.rare = &rareFields{outcome: st.Outcome, sqlState: st.SQLState, rule: st.Rule}
 	}
 	q.mu.Unlock()
-	if n == 1 || n == w.kickAt {
+	if n == 1 || n == q.kickAt {
 		w.wake()
 	}
 }
@@ -413,18 +431,27 @@ func (w *Writer) takeBatch() {
 		q.mu.Unlock()
 		q.spare = b
 	}
-	if len(w.shards) == 1 {
-		b := w.shards[0].spare
+	// The shards that hold statements, usually one (a busy io_uring
+	// loop's) or a few: the merge looks at those only.
+	live := w.live[:0]
+	for i := range w.shards {
+		if len(w.shards[i].spare) > 0 {
+			live = append(live, i)
+		}
+	}
+	w.live = live
+	if len(live) == 1 {
+		b := w.shards[live[0]].spare
 		for i := range b {
 			st := b[i].statement()
 			w.take(&st)
 		}
-	} else {
+	} else if len(live) > 1 {
 		pos := w.merge
 		clear(pos)
 		for {
 			best := -1
-			for i := range w.shards {
+			for _, i := range live {
 				b := w.shards[i].spare
 				if pos[i] < len(b) && (best < 0 || b[pos[i]].nanos < w.shards[best].spare[pos[best]].nanos) {
 					best = i
@@ -452,7 +479,7 @@ func (w *Writer) halfFull() bool {
 		q.mu.Lock()
 		n := len(q.batch)
 		q.mu.Unlock()
-		if n >= w.kickAt {
+		if n >= q.kickAt {
 			return true
 		}
 	}

@@ -542,7 +542,8 @@ func TestOnFullSet(t *testing.T) {
 // TestShardedQueue writes from many sessions through WriteStatement, so
 // that the queue's shards are all used (a queue of 8192 has eight): every
 // statement is in the log once, each session's statements keep their
-// order, and the chain verifies.
+// order, and the chain verifies. A third of the sessions are loop
+// sessions, which share shard 0 (NewLoopSession).
 func TestShardedQueue(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "audit.log")
 	w := newTestWriter(t, Config{Path: path, OnFull: OnFullBlock, FlushInterval: 20 * time.Millisecond})
@@ -557,6 +558,9 @@ func TestShardedQueue(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			sess := NewSession(fmt.Sprint(g), "u", []string{"r"}, "10.0.0.1", "db", "app")
+			if g%3 == 0 {
+				sess = NewLoopSession(fmt.Sprint(g), "u", []string{"r"}, "10.0.0.1", "db", "app")
+			}
 			for i := range perS {
 				st := Statement{Time: base.Add(time.Duration(i) * time.Millisecond), Session: sess,
 					Shape: NewShape(fmt.Sprintf("%d-%d", g, i), "SELECT ?", nil), Outcome: OutcomeOK}

@@ -87,6 +87,12 @@ type StatementEvent struct {
 	// Memo is the sink's memo of the statement (see Memo); nil when the
 	// statement is unknown.
 	Memo *Memo
+	// Loop says the session is one the io_uring loop relays (from its
+	// first idle moment on): its statements come from the loop's thread,
+	// which relays many sessions one message at a time, so a sink may
+	// keep their statements together. It is the same for all of a
+	// session's events.
+	Loop bool
 }
 
 // trackedStmt is what the tracker knows of one statement before it runs.
@@ -230,7 +236,8 @@ func newTracker(s *session, sink StatementSink, roles []string, grants *rules.Gr
 		host = h
 	}
 	t := &tracker{s: s, sink: sink, masked: masked, grants: grants, user: s.user,
-		base:  StatementEvent{Session: s.id, User: s.user, Database: s.database, Application: s.appName, ClientIP: host, Roles: roles},
+		base: StatementEvent{Session: s.id, User: s.user, Database: s.database, Application: s.appName, ClientIP: host, Roles: roles,
+			Loop: !masked && s.srv != nil && s.srv.IOUring() && !s.clientTLS && !s.serverTLS},
 		stmts: map[string]*trackedStmt{}, portals: map[string]*trackedStmt{}, sqlPrep: map[string]*trackedStmt{}, cursors: map[string]*trackedStmt{}}
 	t.ev = t.base
 	t.epoch = time.Now()
