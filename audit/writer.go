@@ -185,6 +185,10 @@ func queueShards(n int) int {
 	return 8
 }
 
+// prefaultSlots is how many queue slots WriteStatement brings into its
+// core's cache at a time, ahead of use.
+const prefaultSlots = 16
+
 // shardLimit is how many statements shard i of a queue of size n in
 // shards holds.
 func shardLimit(i, n, shards int) int {
@@ -401,6 +405,14 @@ func (w *Writer) WriteStatement(st *Statement) {
 	}
 	if st.Outcome != OutcomeOK || st.SQLState != "" || st.Rule != "" {
 		e.rare = &rareFields{outcome: st.Outcome, sqlState: st.SQLState, rule: st.Rule}
+	}
+	if n%prefaultSlots == 1 && n < cap(q.batch) {
+		// The next slots' memory was last written by the writer's
+		// goroutine, on another core, when it emptied them: writing them
+		// one at a time would wait for each cache line in turn (at the
+		// Unlock below). Writing the group's lines now, together, waits
+		// about as long as for one.
+		clear(q.batch[n:min(n+prefaultSlots, cap(q.batch))])
 	}
 	q.mu.Unlock()
 	if n == 1 || n == q.kickAt {
