@@ -72,10 +72,28 @@ func (s *sessionSink) End() {
 // forms are the ledger's and the audit log's forms of one statement, per
 // treatment of its columns: as planned, or refused. A forms value is
 // immutable once stored in a Memo; a missing form is added by storing a
-// copy.
+// copy. planned says the forms as planned (uses, which may be nil, and
+// shape) are made, as the sink's ledger and audit log need them.
 type forms struct {
 	uses, usesRefused   []usage.ColumnUse
 	shape, shapeRefused *audit.Shape
+	planned             bool
+}
+
+// Ran records a statement that succeeded from its memo alone, when the
+// memo holds the forms as planned (proxy.RanSink).
+func (s *sessionSink) Ran(m *proxy.Memo, start time.Time, d time.Duration, rows int64) bool {
+	f, _ := m.Load().(*forms)
+	if f == nil || !f.planned {
+		return false
+	}
+	if s.ledger != nil && len(f.uses) > 0 {
+		s.ledger.Record(start, f.uses, rows, true)
+	}
+	if s.audit != nil {
+		s.audit.WriteStatement(&audit.Statement{Time: start, Session: s.session, Shape: f.shape, Rows: rows, Duration: d, Outcome: audit.OutcomeOK})
+	}
+	return true
 }
 
 func (s *sessionSink) Statement(ev *proxy.StatementEvent) {
@@ -109,6 +127,9 @@ func (s *sessionSink) Statement(ev *proxy.StatementEvent) {
 			} else {
 				nf.shape = shape
 			}
+		}
+		if !refused {
+			nf.planned = true // this call made what the ledger and the audit log need
 		}
 		if ev.Memo != nil {
 			ev.Memo.Store(&nf)

@@ -44,6 +44,16 @@ type SessionEnder interface {
 	End()
 }
 
+// RanSink is a sink (a StatementSink, or one that SessionSink returns)
+// with a short way for the common case: a statement that succeeded and
+// whose Memo the sink has already filled. The tracker calls Ran for such
+// a statement, without building an event; when Ran returns false it has
+// recorded nothing, and the tracker calls Statement with the whole event.
+// Ran is called like Statement.
+type RanSink interface {
+	Ran(m *Memo, start time.Time, d time.Duration, rows int64) bool
+}
+
 // Memo holds a sink's own form of one analysed statement: all events of
 // the same tracked statement (a relayed text shape shared by every session
 // with the same context, a prepared statement, a cached plan) carry the
@@ -156,6 +166,7 @@ func (t *tracker) headOutputs() []rewrite.Output {
 type tracker struct {
 	s       *session
 	sink    StatementSink
+	ran     RanSink // sink's short way, if it has one
 	masked  bool
 	grants  *rules.Grants
 	base    StatementEvent
@@ -246,6 +257,7 @@ func newTracker(s *session, sink StatementSink, roles []string, grants *rules.Gr
 		base := t.base
 		t.sink = ss.SessionSink(&base)
 	}
+	t.ran, _ = t.sink.(RanSink)
 	return t
 }
 
@@ -706,10 +718,15 @@ func (t *tracker) emit(p pending, rows int64, outcome, code, rule string) {
 	if t.sink == nil {
 		return
 	}
+	d := time.Duration(t.s.stamp(1) - p.mono)
+	if t.ran != nil && outcome == "ok" && p.ts != nil && p.ts.refusal == nil && p.ts.memo.Load() != nil &&
+		t.ran.Ran(&p.ts.memo, p.start, d, rows) {
+		return
+	}
 	// The session's fields of t.ev are set once (newTracker).
 	ev := &t.ev
 	ev.Start = p.start
-	ev.Duration = time.Duration(t.s.stamp(1) - p.mono)
+	ev.Duration = d
 	ev.Rows, ev.Outcome, ev.SQLState, ev.Rule = rows, outcome, code, rule
 	ev.Normalized, ev.Fingerprint, ev.Kind, ev.Uses, ev.Memo = "", "", "", nil, nil
 	if ts := p.ts; ts != nil {
