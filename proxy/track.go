@@ -423,9 +423,9 @@ func (t *tracker) query(sql string, plan *rewrite.Plan, refusal error) {
 		stmts[0].st.Executes == "" && stmts[0].st.Fetches == "") {
 		// The common case: one statement, recorded as it is.
 		now, mono := t.now()
-		t.mu.Lock()
+		locked := t.lock()
 		t.queue = append(t.queue, pending{ts: stmts[0], start: now, mono: mono}, pending{sync: true})
-		t.mu.Unlock()
+		t.unlock(locked)
 		return
 	}
 	run := make([]*trackedStmt, len(stmts))
@@ -562,9 +562,9 @@ func (t *tracker) execute(msg []byte) *trackedStmt {
 		ts = t.executed(ts)
 	}
 	now, mono := t.now()
-	t.mu.Lock()
+	locked := t.lock()
 	t.queue = append(t.queue, pending{ts: ts, start: now, mono: mono, maxRows: maxRows})
-	t.mu.Unlock()
+	t.unlock(locked)
 	return ts
 }
 
@@ -594,12 +594,32 @@ func (t *tracker) syncPoint(functionCall bool) {
 		call.ts = &trackedStmt{normalized: "<function call>"}
 		call.start, call.mono = t.now()
 	}
-	t.mu.Lock()
+	locked := t.lock()
 	if functionCall {
 		t.queue = append(t.queue, call)
 	}
 	t.queue = append(t.queue, pending{sync: true})
-	t.mu.Unlock()
+	t.unlock(locked)
+}
+
+// lock takes t.mu, except while the io_uring loop relays the session:
+// then both sides run on the loop's thread, one message at a time, and
+// nothing else uses what mu guards (a session goes to the loop, and comes
+// back, with both of its pumps stopped, which orders what they did before
+// with what runs after). It returns whether it locked, for unlock.
+func (t *tracker) lock() bool {
+	if t.s.ringActive.Load() {
+		return false
+	}
+	t.mu.Lock()
+	return true
+}
+
+// unlock undoes lock.
+func (t *tracker) unlock(locked bool) {
+	if locked {
+		t.mu.Unlock()
+	}
 }
 
 // dropTrailingSyncs takes up to n sync points off the end of the queue
@@ -619,15 +639,16 @@ func (t *tracker) dropTrailingSyncs(n int) {
 // next removes and returns the oldest unanswered statement, if any before
 // the next sync point.
 func (t *tracker) next() (pending, bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
+	locked := t.lock()
 	if t.qh == len(t.queue) || t.queue[t.qh].sync {
+		t.unlock(locked)
 		return pending{}, false
 	}
 	p := t.queue[t.qh]
 	t.queue[t.qh] = pending{}
 	t.qh++
 	t.compact()
+	t.unlock(locked)
 	return p, true
 }
 
@@ -708,9 +729,9 @@ func (t *tracker) failed(code string, refusal error) {
 // ready handles a ReadyForQuery: everything up to the sync point it
 // answers is over.
 func (t *tracker) ready() {
-	t.mu.Lock()
+	locked := t.lock()
 	t.skipToSync(true)
-	t.mu.Unlock()
+	t.unlock(locked)
 }
 
 // emit sends one event to the sink.

@@ -514,21 +514,25 @@ func (s *Session) Record(t time.Time, cols []ColumnUse, rows int64, ok bool) {
 	if t.IsZero() {
 		t = l.cfg.Now()
 	}
-	sec := t.Unix()
-	hour := sec - ((sec%3600)+3600)%3600
 	micros := t.UnixMicro()
+	sec := micros / 1e6
+	if micros%1e6 < 0 {
+		sec-- // before 1970: the second that holds it
+	}
+	hour := sec - ((sec%3600)+3600)%3600
 	k := shapeKey{&cols[0], len(cols)}
 	var okN int64
 	if ok {
 		okN = 1
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if l.closedA.Load() {
+		s.mu.Unlock()
 		return
 	}
 	if s.ended {
 		s.count(slot{key: k, cols: cols, hour: hour, n: 1, ok: okN, rows: rows, micros: micros})
+		s.mu.Unlock()
 		return
 	}
 	var p *slot
@@ -552,6 +556,7 @@ func (s *Session) Record(t time.Time, cols []ColumnUse, rows int64, ok bool) {
 	p.ok += okN
 	p.rows += rows
 	p.micros = max(p.micros, micros)
+	s.mu.Unlock()
 }
 
 // fold adds what the slots count to the ledger's counters and empties
