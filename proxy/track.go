@@ -112,7 +112,22 @@ type trackedStmt struct {
 	fingerprint string
 	refusal     *rewrite.Refusal
 	syntax      bool
+	transforms  bool // some result column needs a transform (outputs)
 	memo        Memo // the sink's, see Memo
+}
+
+// newTracked returns the tracked statement for st.
+func newTracked(st *rewrite.Statement, norm, fp string) *trackedStmt {
+	ts := &trackedStmt{st: st, normalized: norm, fingerprint: fp}
+	if st != nil && st.OutputsKnown {
+		for _, o := range st.Outputs {
+			if o.Transform != rewrite.TransformNone {
+				ts.transforms = true
+				break
+			}
+		}
+	}
+	return ts
 }
 
 // pending is a statement sent to the server and not yet answered, or (sync
@@ -127,15 +142,10 @@ type pending struct {
 
 // outputs returns the result columns of p when some need a transform.
 func (p *pending) outputs() []rewrite.Output {
-	if p.ts == nil || p.ts.st == nil || !p.ts.st.OutputsKnown {
+	if p.ts == nil || !p.ts.transforms {
 		return nil
 	}
-	for _, o := range p.ts.st.Outputs {
-		if o.Transform != rewrite.TransformNone {
-			return p.ts.st.Outputs
-		}
-	}
-	return nil
+	return p.ts.st.Outputs
 }
 
 // headStatement returns the statement being answered, or nil.
@@ -151,6 +161,9 @@ func (t *tracker) headStatement() *rewrite.Statement {
 // headOutputs returns the transformed outputs of the statement being
 // answered, or nil.
 func (t *tracker) headOutputs() []rewrite.Output {
+	if t.transforms.Load() == 0 {
+		return nil // no statement sent and not yet answered has any
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.qh == len(t.queue) || t.queue[t.qh].sync {
@@ -198,6 +211,10 @@ type tracker struct {
 	// SET search_path and SET ROLE statements the analysis sees.
 	path []string
 	user string
+	// transforms counts the queued statements that have transforms
+	// (trackedStmt.transforms): without any, the server side needs no
+	// lock to know that the statement it answers has none.
+	transforms atomic.Int64
 	// ctxVersion counts changes of path and user (written under mu, read
 	// without it); the facts-cache key prefix is rebuilt when it, the
 	// policy or the snapshot changes. The prefix fields, with the path
@@ -369,7 +386,7 @@ func stmtsOf(plan *rewrite.Plan, refusal error, norm string) []*trackedStmt {
 	}
 	out := make([]*trackedStmt, len(plan.Statements))
 	for i := range plan.Statements {
-		out[i] = &trackedStmt{st: &plan.Statements[i], normalized: norm, fingerprint: fp}
+		out[i] = newTracked(&plan.Statements[i], norm, fp)
 	}
 	return out
 }
@@ -423,6 +440,7 @@ func (t *tracker) query(sql string, plan *rewrite.Plan, refusal error) {
 		stmts[0].st.Executes == "" && stmts[0].st.Fetches == "") {
 		// The common case: one statement, recorded as it is.
 		now, mono := t.now()
+		t.queued(stmts[0])
 		locked := t.lock()
 		t.queue = append(t.queue, pending{ts: stmts[0], start: now, mono: mono}, pending{sync: true})
 		t.unlock(locked)
@@ -444,6 +462,7 @@ func (t *tracker) query(sql string, plan *rewrite.Plan, refusal error) {
 	now, mono := t.now()
 	t.mu.Lock()
 	for _, ts := range run {
+		t.queued(ts)
 		t.queue = append(t.queue, pending{ts: ts, start: now, mono: mono})
 	}
 	t.queue = append(t.queue, pending{sync: true})
@@ -472,7 +491,7 @@ func (t *tracker) executed(ts *trackedStmt) *trackedStmt {
 		st.Uses = src.st.Uses
 	}
 	st.Outputs, st.OutputsKnown = src.st.Outputs, src.st.OutputsKnown
-	return &trackedStmt{st: &st, normalized: ts.normalized, fingerprint: ts.fingerprint}
+	return newTracked(&st, ts.normalized, ts.fingerprint)
 }
 
 // parse registers a Parse message.
@@ -562,6 +581,7 @@ func (t *tracker) execute(msg []byte) *trackedStmt {
 		ts = t.executed(ts)
 	}
 	now, mono := t.now()
+	t.queued(ts)
 	locked := t.lock()
 	t.queue = append(t.queue, pending{ts: ts, start: now, mono: mono, maxRows: maxRows})
 	t.unlock(locked)
@@ -649,7 +669,22 @@ func (t *tracker) next() (pending, bool) {
 	t.qh++
 	t.compact()
 	t.unlock(locked)
+	t.dequeued(p.ts)
 	return p, true
+}
+
+// queued counts a statement about to be queued in transforms, and
+// dequeued one taken off the queue.
+func (t *tracker) queued(ts *trackedStmt) {
+	if ts.transforms {
+		t.transforms.Add(1)
+	}
+}
+
+func (t *tracker) dequeued(ts *trackedStmt) {
+	if ts != nil && ts.transforms {
+		t.transforms.Add(-1)
+	}
 }
 
 // compact moves the queue down to its start when most of it is consumed
@@ -667,6 +702,7 @@ func (t *tracker) compact() {
 // andSync, the sync point too. The caller holds t.mu.
 func (t *tracker) skipToSync(andSync bool) {
 	for t.qh < len(t.queue) && !t.queue[t.qh].sync {
+		t.dequeued(t.queue[t.qh].ts)
 		t.queue[t.qh] = pending{}
 		t.qh++
 	}

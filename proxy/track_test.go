@@ -259,3 +259,47 @@ func TestTrackerTimes(t *testing.T) {
 		t.Errorf("read outside a buffer: %d, want at least %d", c, a+int64(2*time.Millisecond))
 	}
 }
+
+// TestTrackerTransformsCount: the count of queued statements with output
+// transforms, which lets the server side skip the lock when it is zero,
+// follows statements answered, failed and skipped after an error.
+func TestTrackerTransformsCount(t *testing.T) {
+	tr := newTestTracker(&recordingSink{})
+	dec := newTracked(&rewrite.Statement{Kind: "SelectStmt", OutputsKnown: true,
+		Outputs: []rewrite.Output{{Transform: rewrite.TransformNone}, {Transform: rewrite.TransformDecrypt}}}, "SELECT a, b FROM t", "fd")
+	plain := newTracked(&rewrite.Statement{Kind: "SelectStmt", OutputsKnown: true, Outputs: []rewrite.Output{{}}}, "SELECT a FROM t", "fp")
+	if !dec.transforms || plain.transforms {
+		t.Fatalf("transforms: %v, %v", dec.transforms, plain.transforms)
+	}
+	tr.stmts["d"], tr.stmts["p"] = dec, plain
+	run := func(names ...string) {
+		for _, n := range names {
+			tr.bind(extMsg('B', cstr(""), cstr(n), []byte{0, 0, 0, 0, 0, 0}))
+			tr.execute(extMsg('E', cstr(""), []byte{0, 0, 0, 0}))
+		}
+		tr.syncPoint(false)
+	}
+	run("p", "d", "d")
+	if n := tr.transforms.Load(); n != 2 {
+		t.Fatalf("%d queued with transforms, want 2", n)
+	}
+	if tr.headOutputs() != nil {
+		t.Fatal("outputs for the plain statement at the head")
+	}
+	tr.answered('C', extMsg('C', cstr("SELECT 1")))
+	if outs := tr.headOutputs(); len(outs) != 2 {
+		t.Fatalf("outputs at the head: %v", outs)
+	}
+	tr.answered('C', extMsg('C', cstr("SELECT 1")))
+	tr.failed("22012", nil) // the second "d"; nothing left to skip
+	tr.ready()
+	if n := tr.transforms.Load(); n != 0 {
+		t.Fatalf("%d queued with transforms after all were answered, want 0", n)
+	}
+	run("d", "d", "p", "d")
+	tr.failed("22012", nil) // the first fails, the rest is skipped
+	tr.ready()
+	if n := tr.transforms.Load(); n != 0 || tr.headOutputs() != nil {
+		t.Fatalf("%d queued with transforms after an error skipped them, want 0", n)
+	}
+}
