@@ -243,16 +243,17 @@ type tracker struct {
 	epoch     time.Time // see now
 	epochMono int64     // epoch in the session's clock
 	lits      rewrite.LiteralScan
-	// byPlan remembers the tracked statements of a masked session's
-	// plans (the client-side goroutine's).
-	byPlan map[*rewrite.Plan][]*trackedStmt
 }
 
 // maxBoundName is the longest statement name tracker.bound remembers.
 const maxBoundName = 256
 
-// maxPlanMemo bounds a tracker's byPlan; it is cleared when full.
-const maxPlanMemo = 256
+// planTracked is what a plan's Memo holds: the plan's tracked statements,
+// for texts normalized with standard_conforming_strings scs.
+type planTracked struct {
+	scs   bool
+	stmts []*trackedStmt
+}
 
 // maxShapeMemo is the longest text a tracker keeps to recognise the next
 // one by (tracker.lastRaw): a session's bulk statement is not held on to.
@@ -351,17 +352,19 @@ func (t *tracker) analyse(sql string, plan *rewrite.Plan, refusal error) []*trac
 	if t.masked || plan != nil {
 		// A plan belongs to one text, or (a statement template's) to one
 		// literal-free shape, so its normalized text is the same each
-		// time: its tracked statements are made once per session.
-		if stmts, ok := t.byPlan[plan]; ok && plan != nil {
-			return stmts
+		// time (for one standard_conforming_strings): its tracked
+		// statements are made once and kept with the plan, for all the
+		// sessions that share it.
+		scs := !t.s.scsOff.Load()
+		if plan != nil {
+			if pt, _ := plan.Memo.Load().(*planTracked); pt != nil && pt.scs == scs {
+				return pt.stmts
+			}
 		}
 		norm, _ := t.normalize(sql)
 		stmts := stmtsOf(plan, nil, norm)
-		if plan != nil && len(sql) <= rewrite.MaxCachedText { // a bulk text's plan is its own
-			if t.byPlan == nil || len(t.byPlan) >= maxPlanMemo {
-				t.byPlan = map[*rewrite.Plan][]*trackedStmt{}
-			}
-			t.byPlan[plan] = stmts
+		if plan != nil {
+			plan.Memo.Store(&planTracked{scs: scs, stmts: stmts})
 		}
 		return stmts
 	}

@@ -303,3 +303,32 @@ func TestTrackerTransformsCount(t *testing.T) {
 		t.Fatalf("%d queued with transforms after an error skipped them, want 0", n)
 	}
 }
+
+// TestTrackerPlanShared: the tracked statements of a masked session's plan
+// are made once and shared by the sessions that run the plan, for the
+// same standard_conforming_strings; a session with the other setting
+// normalizes the text itself.
+func TestTrackerPlanShared(t *testing.T) {
+	plan := &rewrite.Plan{Analyzed: true, Statements: []rewrite.Statement{{Kind: "SelectStmt"}}}
+	const sql = `SELECT 'a\' FROM t`
+	a, b, off := newTestTracker(nil), newTestTracker(nil), newTestTracker(nil)
+	off.s.scsOff.Store(true)
+	for _, tr := range []*tracker{a, b, off} {
+		tr.masked = true
+	}
+	sa := a.analyse(sql, plan, nil)
+	if len(sa) != 1 || sa[0].normalized != "SELECT ? FROM t" || sa[0].st != &plan.Statements[0] {
+		t.Fatalf("first session: %+v", sa[0])
+	}
+	if sb := b.analyse(sql, plan, nil); sb[0] != sa[0] {
+		t.Fatal("a second session with the same settings made its own tracked statement")
+	}
+	// With standard_conforming_strings off the backslash escapes the
+	// quote: the text is not scannable, so it has no normalized form.
+	if so := off.analyse(sql, plan, nil); so[0] == sa[0] || so[0].normalized != "" {
+		t.Fatalf("session with standard_conforming_strings off: %+v", so[0])
+	}
+	if sa2 := a.analyse(sql, plan, nil); sa2[0].normalized != "SELECT ? FROM t" {
+		t.Fatalf("first session again: %+v", sa2[0])
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 
@@ -79,6 +80,10 @@ type Plan struct {
 	Transforms, Encrypts bool
 	// Statements describes each statement of the text, in order.
 	Statements []Statement
+	// Memo is the caller's: the proxy's statement tracker keeps there what
+	// it derives from the plan, once for every session that runs the
+	// plan. This package does not use it.
+	Memo atomic.Value
 }
 
 // Statement describes one analysed statement.
