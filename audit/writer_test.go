@@ -764,3 +764,21 @@ func TestCurrentFileDeletedNoRotation(t *testing.T) {
 		t.Fatalf("result %+v, first prev %s, deleted head %s", res, first.Prev, deletedHead)
 	}
 }
+
+// TestShardLimits: the queue's shards hold QueueSize between them at most,
+// half of it in shard 0 (the loop's sessions and Write).
+func TestShardLimits(t *testing.T) {
+	for _, n := range []int{100, 1023, 1024, 8192, 32768} {
+		shards := queueShards(n)
+		sum := 0
+		for i := range shards {
+			sum += shardLimit(i, n, shards)
+		}
+		if sum > n || sum < n-shards {
+			t.Errorf("queue of %d: shards hold %d", n, sum)
+		}
+		if shards > 1 && shardLimit(0, n, shards) != n/2 {
+			t.Errorf("queue of %d: shard 0 holds %d, want %d", n, shardLimit(0, n, shards), n/2)
+		}
+	}
+}
