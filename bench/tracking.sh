@@ -14,6 +14,12 @@
 #        perf, tracked minus plain; BENCH_RATE=N prints, instead of throughput,
 #        the proxies' CPU time per transaction at a fixed N transactions per
 #        second, and what tracking adds, paired by round)
+# Besides the throughput, each cell shows where it went, per transaction:
+# the proxy's CPU time; the proxy's and PostgreSQL's CPU time relative to
+# pgbench's own in the same run (the machine's speed, which swings on a
+# shared host, cancels out: a ratio above 1 is work tracking added); the
+# machine's idle share; and the relay thread's CPU time and occupancy (the
+# share of the run it was on a CPU or waiting for one).
 # Disturbance guard: a round (the pair of runs) during which processes
 # outside the benchmark used more than BENCH_MAX_OTHER_CPU % of the
 # machine (default 10) is repeated, up to BENCH_RETRIES times (default 3);
@@ -116,21 +122,59 @@ cpu_ticks() {
 	read -r -a f <<<"$stat"
 	echo $((f[11] + f[12]))
 }
-# tps port user mode clients script|builtin -> "TPS CPU_US_PER_TXN": the
-# proxy's own CPU time per transaction is the machine-independent figure.
+# child_ticks PID: cutime+cstime of the process (its reaped children), in
+# clock ticks: for the postmaster, the CPU of the backends that exited.
+child_ticks() {
+	local stat
+	stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+	stat=${stat##*) }
+	local -a f
+	read -r -a f <<<"$stat"
+	echo $((f[13] + f[14]))
+}
+# idle_ticks: the machine's idle and iowait time, in clock ticks.
+idle_ticks() { awk '/^cpu /{print $5 + $6; exit}' /proc/stat; }
+# thread_times PID: "TID RUN_NS WAIT_NS" per thread of the process (time on
+# a CPU, and runnable but waiting for one, from schedstat).
+thread_times() { for t in /proc/"$1"/task/*; do echo "${t##*/} $(cut -d' ' -f1,2 "$t/schedstat" 2>/dev/null)"; done | sort; }
+# tps port user mode clients script|builtin -> "TPS PROXY PGBENCH POSTGRES
+# IDLE": the throughput; the CPU time per transaction in µs of the proxy,
+# of pgbench (its user and system time, from the shell's times) and of the
+# PostgreSQL backends that served the run (counted by the postmaster when
+# they exit, which the function waits for); and the share of the machine's
+# CPU time that was idle during the run, in %; and of the proxy's busiest
+# thread (the relay: the io_uring loop, or the one core of --procs 1), its
+# CPU time per transaction in µs and the share of the run it was on a CPU
+# or waiting for one (its occupancy: near 1, that thread bounds the
+# throughput, and what tracking adds to it counts in full). The proxy's own CPU time per
+# transaction is the machine-independent figure; pgbench's is the yardstick
+# of the machine's speed during the run (tracking cannot change it).
 tps() {
 	local j=$(( $4 < 2 ? $4 : 2 ))
 	local what=(-S)
 	[[ $5 != builtin ]] && what=(-f "$5")
 	local pid=$PLAIN_PID
 	[[ $1 == "$TRACK" ]] && pid=$TRACK_PID
-	local before after out
+	local before after out pg0 pg1 kids i0 i1 t0 t1 th0 th1 top
+	kids=$(pgrep -c -P "$PM_PID" || true)
+	pg0=$(child_ticks "$PM_PID")
 	before=$(cpu_ticks "$pid")
-	out=$("$PGBIN/pgbench" -n -h 127.0.0.1 -p "$1" -U "$2" "${what[@]}" -M "$3" -c "$4" -j "$j" -T "$SECONDS_PER_RUN" postgres 2>/dev/null)
+	th0=$(thread_times "$pid")
+	i0=$(idle_ticks) t0=$(date +%s%N)
+	out=$("$PGBIN/pgbench" -n -h 127.0.0.1 -p "$1" -U "$2" "${what[@]}" -M "$3" -c "$4" -j "$j" -T "$SECONDS_PER_RUN" postgres 2>/dev/null; times)
+	i1=$(idle_ticks) t1=$(date +%s%N)
+	th1=$(thread_times "$pid")
+	top=$(join <(echo "$th0") <(echo "$th1") | awk '{r = $4 - $2; w = $5 - $3; if (r > br) {br = r; bw = w}} END{print br + 0, bw + 0}')
 	after=$(cpu_ticks "$pid")
-	awk -v ticks=$((after - before)) -v hz="$CLK_TCK" '
+	for _ in $(seq 100); do (($(pgrep -c -P "$PM_PID" || true) <= kids)) && break; sleep 0.01; done
+	pg1=$(child_ticks "$PM_PID")
+	awk -v ticks=$((after - before)) -v pg=$((pg1 - pg0)) -v hz="$CLK_TCK" -v idle=$((i1 - i0)) -v wall=$((t1 - t0)) -v ncpu="$NCPU" -v top="$top" '
+		function secs(s,  m) { m = s; sub(/m.*/, "", m); sub(/^[0-9]+m/, "", s); sub(/s$/, "", s); return m * 60 + s }
 		/^tps = /{tps=$3} /number of transactions actually processed/{n=$NF}
-		END{printf "%s %.1f\n", tps, (n>0)?ticks/hz*1e6/n:0}' <<<"$out"
+		/^[0-9]+m[0-9.]+s [0-9]+m[0-9.]+s$/{bench=secs($1) + secs($2)} # the last such line: the children
+		END{split(top, tt, " ")
+			if (n > 0) printf "%s %.2f %.2f %.2f %.1f %.2f %.3f\n", tps, ticks/hz*1e6/n, bench*1e6/n, pg/hz*1e6/n, 100*idle/hz/(wall/1e9*ncpu), tt[1]/1e3/n, (tt[1]+tt[2])/wall
+			else print "0 0 0 0 0 0 0"}' <<<"$out"
 }
 best() { awk -v a="$1" -v b="$2" 'BEGIN{print (b>a)?b:a}'; }
 
@@ -244,18 +288,18 @@ if [[ -n ${BENCH_RATE:-} ]]; then
 	done
 	exit 0
 fi
-echo "| workload | mode | clients | pgveil TPS (best) | pgveil + ledger + audit TPS (best) | tracked / plain (median of $ROUNDS paired rounds) | 95% CI of the median | ratios | proxy CPU µs/txn plain → tracked (medians) | other processes' CPU % (max) |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
+echo "| workload | mode | clients | pgveil TPS (best) | pgveil + ledger + audit TPS (best) | tracked / plain (median of $ROUNDS paired rounds) | 95% CI of the median | ratios | proxy CPU µs/txn plain → tracked (medians) | per pgbench CPU, tracked ÷ plain: proxy | PostgreSQL (medians of the pairs, 95% CI) | idle % plain → tracked (medians) | relay thread CPU µs/txn plain → tracked | its occupancy plain → tracked (medians) | other processes' CPU % (max) |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for cell in "${CELLS[@]}"; do
 	read -r workload user script mode c <<<"$cell"
-	bp=0 bt=0 ratios=() cpus_p=() cpus_t=() omax=0
+	bp=0 bt=0 ratios=() cpus_p=() cpus_t=() rel_proxy=() rel_pg=() idle_p=() idle_t=() relay_p=() relay_t=() occ_p=() occ_t=() omax=0
 	for r in $(seq "$ROUNDS"); do
 		for attempt in $(seq 0 "$RETRIES"); do
 			s0=$(cpu_snapshot)
 			if (( r % 2 )); then
-				read -r p cp < <(tps "$PLAIN" "$user" "$mode" "$c" "$script"); read -r t ct < <(tps "$TRACK" "$user" "$mode" "$c" "$script")
+				read -r p cp gp kp ip rp op < <(tps "$PLAIN" "$user" "$mode" "$c" "$script"); read -r t ct gt kt it rt ot < <(tps "$TRACK" "$user" "$mode" "$c" "$script")
 			else
-				read -r t ct < <(tps "$TRACK" "$user" "$mode" "$c" "$script"); read -r p cp < <(tps "$PLAIN" "$user" "$mode" "$c" "$script")
+				read -r t ct gt kt it rt ot < <(tps "$TRACK" "$user" "$mode" "$c" "$script"); read -r p cp gp kp ip rp op < <(tps "$PLAIN" "$user" "$mode" "$c" "$script")
 			fi
 			sleep 0.2 # let the process substitutions be reaped
 			other=$(other_cpu_pct "$s0" "$(cpu_snapshot)")
@@ -263,14 +307,25 @@ for cell in "${CELLS[@]}"; do
 			((attempt < RETRIES)) && echo "  ($workload $mode $c round $r: other processes used $other% CPU; repeating)" >&2 && sleep 5
 		done
 		omax=$(best "$omax" "$other")
-		cpus_p+=("$cp"); cpus_t+=("$ct")
+		cpus_p+=("$cp"); cpus_t+=("$ct"); idle_p+=("$ip"); idle_t+=("$it")
+		relay_p+=("$rp"); relay_t+=("$rt"); occ_p+=("$op"); occ_t+=("$ot")
+		# Each instance's CPU per transaction relative to pgbench's in the
+		# same run: the machine's speed, which swings between runs on a
+		# shared host, cancels out.
+		rel_proxy+=("$(awk -v a="$ct" -v ga="$gt" -v b="$cp" -v gb="$gp" 'BEGIN{printf "%.4f", (ga>0 && gb>0 && b>0)?(a/ga)/(b/gb):0}')")
+		rel_pg+=("$(awk -v a="$kt" -v ga="$gt" -v b="$kp" -v gb="$gp" 'BEGIN{printf "%.4f", (ga>0 && gb>0 && b>0)?(a/ga)/(b/gb):0}')")
 		bp=$(best "$bp" "${p:-0}"); bt=$(best "$bt" "${t:-0}")
 		ratios+=("$(awk -v a="${t:-0}" -v b="${p:-0}" 'BEGIN{printf "%.3f", (b>0)?a/b:0}')")
 	done
 	med=$(printf '%s\n' "${ratios[@]}" | median)
 	ci=$(printf '%s\n' "${ratios[@]}" | median_ci)
 	mcp=$(printf '%s\n' "${cpus_p[@]}" | median); mct=$(printf '%s\n' "${cpus_t[@]}" | median)
-	printf '| %s | %s | %s | %.0f | %.0f | %.3f | %s | %s | %.1f → %.1f | %s |\n' "$workload" "$mode" "$c" "$bp" "$bt" "$med" "$ci" "${ratios[*]}" "$mcp" "$mct" "$omax"
+	rpx=$(printf '%s\n' "${rel_proxy[@]}" | median); rpxci=$(printf '%s\n' "${rel_proxy[@]}" | median_ci)
+	rpg=$(printf '%s\n' "${rel_pg[@]}" | median); rpgci=$(printf '%s\n' "${rel_pg[@]}" | median_ci)
+	mip=$(printf '%s\n' "${idle_p[@]}" | median); mit=$(printf '%s\n' "${idle_t[@]}" | median)
+	mrp=$(printf '%s\n' "${relay_p[@]}" | median); mrt=$(printf '%s\n' "${relay_t[@]}" | median)
+	mop=$(printf '%s\n' "${occ_p[@]}" | median); mot=$(printf '%s\n' "${occ_t[@]}" | median)
+	printf '| %s | %s | %s | %.0f | %.0f | %.3f | %s | %s | %.1f → %.1f | %.3f (%s) | %.3f (%s) | %.1f → %.1f | %.2f → %.2f | %.2f → %.2f | %s |\n' "$workload" "$mode" "$c" "$bp" "$bt" "$med" "$ci" "${ratios[*]}" "$mcp" "$mct" "$rpx" "$rpxci" "$rpg" "$rpgci" "$mip" "$mit" "$mrp" "$mrt" "$mop" "$mot" "$omax"
 done
 kill "$TRACK_PID" "$PLAIN_PID"; wait "$TRACK_PID" "$PLAIN_PID" 2>/dev/null || true
 TRACK_PID= PLAIN_PID=
