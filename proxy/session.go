@@ -583,6 +583,9 @@ func (s *session) enterRing(p [2]*pump) *ringSess {
 	_ = s.client.Close()
 	_ = s.server.Close()
 	s.ring = rs
+	if s.track != nil {
+		s.track.inLoop = true
+	}
 	s.ringActive.Store(true)
 	s.srv.ring.post(ringReq{rs: rs})
 	return rs
@@ -634,6 +637,9 @@ func (s *session) ringReturn(rs *ringSess) [2]*pump {
 	s.ringMu.Unlock()
 	s.up.Store(out[0])
 	s.down.Store(out[1])
+	if s.track != nil {
+		s.track.inLoop = false
+	}
 	s.ringActive.Store(false)
 	// What the pumps relayed last (a Terminate, the ReadyForQuery before
 	// a draining proxy ends the session) goes out before anything else.

@@ -113,12 +113,20 @@ type trackedStmt struct {
 	refusal     *rewrite.Refusal
 	syntax      bool
 	transforms  bool // some result column needs a transform (outputs)
+	ctx         bool // it changes the search_path or the role (follow)
 	memo        Memo // the sink's, see Memo
+}
+
+// movesContext reports whether st changes the session's name-resolution
+// context (search_path or role), which a relayed session's tracker
+// follows.
+func movesContext(st *rewrite.Statement) bool {
+	return st.SearchPath != nil || st.ResetSearchPath || st.Role != "" || st.ResetRole
 }
 
 // newTracked returns the tracked statement for st.
 func newTracked(st *rewrite.Statement, norm, fp string) *trackedStmt {
-	ts := &trackedStmt{st: st, normalized: norm, fingerprint: fp}
+	ts := &trackedStmt{st: st, normalized: norm, fingerprint: fp, ctx: st != nil && movesContext(st)}
 	if st != nil && st.OutputsKnown {
 		for _, o := range st.Outputs {
 			if o.Transform != rewrite.TransformNone {
@@ -199,6 +207,12 @@ type tracker struct {
 	bound     *trackedStmt
 	boundName []byte
 	boundOK   bool
+
+	// inLoop mirrors session.ringActive for lock, in a cache line the
+	// tracker touches anyway: it is written only while neither of the
+	// session's pumps runs (session.toRing, ringReturn), and read by the
+	// side that runs.
+	inLoop bool
 
 	// mu guards what both goroutines use: the queue of statements sent
 	// and not yet answered (from queue[qh]; the client side appends, the
@@ -344,6 +358,7 @@ func (t *tracker) analyse(sql string, plan *rewrite.Plan, refusal error) []*trac
 						st.Uses = append(append([]rewrite.ColumnUse(nil), ts.st.Uses...), f.st.Uses...)
 					}
 					ts.st = &st
+					ts.ctx = movesContext(&st)
 				}
 			}
 		}
@@ -402,7 +417,7 @@ func (t *tracker) follow(stmts []*trackedStmt) {
 	}
 	changes := false
 	for _, ts := range stmts {
-		if st := ts.st; st != nil && (st.SearchPath != nil || st.ResetSearchPath || st.Role != "" || st.ResetRole) {
+		if ts.ctx {
 			changes = true
 			break
 		}
@@ -631,7 +646,7 @@ func (t *tracker) syncPoint(functionCall bool) {
 // back, with both of its pumps stopped, which orders what they did before
 // with what runs after). It returns whether it locked, for unlock.
 func (t *tracker) lock() bool {
-	if t.s.ringActive.Load() {
+	if t.inLoop {
 		return false
 	}
 	t.mu.Lock()

@@ -332,3 +332,38 @@ func TestTrackerPlanShared(t *testing.T) {
 		t.Fatalf("first session again: %+v", sa2[0])
 	}
 }
+
+// TestTrackerFollowsContext: a relayed session's tracker follows the
+// search_path and role its statements set (the context the facts cache
+// resolves names in), from the flag newTracked computes, and nothing else
+// changes it.
+func TestTrackerFollowsContext(t *testing.T) {
+	tr := newTestTracker(nil)
+	tr.s.user = "alice"
+	tr.user = "alice"
+	sel := newTracked(&rewrite.Statement{Kind: "SelectStmt"}, "SELECT ?", "f0")
+	tr.follow([]*trackedStmt{sel})
+	if v := tr.ctxVersion.Load(); v != 0 {
+		t.Fatalf("a SELECT changed the context (version %d)", v)
+	}
+	setPath := newTracked(&rewrite.Statement{Kind: "VariableSetStmt", SearchPath: []string{"app", "public"}}, "SET search_path TO app, public", "f1")
+	tr.follow([]*trackedStmt{sel, setPath})
+	if strings.Join(tr.path, ",") != "app,public" || tr.ctxVersion.Load() != 1 {
+		t.Fatalf("after SET search_path: path %v, version %d", tr.path, tr.ctxVersion.Load())
+	}
+	tr.follow([]*trackedStmt{newTracked(&rewrite.Statement{Kind: "VariableSetStmt", Role: "auditor"}, "SET ROLE auditor", "f2")})
+	if tr.user != "auditor" {
+		t.Fatalf("after SET ROLE: user %q", tr.user)
+	}
+	tr.follow([]*trackedStmt{newTracked(&rewrite.Statement{Kind: "VariableSetStmt", ResetRole: true}, "RESET ROLE", "f3")})
+	tr.follow([]*trackedStmt{newTracked(&rewrite.Statement{Kind: "VariableSetStmt", ResetSearchPath: true}, "RESET search_path", "f4")})
+	if tr.user != "alice" || tr.path != nil || tr.ctxVersion.Load() != 4 {
+		t.Fatalf("after RESET ROLE and RESET search_path: user %q, path %v, version %d", tr.user, tr.path, tr.ctxVersion.Load())
+	}
+	// A masked session's context is not followed here.
+	tr.masked = true
+	tr.follow([]*trackedStmt{setPath})
+	if tr.path != nil {
+		t.Fatalf("a masked session's tracker followed SET search_path: %v", tr.path)
+	}
+}

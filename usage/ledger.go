@@ -447,17 +447,19 @@ const maxMemo = 1024
 // is for one goroutine at a time; End it when its session ends (a Session
 // never ended stays registered with the ledger, its counts still flushed).
 type Session struct {
-	l  *Ledger
-	sh *shard
-	sk sessKey // the identity; hour is set per use
-
 	// mu guards the slots and ended: Record takes it, and so do the
 	// ledger's flushes (foldSessions) and End. Lock order: the ledger's
-	// sessMu, then mu, then the shard's mu.
+	// sessMu, then mu, then the shard's mu. They come first, with the
+	// ledger: a statement's Record then touches two cache lines of the
+	// handle (the first slot ends in the second).
 	mu    sync.Mutex
-	slots [numSlots]slot
 	n     int // slots in use, oldest first
 	ended bool
+	l     *Ledger
+	slots [numSlots]slot
+
+	sh *shard
+	sk sessKey // the identity; hour is set per use
 
 	// The fields below are used under the shard's lock.
 	gen  uint64 // the shard's gen the memo belongs to
