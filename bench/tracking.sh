@@ -332,3 +332,11 @@ TRACK_PID= PLAIN_PID=
 lines=$(wc -l <"$WORK/audit.log")
 echo
 echo "audit log: $lines lines; $("$WORK/veil" audit verify "$WORK/audit.log" 2>&1 | head -1)"
+# Records the queue could not hold are counted in gap markers: show them,
+# with their reason, and what the tracked instance logged about them.
+gaps=$(cat "$WORK"/audit.log* 2>/dev/null | grep -c '"kind":"gap"' || true)
+if ((gaps > 0)); then
+	echo "gap markers in the files kept: $gaps"
+	cat "$WORK"/audit.log* | grep '"kind":"gap"' | head -n 5 | sed -e 's/,"prev":.*//' -e 's/^/  /'
+	grep -i 'audit' "$WORK/track.log" | head -n 5 | sed 's/^/  log: /'
+fi
