@@ -16,7 +16,7 @@ import (
 
 // Defaults for the zero values of Config.
 const (
-	defaultQueueSize     = 32768
+	defaultQueueSize     = 131072
 	defaultKeep          = 10
 	defaultRetryInterval = time.Second
 )
@@ -54,7 +54,7 @@ type Config struct {
 	// beyond it is deleted.
 	Keep int
 	// QueueSize is how many records may wait for the writer; zero means
-	// 32768. From 1024 on, the loop sessions' shard (and Write's) holds
+	// 131072 (memory is taken only as a backlog needs it). From 1024 on, the loop sessions' shard (and Write's) holds
 	// half of it and the other sessions' shards the other half
 	// (shardLimit).
 	QueueSize int

@@ -768,7 +768,7 @@ func TestCurrentFileDeletedNoRotation(t *testing.T) {
 // TestShardLimits: the queue's shards hold QueueSize between them at most,
 // half of it in shard 0 (the loop's sessions and Write).
 func TestShardLimits(t *testing.T) {
-	for _, n := range []int{100, 1023, 1024, 8192, 32768} {
+	for _, n := range []int{100, 1023, 1024, 8192, 32768, 131072} {
 		shards := queueShards(n)
 		sum := 0
 		for i := range shards {
