@@ -54,9 +54,9 @@ type Config struct {
 	// beyond it is deleted.
 	Keep int
 	// QueueSize is how many records may wait for the writer; zero means
-	// 131072 (memory is taken only as a backlog needs it). From 1024 on, the loop sessions' shard (and Write's) holds
-	// half of it and the other sessions' shards the other half
-	// (shardLimit).
+	// 131072 (memory is taken only as a backlog needs it). From 1024 on,
+	// the loop sessions' shard (and Write's) holds half of it and the
+	// other sessions' shards the other half (shardLimit).
 	QueueSize int
 	// OnFull is what happens when the queue is full or the disk refuses
 	// a write; the zero value is OnFullDrop.

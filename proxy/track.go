@@ -210,8 +210,8 @@ type tracker struct {
 
 	// inLoop mirrors session.ringActive for lock, in a cache line the
 	// tracker touches anyway: it is written only while neither of the
-	// session's pumps runs (session.toRing, ringReturn), and read by the
-	// side that runs.
+	// session's pumps runs (session.enterRing, ringReturn), and read by
+	// the side that runs.
 	inLoop bool
 
 	// mu guards what both goroutines use: the queue of statements sent
