@@ -203,7 +203,7 @@ func TestHotReloadUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	script := filepath.Join(dir, "masked.sql")
-	if err := os.WriteFile(script, []byte("\\set id random(1, 2)\nSELECT email, ssn FROM customers WHERE id = :id;\n"), 0o644); err != nil {
+	if err := os.WriteFile(script, []byte("\\set id random(1, 1000000)\nSELECT email, ssn FROM customers WHERE id = :id;\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	adminAddr := freeAddr(t)
@@ -309,13 +309,16 @@ func TestHotReloadUnderLoad(t *testing.T) {
 	if metricValue(body, "pgveil_rewrites_total") < 10 {
 		t.Errorf("pgveil_rewrites_total = %v", metricValue(body, "pgveil_rewrites_total"))
 	}
-	// The simple-protocol run sends a new text per query: statement
-	// templates (run as prepared statements) answer them across the
-	// reloads.
-	if metricValue(body, "pgveil_plan_cache_template_hits_total") < 10 {
-		t.Errorf("pgveil_plan_cache_template_hits_total = %v", metricValue(body, "pgveil_plan_cache_template_hits_total"))
+	// The simple-protocol run sends a new text per query (ids drawn from
+	// a million; with a few texts, the exact-text cache answers them all
+	// once two sessions have seen each, and whether a template answers
+	// any depends on the sessions' timing): statement templates (run as
+	// prepared statements) answer them across the reloads.
+	hits := metricValue(body, "pgveil_plan_cache_template_hits_total")
+	if hits < 10 {
+		t.Errorf("pgveil_plan_cache_template_hits_total = %v", hits)
 	}
-	t.Logf("%d masked pgbench transactions across three reloads", total)
+	t.Logf("%d masked pgbench transactions across three reloads, %v answered by a statement template", total, hits)
 }
 
 // TestReloadEndsUnmaskedSessions: a session relayed unchanged because its
