@@ -113,24 +113,16 @@ for workload in ${BENCH_WORKLOADS:-pass-through masked}; do
 done
 
 CLK_TCK=$(getconf CLK_TCK)
-# cpu_ticks PID: utime+stime of the process (all threads), in clock ticks.
-cpu_ticks() {
+# stat_ticks PID [children]: utime+stime of the process (all threads), or
+# with "children" its cutime+cstime (its reaped children: for the
+# postmaster, the CPU of the backends that exited), in clock ticks.
+stat_ticks() {
 	local stat
 	stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
 	stat=${stat##*) }
 	local -a f
 	read -r -a f <<<"$stat"
-	echo $((f[11] + f[12]))
-}
-# child_ticks PID: cutime+cstime of the process (its reaped children), in
-# clock ticks: for the postmaster, the CPU of the backends that exited.
-child_ticks() {
-	local stat
-	stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
-	stat=${stat##*) }
-	local -a f
-	read -r -a f <<<"$stat"
-	echo $((f[13] + f[14]))
+	if [[ ${2:-} == children ]]; then echo $((f[13] + f[14])); else echo $((f[11] + f[12])); fi
 }
 # idle_ticks: the machine's idle and iowait time, in clock ticks.
 idle_ticks() { awk '/^cpu /{print $5 + $6; exit}' /proc/stat; }
@@ -157,17 +149,17 @@ tps() {
 	[[ $1 == "$TRACK" ]] && pid=$TRACK_PID
 	local before after out pg0 pg1 kids i0 i1 t0 t1 th0 th1 top
 	kids=$(pgrep -c -P "$PM_PID" || true)
-	pg0=$(child_ticks "$PM_PID")
-	before=$(cpu_ticks "$pid")
+	pg0=$(stat_ticks "$PM_PID" children)
+	before=$(stat_ticks "$pid")
 	th0=$(thread_times "$pid")
 	i0=$(idle_ticks) t0=$(date +%s%N)
 	out=$("$PGBIN/pgbench" -n -h 127.0.0.1 -p "$1" -U "$2" "${what[@]}" -M "$3" -c "$4" -j "$j" -T "$SECONDS_PER_RUN" postgres 2>/dev/null; times)
 	i1=$(idle_ticks) t1=$(date +%s%N)
 	th1=$(thread_times "$pid")
 	top=$(join <(echo "$th0") <(echo "$th1") | awk '{r = $4 - $2; w = $5 - $3; if (r > br) {br = r; bw = w}} END{print br + 0, bw + 0}')
-	after=$(cpu_ticks "$pid")
+	after=$(stat_ticks "$pid")
 	for _ in $(seq 100); do (($(pgrep -c -P "$PM_PID" || true) <= kids)) && break; sleep 0.01; done
-	pg1=$(child_ticks "$PM_PID")
+	pg1=$(stat_ticks "$PM_PID" children)
 	awk -v ticks=$((after - before)) -v pg=$((pg1 - pg0)) -v hz="$CLK_TCK" -v idle=$((i1 - i0)) -v wall=$((t1 - t0)) -v ncpu="$NCPU" -v top="$top" '
 		function secs(s,  m) { m = s; sub(/m.*/, "", m); sub(/^[0-9]+m/, "", s); sub(/s$/, "", s); return m * 60 + s }
 		/^tps = /{tps=$3} /number of transactions actually processed/{n=$NF}
