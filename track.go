@@ -73,11 +73,14 @@ func (s *sessionSink) End() {
 // treatment of its columns: as planned, or refused. A forms value is
 // immutable once stored in a Memo; a missing form is added by storing a
 // copy. planned says the forms as planned (uses, which may be nil, and
-// shape) are made, as the sink's ledger and audit log need them.
+// shape) are made, as the sink's ledger and audit log need them. What Ran
+// reads comes first, in one cache line.
 type forms struct {
-	uses, usesRefused   []usage.ColumnUse
-	shape, shapeRefused *audit.Shape
-	planned             bool
+	planned      bool
+	shape        *audit.Shape
+	uses         []usage.ColumnUse
+	shapeRefused *audit.Shape
+	usesRefused  []usage.ColumnUse
 }
 
 // Ran records a statement that succeeded from its memo alone, when the

@@ -106,15 +106,17 @@ type StatementEvent struct {
 }
 
 // trackedStmt is what the tracker knows of one statement before it runs.
+// What every run reads (memo, refusal, transforms) comes first, in the
+// cache line the relay thread loads.
 type trackedStmt struct {
+	memo        Memo // the sink's, see Memo
+	refusal     *rewrite.Refusal
+	transforms  bool // some result column needs a transform (outputs)
+	ctx         bool // it changes the search_path or the role (follow)
+	syntax      bool
 	st          *rewrite.Statement // nil when not analysed
 	normalized  string
 	fingerprint string
-	refusal     *rewrite.Refusal
-	syntax      bool
-	transforms  bool // some result column needs a transform (outputs)
-	ctx         bool // it changes the search_path or the role (follow)
-	memo        Memo // the sink's, see Memo
 }
 
 // movesContext reports whether st changes the session's name-resolution
@@ -138,19 +140,28 @@ func newTracked(st *rewrite.Statement, norm, fp string) *trackedStmt {
 	return ts
 }
 
-// pending is a statement sent to the server and not yet answered, or (sync
-// set) the marker of a sync point.
+// pending is a statement sent to the server and not yet answered, or
+// (ts == syncMark) the marker of a sync point. It is 32 bytes, so that the
+// usual queue (a statement and its sync point) is one cache line.
 type pending struct {
 	ts      *trackedStmt
-	start   time.Time
+	wall    int64 // start, in nanoseconds since 1970
 	mono    int64 // start in the session's clock (session.stamp)
 	maxRows int64
-	sync    bool
 }
+
+// syncMark is the ts of a sync point's pending.
+var syncMark = &trackedStmt{}
+
+// syncPending is the pending of a sync point.
+var syncPending = pending{ts: syncMark}
+
+// isSync reports whether p marks a sync point.
+func (p *pending) isSync() bool { return p.ts == syncMark }
 
 // outputs returns the result columns of p when some need a transform.
 func (p *pending) outputs() []rewrite.Output {
-	if p.ts == nil || !p.ts.transforms {
+	if p.ts == nil || !p.ts.transforms { // syncMark has none
 		return nil
 	}
 	return p.ts.st.Outputs
@@ -160,7 +171,7 @@ func (p *pending) outputs() []rewrite.Output {
 func (t *tracker) headStatement() *rewrite.Statement {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.qh == len(t.queue) || t.queue[t.qh].sync || t.queue[t.qh].ts == nil {
+	if t.qh == len(t.queue) || t.queue[t.qh].isSync() || t.queue[t.qh].ts == nil {
 		return nil
 	}
 	return t.queue[t.qh].ts.st
@@ -174,7 +185,7 @@ func (t *tracker) headOutputs() []rewrite.Output {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.qh == len(t.queue) || t.queue[t.qh].sync {
+	if t.qh == len(t.queue) || t.queue[t.qh].isSync() {
 		return nil
 	}
 	return t.queue[t.qh].outputs()
@@ -185,9 +196,39 @@ func (t *tracker) headOutputs() []rewrite.Output {
 // the server side matches the answers (CommandComplete, ErrorResponse,
 // EmptyQueryResponse, PortalSuspended, ReadyForQuery) in order.
 type tracker struct {
-	s       *session
+	// The fields every statement of a relayed session uses come first, in
+	// three cache lines (the relay thread serves many sessions in turn, so
+	// each line it touches is usually a miss): this one, ...
+	s   *session
+	ran RanSink // sink's short way, if it has one
+	// inLoop mirrors session.ringActive for lock, in a cache line the
+	// tracker touches anyway: it is written only while neither of the
+	// session's pumps runs (session.enterRing, ringReturn), and read by
+	// the side that runs.
+	inLoop bool
+	// queue holds the statements sent and not yet answered, from
+	// queue[qh] (the client side appends, the server side consumes),
+	// guarded by mu (see lock).
+	qh    int
+	queue []pending
+
+	// ... and this one: unnamed is the unnamed portal's statement (most
+	// clients bind only that one), and bound the statement last found by
+	// name for a Bind (boundOK says it is set): a client binding the same
+	// prepared statement again skips both map lookups. Its name is
+	// boundShort[:boundLen] when it has up to shortName bytes (pgbench's,
+	// JDBC's, psycopg's), boundLong otherwise. epochWall and epochMono are
+	// the epoch of now.
+	unnamed    *trackedStmt
+	bound      *trackedStmt
+	epochWall  int64 // nanoseconds since 1970
+	epochMono  int64 // epoch in the session's clock
+	boundOK    bool
+	boundLen   uint8
+	boundShort [shortName]byte
+	boundLong  []byte
+
 	sink    StatementSink
-	ran     RanSink // sink's short way, if it has one
 	masked  bool
 	grants  *rules.Grants
 	base    StatementEvent
@@ -199,27 +240,10 @@ type tracker struct {
 	portals map[string]*trackedStmt // named portals
 	sqlPrep map[string]*trackedStmt // SQL PREPARE, for EXECUTE
 	cursors map[string]*trackedStmt // DECLARE, for FETCH
-	// unnamed is the unnamed portal's statement (most clients bind only
-	// that one), and bound the statement last found by name for a Bind
-	// (boundName; boundOK says it is set): a client binding the same
-	// prepared statement again skips both map lookups.
-	unnamed   *trackedStmt
-	bound     *trackedStmt
-	boundName []byte
-	boundOK   bool
 
-	// inLoop mirrors session.ringActive for lock, in a cache line the
-	// tracker touches anyway: it is written only while neither of the
-	// session's pumps runs (session.enterRing, ringReturn), and read by
-	// the side that runs.
-	inLoop bool
-
-	// mu guards what both goroutines use: the queue of statements sent
-	// and not yet answered (from queue[qh]; the client side appends, the
-	// server side consumes) and the name-resolution context below.
-	mu    sync.Mutex
-	queue []pending
-	qh    int
+	// mu guards what both goroutines use: the queue (above) and the
+	// name-resolution context below.
+	mu sync.Mutex
 	// path and user are the name-resolution context of a relayed
 	// (unmasked) session: read at its start, then followed through the
 	// SET search_path and SET ROLE statements the analysis sees.
@@ -253,14 +277,16 @@ type tracker struct {
 	lastRaw   []byte
 	lastLits  []rewrite.Literal
 	lastScs   bool
-	lastRawOK bool      // lastRaw holds the text (not kept beyond maxShapeMemo)
-	epoch     time.Time // see now
-	epochMono int64     // epoch in the session's clock
+	lastRawOK bool // lastRaw holds the text (not kept beyond maxShapeMemo)
 	lits      rewrite.LiteralScan
 }
 
-// maxBoundName is the longest statement name tracker.bound remembers.
-const maxBoundName = 256
+// maxBoundName is the longest statement name tracker.bound remembers,
+// and shortName the longest it keeps in the tracker's hot lines.
+const (
+	maxBoundName = 256
+	shortName    = 24
+)
 
 // planTracked is what a plan's Memo holds: the plan's tracked statements,
 // for texts normalized with standard_conforming_strings scs.
@@ -283,8 +309,8 @@ func newTracker(s *session, sink StatementSink, roles []string, grants *rules.Gr
 			Loop: !masked && s.srv != nil && s.srv.IOUring() && !s.clientTLS && !s.serverTLS},
 		stmts: map[string]*trackedStmt{}, portals: map[string]*trackedStmt{}, sqlPrep: map[string]*trackedStmt{}, cursors: map[string]*trackedStmt{}}
 	t.ev = t.base
-	t.epoch = time.Now()
-	t.epochMono = int64(t.epoch.Sub(s.start))
+	epoch := time.Now()
+	t.epochWall, t.epochMono = epoch.UnixNano(), int64(epoch.Sub(s.start))
 	if ss, ok := sink.(SessionSinker); ok {
 		base := t.base
 		t.sink = ss.SessionSink(&base)
@@ -293,21 +319,21 @@ func newTracker(s *session, sink StatementSink, roles []string, grants *rules.Gr
 	return t
 }
 
-// now returns the time a statement starts, as wall-clock time and in the
-// session's clock (session.stamp, which the busy-time metric shares): the
-// wall clock of epoch plus the session's clock since, so a statement
-// reads no clock of its own. The epoch is renewed every minute, so that a
-// step of the system clock shows in the statements' times within a
-// minute. It is the client side's.
-func (t *tracker) now() (time.Time, int64) {
+// now returns the time a statement starts, in nanoseconds since 1970 and
+// in the session's clock (session.stamp, which the busy-time metric
+// shares): the wall clock of the epoch plus the session's clock since, so
+// a statement reads no clock of its own. The epoch is renewed every
+// minute, so that a step of the system clock shows in the statements'
+// times within a minute. It is the client side's.
+func (t *tracker) now() (int64, int64) {
 	m := t.s.stamp(0)
 	d := m - t.epochMono
 	if d > int64(time.Minute) || d < 0 {
-		t.epoch = time.Now()
-		t.epochMono = int64(t.epoch.Sub(t.s.start))
-		return t.epoch, t.epochMono
+		epoch := time.Now()
+		t.epochWall, t.epochMono = epoch.UnixNano(), int64(epoch.Sub(t.s.start))
+		return t.epochWall, t.epochMono
 	}
-	return t.epoch.Add(time.Duration(d)), m
+	return t.epochWall + d, m
 }
 
 // end tells a per-session sink that the session is over.
@@ -460,7 +486,7 @@ func (t *tracker) query(sql string, plan *rewrite.Plan, refusal error) {
 		now, mono := t.now()
 		t.queued(stmts[0])
 		locked := t.lock()
-		t.queue = append(t.queue, pending{ts: stmts[0], start: now, mono: mono}, pending{sync: true})
+		t.queue = append(t.queue, pending{ts: stmts[0], wall: now, mono: mono}, syncPending)
 		t.unlock(locked)
 		return
 	}
@@ -481,9 +507,9 @@ func (t *tracker) query(sql string, plan *rewrite.Plan, refusal error) {
 	t.mu.Lock()
 	for _, ts := range run {
 		t.queued(ts)
-		t.queue = append(t.queue, pending{ts: ts, start: now, mono: mono})
+		t.queue = append(t.queue, pending{ts: ts, wall: now, mono: mono})
 	}
-	t.queue = append(t.queue, pending{sync: true})
+	t.queue = append(t.queue, syncPending)
 	t.mu.Unlock()
 }
 
@@ -525,11 +551,27 @@ func (t *tracker) parse(name, sql string, plan *rewrite.Plan, refusal error) {
 
 // setBound makes ts the statement remembered for the name (see bound).
 func (t *tracker) setBound(name string, ts *trackedStmt) {
-	if len(name) > maxBoundName {
-		t.bound, t.boundName, t.boundOK = nil, nil, false
+	switch {
+	case len(name) > maxBoundName:
+		t.bound, t.boundOK = nil, false
 		return
+	case len(name) <= shortName:
+		t.boundLen = uint8(copy(t.boundShort[:], name))
+	default:
+		t.boundLen, t.boundLong = shortName+1, append(t.boundLong[:0], name...)
 	}
-	t.bound, t.boundName, t.boundOK = ts, append(t.boundName[:0], name...), true
+	t.bound, t.boundOK = ts, true
+}
+
+// isBound reports whether name is the name of t.bound.
+func (t *tracker) isBound(name string) bool {
+	if !t.boundOK {
+		return false
+	}
+	if t.boundLen <= shortName {
+		return name == string(t.boundShort[:t.boundLen])
+	}
+	return name == string(t.boundLong)
 }
 
 // bind registers a Bind message.
@@ -543,7 +585,7 @@ func (t *tracker) bind(msg []byte) {
 		return
 	}
 	var ts *trackedStmt
-	if t.boundOK && string(stmt) == string(t.boundName) {
+	if t.isBound(transient(stmt)) {
 		ts = t.bound
 	} else {
 		ts = t.stmts[string(stmt)]
@@ -601,7 +643,7 @@ func (t *tracker) execute(msg []byte) *trackedStmt {
 	now, mono := t.now()
 	t.queued(ts)
 	locked := t.lock()
-	t.queue = append(t.queue, pending{ts: ts, start: now, mono: mono, maxRows: maxRows})
+	t.queue = append(t.queue, pending{ts: ts, wall: now, mono: mono, maxRows: maxRows})
 	t.unlock(locked)
 	return ts
 }
@@ -615,7 +657,7 @@ func (t *tracker) close(msg []byte) {
 	switch {
 	case msg[5] == 'S':
 		delete(t.stmts, name)
-		if t.boundOK && name == string(t.boundName) {
+		if t.isBound(name) {
 			t.bound, t.boundOK = nil, false
 		}
 	case name == "":
@@ -630,13 +672,13 @@ func (t *tracker) syncPoint(functionCall bool) {
 	var call pending
 	if functionCall {
 		call.ts = &trackedStmt{normalized: "<function call>"}
-		call.start, call.mono = t.now()
+		call.wall, call.mono = t.now()
 	}
 	locked := t.lock()
 	if functionCall {
 		t.queue = append(t.queue, call)
 	}
-	t.queue = append(t.queue, pending{sync: true})
+	t.queue = append(t.queue, syncPending)
 	t.unlock(locked)
 }
 
@@ -666,7 +708,7 @@ func (t *tracker) unlock(locked bool) {
 func (t *tracker) dropTrailingSyncs(n int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for ; n > 0 && len(t.queue) > t.qh && t.queue[len(t.queue)-1].sync; n-- {
+	for ; n > 0 && len(t.queue) > t.qh && t.queue[len(t.queue)-1].isSync(); n-- {
 		t.queue = t.queue[:len(t.queue)-1]
 	}
 	if t.qh == len(t.queue) {
@@ -678,7 +720,7 @@ func (t *tracker) dropTrailingSyncs(n int) {
 // the next sync point.
 func (t *tracker) next() (pending, bool) {
 	locked := t.lock()
-	if t.qh == len(t.queue) || t.queue[t.qh].sync {
+	if t.qh == len(t.queue) || t.queue[t.qh].isSync() {
 		t.unlock(locked)
 		return pending{}, false
 	}
@@ -719,7 +761,7 @@ func (t *tracker) compact() {
 // skipToSync drops the statements before the next sync point; with
 // andSync, the sync point too. The caller holds t.mu.
 func (t *tracker) skipToSync(andSync bool) {
-	for t.qh < len(t.queue) && !t.queue[t.qh].sync {
+	for t.qh < len(t.queue) && !t.queue[t.qh].isSync() {
 		t.dequeued(t.queue[t.qh].ts)
 		t.queue[t.qh] = pending{}
 		t.qh++
@@ -795,12 +837,12 @@ func (t *tracker) emit(p pending, rows int64, outcome, code, rule string) {
 	}
 	d := time.Duration(t.s.stamp(1) - p.mono)
 	if t.ran != nil && outcome == "ok" && p.ts != nil && p.ts.refusal == nil && p.ts.memo.Load() != nil &&
-		t.ran.Ran(&p.ts.memo, p.start, d, rows) {
+		t.ran.Ran(&p.ts.memo, time.Unix(0, p.wall), d, rows) {
 		return
 	}
 	// The session's fields of t.ev are set once (newTracker).
 	ev := &t.ev
-	ev.Start = p.start
+	ev.Start = time.Unix(0, p.wall)
 	ev.Duration = d
 	ev.Rows, ev.Outcome, ev.SQLState, ev.Rule = rows, outcome, code, rule
 	ev.Normalized, ev.Fingerprint, ev.Kind, ev.Uses, ev.Memo = "", "", "", nil, nil

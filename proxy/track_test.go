@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/pgveil/pgveil/rewrite"
 )
@@ -27,7 +29,7 @@ func cstr(s string) []byte { return append([]byte(s), 0) }
 
 func newTestTracker(sink StatementSink) *tracker {
 	s := &session{start: time.Now(), clock: [2]int64{-1, -1}}
-	return &tracker{s: s, sink: sink, epoch: s.start, stmts: map[string]*trackedStmt{}, portals: map[string]*trackedStmt{},
+	return &tracker{s: s, sink: sink, epochWall: s.start.UnixNano(), stmts: map[string]*trackedStmt{}, portals: map[string]*trackedStmt{},
 		sqlPrep: map[string]*trackedStmt{}, cursors: map[string]*trackedStmt{}}
 }
 
@@ -200,6 +202,29 @@ func TestTrackerStatementNames(t *testing.T) {
 	tr.parse("", "VALUES (5)", nil, nil)
 	bind("", "")
 	check("unnamed statement parsed again", ran(""), "VALUES (?)")
+	// Names kept in the tracker's lines and outside them (pgx's are 58
+	// bytes), told apart by their last byte.
+	for _, n := range []int{1, shortName, shortName + 1, 58, maxBoundName} {
+		a := strings.Repeat("a", n)
+		b := a[:n-1] + "b"
+		tr.parse(a, "SELECT 7", nil, nil)
+		tr.parse(b, "SELECT 8, 9", nil, nil)
+		step := fmt.Sprintf("%d-byte name", n)
+		bind("", a)
+		if !tr.isBound(a) || tr.isBound(b) {
+			t.Errorf("%s: the Bind's statement is not the one remembered", step)
+		}
+		check(step, ran(""), "SELECT ?")
+		bind("", b)
+		check(step+", other", ran(""), "SELECT ?, ?")
+		bind("", a)
+		check(step+", again", ran(""), "SELECT ?")
+		closeMsg('S', a)
+		bind("", a)
+		check(step+", closed", ran(""), "")
+		bind("", b)
+		check(step+", other after", ran(""), "SELECT ?, ?")
+	}
 	long := strings.Repeat("n", maxBoundName+1)
 	tr.parse(long, "SELECT 6", nil, nil)
 	bind("", long)
@@ -365,5 +390,26 @@ func TestTrackerFollowsContext(t *testing.T) {
 	tr.follow([]*trackedStmt{setPath})
 	if tr.path != nil {
 		t.Fatalf("a masked session's tracker followed SET search_path: %v", tr.path)
+	}
+}
+
+// TestTrackerLayout keeps what every relayed statement touches in the
+// cache lines the tracker's comments promise: a cold line costs the relay
+// thread about as much as the rest of a statement's tracking.
+func TestTrackerLayout(t *testing.T) {
+	var tr tracker
+	var ts trackedStmt
+	for _, c := range []struct {
+		what     string
+		end, max uintptr
+	}{
+		{"pending", unsafe.Sizeof(pending{}), 32},
+		{"tracker's first line", unsafe.Offsetof(tr.queue) + unsafe.Sizeof(tr.queue), 64},
+		{"tracker's first two lines", unsafe.Offsetof(tr.boundShort) + unsafe.Sizeof(tr.boundShort), 128},
+		{"trackedStmt's first line", unsafe.Offsetof(ts.syntax) + 1, 64},
+	} {
+		if c.end > c.max {
+			t.Errorf("%s: %d bytes, more than %d", c.what, c.end, c.max)
+		}
 	}
 }
