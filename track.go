@@ -38,7 +38,8 @@ func (s *statementSink) SessionSink(base *proxy.StatementEvent) proxy.StatementS
 		ss.audit = s.audit
 		newSession := audit.NewSession
 		if base.Loop {
-			// One thread writes the statements of all such sessions.
+			// One goroutine at a time (the io_uring loop's handoff) writes
+			// the statements of all such sessions.
 			newSession = audit.NewLoopSession
 		}
 		ss.session = newSession(strconv.FormatUint(base.Session, 10), base.User, base.Roles, base.ClientIP, base.Database, base.Application)

@@ -62,6 +62,14 @@ func TestTrackedRelayAllocatesNothing(t *testing.T) {
 			failed = err
 		}
 	}
+	// The io_uring loop hands its sessions' events to the sink from
+	// another goroutine, within milliseconds: the counts are compared
+	// once they have arrived.
+	sent := int64(0)
+	arrived := func(step string) {
+		t.Helper()
+		waitFor(t, 5*time.Second, step+": every statement recorded", func() bool { return sink.n.Load() == sent })
+	}
 	for _, tc := range []struct {
 		name string
 		reqs [][]byte
@@ -69,6 +77,8 @@ func TestTrackedRelayAllocatesNothing(t *testing.T) {
 		for i := range 100 {
 			trip(tc.reqs[i%len(tc.reqs)])
 		}
+		sent += 100
+		arrived(tc.name + " warm-up")
 		const n = 2000
 		before := sink.n.Load()
 		var m0, m1 runtime.MemStats
@@ -80,6 +90,8 @@ func TestTrackedRelayAllocatesNothing(t *testing.T) {
 		if failed != nil {
 			t.Fatal(failed)
 		}
+		sent += n
+		arrived(tc.name)
 		if got := sink.n.Load() - before; got != n {
 			t.Fatalf("%s: %d statements recorded, want %d", tc.name, got, n)
 		}
@@ -97,6 +109,14 @@ func TestTrackedRelayAllocatesNothing(t *testing.T) {
 // sees everything raw: relayed unchanged) over a bare connection, ready
 // for raw protocol messages. Both end with the test.
 func rawTrackedSession(t *testing.T, sink proxy.StatementSink) (*proxyInstance, net.Conn) {
+	t.Helper()
+	p := trackedProxy(t, sink)
+	return p, protocolSession(t, p, "shop_dpo")
+}
+
+// trackedProxy starts a proxy enforcing shopPolicy on database shop with
+// sink recording statements; it ends with the test.
+func trackedProxy(t *testing.T, sink proxy.StatementSink) *proxyInstance {
 	t.Helper()
 	shopProxy(t) // creates the shop schema
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -118,7 +138,7 @@ func rawTrackedSession(t *testing.T, sink proxy.StatementSink) (*proxyInstance, 
 		t.Fatal(err)
 	}
 	t.Cleanup(p.close)
-	return p, protocolSession(t, p, "shop_dpo")
+	return p
 }
 
 // protocolSession opens a session of user on database shop through p and
@@ -292,4 +312,96 @@ func TestBulkTextsNotKept(t *testing.T) {
 		conn := protocolSession(t, shopProxy(t), "shop_analyst")
 		run(t, conn, 80, func(i int) string { return fmt.Sprintf("SELECT email FROM customers WHERE id = id /* %d%s */", i, pad) })
 	})
+}
+
+// endSink records, per session, how many statements its sink got, and how
+// many it had got when End came.
+type endSink struct {
+	mu    sync.Mutex
+	stmts map[uint64]int
+	ended map[uint64]int
+	late  int // statements after their session's End
+}
+
+func (s *endSink) Statement(ev *proxy.StatementEvent) { s.SessionSink(ev).Statement(ev) }
+
+func (s *endSink) SessionSink(base *proxy.StatementEvent) proxy.StatementSink {
+	return &endSession{s: s, id: base.Session}
+}
+
+type endSession struct {
+	s  *endSink
+	id uint64
+}
+
+func (e *endSession) Statement(ev *proxy.StatementEvent) {
+	// A slow sink: the io_uring loop's handoff falls behind.
+	time.Sleep(500 * time.Microsecond)
+	e.s.mu.Lock()
+	defer e.s.mu.Unlock()
+	if _, ok := e.s.ended[e.id]; ok {
+		e.s.late++
+	}
+	e.s.stmts[e.id]++
+}
+
+func (e *endSession) End() {
+	e.s.mu.Lock()
+	defer e.s.mu.Unlock()
+	e.s.ended[e.id] = e.s.stmts[e.id]
+}
+
+// TestTrackedSessionEndsAfterItsStatements: a session's sink gets End
+// after every statement of the session, including those the io_uring
+// loop relayed last, whose events reach the sinks from another goroutine
+// (the loop's handoff): the session waits for them when the loop lets go
+// of it.
+func TestTrackedSessionEndsAfterItsStatements(t *testing.T) {
+	sink := &endSink{stmts: map[uint64]int{}, ended: map[uint64]int{}}
+	p := trackedProxy(t, sink)
+	const sessions, statements = 8, 40
+	var wg sync.WaitGroup
+	errs := make(chan error, sessions)
+	for range sessions {
+		conn := protocolSession(t, p, "shop_dpo")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer conn.Close()
+			buf := make([]byte, 1<<16)
+			for i := range statements {
+				if _, err := conn.Write(encodeAll(t, &pgproto3.Query{String: fmt.Sprintf("SELECT email FROM customers WHERE id = %d", 1+i%3)})); err != nil {
+					errs <- err
+					return
+				}
+				if err := readToReady(conn, buf); err != nil {
+					errs <- err
+					return
+				}
+			}
+			if _, err := conn.Write(encodeAll(t, &pgproto3.Terminate{})); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "every session's End", func() bool {
+		sink.mu.Lock()
+		defer sink.mu.Unlock()
+		return len(sink.ended) == sessions
+	})
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	for id, n := range sink.ended {
+		if n != statements || sink.stmts[id] != statements {
+			t.Errorf("session %d: End after %d statements, %d in all, want %d", id, n, sink.stmts[id], statements)
+		}
+	}
+	if sink.late > 0 {
+		t.Errorf("%d statements reached their sink after its End", sink.late)
+	}
 }

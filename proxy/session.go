@@ -585,6 +585,9 @@ func (s *session) enterRing(p [2]*pump) *ringSess {
 	s.ring = rs
 	if s.track != nil {
 		s.track.inLoop = true
+		if s.track.sink != nil {
+			s.track.hand = s.srv.ring.hand
+		}
 	}
 	s.ringActive.Store(true)
 	s.srv.ring.post(ringReq{rs: rs})
@@ -595,6 +598,10 @@ func (s *session) enterRing(p [2]*pump) *ringSess {
 // new connections over the same sockets, with what the loop could not
 // write yet queued first, and new pumps in the old ones' state.
 func (s *session) ringReturn(rs *ringSess) [2]*pump {
+	if rs.handSeq > 0 {
+		// The statements the loop relayed reach the sinks first.
+		s.srv.ring.hand.wait(rs.handSeq)
+	}
 	var conns [2]net.Conn
 	for i := range 2 {
 		c, err := fdConn(rs.fd[i])
@@ -638,7 +645,7 @@ func (s *session) ringReturn(rs *ringSess) [2]*pump {
 	s.up.Store(out[0])
 	s.down.Store(out[1])
 	if s.track != nil {
-		s.track.inLoop = false
+		s.track.inLoop, s.track.hand = false, nil
 	}
 	s.ringActive.Store(false)
 	// What the pumps relayed last (a Terminate, the ReadyForQuery before

@@ -18,8 +18,10 @@ import (
 
 // StatementSink receives one event per statement a session ran, for the
 // usage ledger and the audit log. Statement is called on the session's
-// server-side goroutine, in the order the statements ran; it must not
-// block, and must copy whatever it keeps: the event is reused.
+// server-side goroutine or, while the io_uring loop relays the session,
+// on the goroutine of the loop's handoff (never on two at once for one
+// session), in the order the statements ran; it must not block, and must
+// copy whatever it keeps: the event is reused.
 type StatementSink interface {
 	Statement(ev *StatementEvent)
 }
@@ -199,8 +201,11 @@ type tracker struct {
 	// The fields every statement of a relayed session uses come first, in
 	// three cache lines (the relay thread serves many sessions in turn, so
 	// each line it touches is usually a miss): this one, ...
-	s   *session
-	ran RanSink // sink's short way, if it has one
+	s *session
+	// hand is the io_uring loop's handoff while the loop relays the
+	// session (set with inLoop, when the session has a sink): its
+	// statements' events go through it (emit).
+	hand *handoff
 	// inLoop mirrors session.ringActive for lock, in a cache line the
 	// tracker touches anyway: it is written only while neither of the
 	// session's pumps runs (session.enterRing, ringReturn), and read by
@@ -229,6 +234,7 @@ type tracker struct {
 	boundLong  []byte
 
 	sink    StatementSink
+	ran     RanSink // sink's short way, if it has one
 	masked  bool
 	grants  *rules.Grants
 	base    StatementEvent
@@ -830,23 +836,39 @@ func (t *tracker) ready() {
 	t.unlock(locked)
 }
 
-// emit sends one event to the sink.
+// emit sends one event to the sink: while the io_uring loop relays the
+// session, through the loop's handoff.
 func (t *tracker) emit(p pending, rows int64, outcome, code, rule string) {
-	if t.sink == nil {
-		return
+	if t.hand == nil && t.sink == nil {
+		return // hand is set only with a sink
 	}
 	d := time.Duration(t.s.stamp(1) - p.mono)
-	if t.ran != nil && outcome == "ok" && p.ts != nil && p.ts.refusal == nil && p.ts.memo.Load() != nil &&
-		t.ran.Ran(&p.ts.memo, time.Unix(0, p.wall), d, rows) {
+	if t.hand != nil {
+		t.hand.add(t, p.ts, p.wall, d, rows, outcome, code, rule)
+		return
+	}
+	if t.ranShort(p.ts, p.wall, d, rows, outcome) {
 		return
 	}
 	// The session's fields of t.ev are set once (newTracker).
-	ev := &t.ev
-	ev.Start = time.Unix(0, p.wall)
+	t.statement(&t.ev, p.ts, p.wall, d, rows, outcome, code, rule)
+}
+
+// ranShort hands a statement that succeeded to the sink's short way
+// (RanSink), and reports whether the sink took it.
+func (t *tracker) ranShort(ts *trackedStmt, wall int64, d time.Duration, rows int64, outcome string) bool {
+	return t.ran != nil && outcome == "ok" && ts != nil && ts.refusal == nil && ts.memo.Load() != nil &&
+		t.ran.Ran(&ts.memo, time.Unix(0, wall), d, rows)
+}
+
+// statement hands a statement to the sink as ev, whose session's fields
+// are set.
+func (t *tracker) statement(ev *StatementEvent, ts *trackedStmt, wall int64, d time.Duration, rows int64, outcome, code, rule string) {
+	ev.Start = time.Unix(0, wall)
 	ev.Duration = d
 	ev.Rows, ev.Outcome, ev.SQLState, ev.Rule = rows, outcome, code, rule
 	ev.Normalized, ev.Fingerprint, ev.Kind, ev.Uses, ev.Memo = "", "", "", nil, nil
-	if ts := p.ts; ts != nil {
+	if ts != nil {
 		ev.Normalized, ev.Fingerprint = ts.normalized, ts.fingerprint
 		if ts.st != nil {
 			ev.Kind = ts.st.Kind

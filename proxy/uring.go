@@ -260,11 +260,17 @@ type ringLoop struct {
 	graveyard []*ringSess
 	// failNext makes the loop fail at its next wake-up (tests).
 	failNext atomic.Bool
+	// hand takes the statement events of the sessions the loop relays
+	// to their sinks (handoff).
+	hand *handoff
 }
 
+// ringReq is a request to the loop: adopt rs, let go of rs (leave), or
+// send the handoff's batch (flush).
 type ringReq struct {
 	rs    *ringSess
 	leave bool
+	flush bool
 }
 
 // ringSess is a session while the loop holds it. Index 0 is the client
@@ -284,6 +290,9 @@ type ringSess struct {
 	// dead: the loop failed while it held the session (fail); released:
 	// the loop closed left.
 	dead, released bool
+	// handSeq is how many batches of statement events the loop had
+	// sent when it let go of the session (ringReturn waits for them).
+	handSeq uint64
 	// left is closed by the loop when it let go of the session;
 	// swapped by the session's goroutine once it has connections again.
 	left, swapped chan struct{}
@@ -315,6 +324,7 @@ func sharedRing() (*ringLoop, error) {
 // tests may start their own).
 func startRingLoop() (*ringLoop, error) {
 	l := &ringLoop{slots: []*ringSess{nil}}
+	l.hand = newHandoff(func() { l.post(ringReq{flush: true}) })
 	started := make(chan error)
 	go l.run(started)
 	if err := <-started; err != nil {
@@ -335,7 +345,7 @@ func (l *ringLoop) post(q ringReq) {
 	l.mu.Lock()
 	if l.failed.Load() {
 		l.mu.Unlock()
-		if !q.leave {
+		if !q.leave && !q.flush {
 			// Never adopted: the session goes on with goroutines.
 			close(q.rs.left)
 		}
@@ -427,6 +437,13 @@ func (l *ringLoop) fail(v any, stack []byte) {
 	pending := l.reqs
 	l.reqs = nil
 	l.mu.Unlock()
+	// The statement events the loop holds go to their sinks, as far as
+	// the loop's state allows: the sessions' ringReturn waits for what
+	// was sent.
+	func() {
+		defer func() { _ = recover() }()
+		l.hand.flush()
+	}()
 	logged := false
 	for _, rs := range l.slots {
 		if rs == nil || rs.released {
@@ -438,6 +455,7 @@ func (l *ringLoop) fail(v any, stack []byte) {
 				"panic", fmt.Sprint(v), "stack", string(stack))
 		}
 		rs.dead, rs.released = true, true
+		rs.handSeq = l.hand.sent
 		l.graveyard = append(l.graveyard, rs)
 		e := &clientError{code: codeInternalError, msg: "pgveil: internal error in the io_uring relay; the session was ended", kind: "internal_error"}
 		rs.err = [2]error{e, e}
@@ -467,6 +485,9 @@ func (l *ringLoop) complete(ud uint64, res int32) {
 		l.batch, l.reqs = l.reqs, l.batch[:0]
 		l.mu.Unlock()
 		for _, q := range l.batch {
+			if q.flush {
+				continue // below
+			}
 			if q.leave {
 				if q.rs.slot != 0 && l.slots[q.rs.slot] == q.rs {
 					l.leave(q.rs)
@@ -476,6 +497,7 @@ func (l *ringLoop) complete(ud uint64, res int32) {
 			l.adopt(q.rs)
 		}
 		clear(l.batch)
+		l.hand.flush()
 		l.armWake()
 		return
 	case ringCancel:
@@ -652,6 +674,9 @@ func (l *ringLoop) maybeLet(rs *ringSess) {
 	l.free = append(l.free, rs.slot)
 	rs.slot = 0
 	rs.released = true
+	// The session's statement events go before what its goroutines
+	// record next (ringReturn waits for them).
+	rs.handSeq = l.hand.flush()
 	close(rs.left)
 }
 
