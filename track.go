@@ -28,6 +28,12 @@ type statementSink struct {
 	audit  *audit.Writer
 }
 
+// Blocks reports whether the sink may wait: with the audit log's block
+// policy, a statement waits for room in its queue (proxy.BlockingSink).
+func (s *statementSink) Blocks() bool {
+	return s.audit != nil && s.audit.Blocks()
+}
+
 // SessionSink returns the sink for the statements of one session.
 func (s *statementSink) SessionSink(base *proxy.StatementEvent) proxy.StatementSink {
 	ss := &sessionSink{}

@@ -520,6 +520,10 @@ func (w *Writer) drop() {
 	w.obs.Dropped(1)
 }
 
+// Blocks reports whether a full queue makes WriteStatement wait
+// (OnFullBlock) rather than drop.
+func (w *Writer) Blocks() bool { return w.cfg.OnFull == OnFullBlock }
+
 // Head returns the sequence number and the hex SHA-256 of the last line
 // written to the file: an anchor to export (log it, publish it as a
 // metric) so that a later truncation of the log can be detected with

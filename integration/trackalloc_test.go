@@ -405,3 +405,42 @@ func TestTrackedSessionEndsAfterItsStatements(t *testing.T) {
 		t.Errorf("%d statements reached their sink after its End", sink.late)
 	}
 }
+
+// gateSink is a sink that may wait (proxy.BlockingSink): each statement
+// waits for the test to open the gate.
+type gateSink struct{ gate chan struct{} }
+
+func (s *gateSink) Blocks() bool { return true }
+
+func (s *gateSink) Statement(ev *proxy.StatementEvent) { <-s.gate }
+
+// TestBlockingSinkHoldsTheSession: with a sink that may wait (the audit
+// log's block policy), a statement's answer waits until the sink took the
+// statement, also for a session the io_uring loop relays (whose events
+// otherwise reach the sinks through the loop's handoff, later).
+func TestBlockingSinkHoldsTheSession(t *testing.T) {
+	sink := &gateSink{gate: make(chan struct{})}
+	_, conn := rawTrackedSession(t, sink)
+	buf := make([]byte, 1<<16)
+	for i := range 3 {
+		if _, err := conn.Write(encodeAll(t, &pgproto3.Query{String: fmt.Sprintf("SELECT email FROM customers WHERE id = %d", i+1)})); err != nil {
+			t.Fatal(err)
+		}
+		answered := make(chan error, 1)
+		go func() { answered <- readToReady(conn, buf) }()
+		select {
+		case err := <-answered:
+			t.Fatalf("statement %d answered (%v) before the sink took it", i+1, err)
+		case <-time.After(300 * time.Millisecond):
+		}
+		sink.gate <- struct{}{}
+		select {
+		case err := <-answered:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("statement %d not answered after the sink took it", i+1)
+		}
+	}
+}

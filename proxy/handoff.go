@@ -35,8 +35,11 @@ type handoff struct {
 
 	// queued says buf holds events: set by the loop when buf becomes
 	// non-empty, cleared when it is sent. The goroutine asks for a batch
-	// that has waited handoffDelay (request).
+	// that has waited handoffDelay (request). After a second without
+	// events it stops checking (parked) until the loop wakes it.
 	queued  atomic.Bool
+	parked  atomic.Bool
+	wake    chan struct{}
 	request func()
 
 	mu   sync.Mutex
@@ -75,7 +78,7 @@ const (
 // newHandoff starts the goroutine of a handoff; request asks the loop to
 // send its batch (see ringLoop.post).
 func newHandoff(request func()) *handoff {
-	h := &handoff{ch: make(chan []handed, handoffBatches), free: make(chan []handed, handoffBatches+2), request: request}
+	h := &handoff{ch: make(chan []handed, handoffBatches), free: make(chan []handed, handoffBatches+2), wake: make(chan struct{}, 1), request: request}
 	h.cond.L = &h.mu
 	h.buf = make([]handed, 0, handoffBatch)
 	go h.run()
@@ -93,6 +96,12 @@ func (h *handoff) add(t *tracker, ts *trackedStmt, wall int64, d time.Duration, 
 	switch len(h.buf) {
 	case 1:
 		h.queued.Store(true)
+		if h.parked.Load() {
+			select {
+			case h.wake <- struct{}{}:
+			default:
+			}
+		}
 	case handoffBatch:
 		h.flush()
 	}
@@ -125,29 +134,61 @@ func (h *handoff) wait(n uint64) {
 	h.mu.Unlock()
 }
 
+// handoffIdleTicks is how many checks find no event before the goroutine
+// parks.
+const handoffIdleTicks = int(time.Second / handoffDelay)
+
 // run is the goroutine.
 func (h *handoff) run() {
 	tick := time.NewTicker(handoffDelay)
 	defer tick.Stop()
+	idle := 0
 	for {
 		select {
 		case b := <-h.ch:
-			h.deliver(b)
-			clear(b) // drop the references to trackers and statements
-			select {
-			case h.free <- b[:0]:
-			default:
-			}
-			h.mu.Lock()
-			h.done++
-			h.cond.Broadcast()
-			h.mu.Unlock()
+			h.take(b)
+			idle = 0
 		case <-tick.C:
 			if h.queued.Load() {
+				idle = 0
 				h.request()
+				continue
 			}
+			if idle++; idle < handoffIdleTicks {
+				continue
+			}
+			// Park until the loop has an event (add wakes a parked
+			// goroutine) or sends a batch. parked is set before queued
+			// is checked, and add sets queued before it checks parked:
+			// one of the two sees the other.
+			tick.Stop()
+			h.parked.Store(true)
+			if !h.queued.Load() {
+				select {
+				case <-h.wake:
+				case b := <-h.ch:
+					h.take(b)
+				}
+			}
+			h.parked.Store(false)
+			idle = 0
+			tick.Reset(handoffDelay)
 		}
 	}
+}
+
+// take hands a batch's events over and gives the batch back to the loop.
+func (h *handoff) take(b []handed) {
+	h.deliver(b)
+	clear(b) // drop the references to trackers and statements
+	select {
+	case h.free <- b[:0]:
+	default:
+	}
+	h.mu.Lock()
+	h.done++
+	h.cond.Broadcast()
+	h.mu.Unlock()
 }
 
 // deliver hands the events of a batch to their sessions' sinks. A panic

@@ -100,6 +100,26 @@ func TestHandoff(t *testing.T) {
 	case <-time.After(20 * handoffDelay):
 		t.Fatal("the handoff did not ask for a waiting batch")
 	}
+	// After a second without events the goroutine parks; an event wakes
+	// it, and the batch is asked for.
+	h.wait(h.flush())
+	deadline := time.Now().Add(10 * time.Second)
+	for !h.parked.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal("the handoff's goroutine did not park without events")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	select {
+	case <-requests:
+	default:
+	}
+	run(1, "plain", 3, false)
+	select {
+	case <-requests:
+	case <-time.After(20 * handoffDelay):
+		t.Fatal("a parked handoff did not ask for a waiting batch")
+	}
 	// The loop lets go of the sessions (ringLoop.maybeLet, ringReturn):
 	// their later events go directly, after the handed ones.
 	h.wait(h.flush())

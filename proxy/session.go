@@ -585,7 +585,7 @@ func (s *session) enterRing(p [2]*pump) *ringSess {
 	s.ring = rs
 	if s.track != nil {
 		s.track.inLoop = true
-		if s.track.sink != nil {
+		if s.track.sink != nil && !s.track.blocks {
 			s.track.hand = s.srv.ring.hand
 		}
 	}

@@ -46,6 +46,16 @@ type SessionEnder interface {
 	End()
 }
 
+// BlockingSink is implemented by a sink that may wait for room (the
+// audit log's block policy) and says so. The io_uring loop hands such a
+// sink its sessions' events itself, as their goroutines do, instead of
+// through its handoff: a session then waits at the statement the sink
+// cannot take, rather than the loop relaying more statements than the
+// sink has taken.
+type BlockingSink interface {
+	Blocks() bool
+}
+
 // RanSink is a sink (a StatementSink, or one that SessionSink returns)
 // with a short way for the common case: a statement that succeeded and
 // whose Memo the sink has already filled. The tracker calls Ran for such
@@ -115,6 +125,7 @@ type trackedStmt struct {
 	refusal     *rewrite.Refusal
 	transforms  bool // some result column needs a transform (outputs)
 	ctx         bool // it changes the search_path or the role (follow)
+	indirect    bool // an SQL EXECUTE or a FETCH (executed)
 	syntax      bool
 	st          *rewrite.Statement // nil when not analysed
 	normalized  string
@@ -128,9 +139,13 @@ func movesContext(st *rewrite.Statement) bool {
 	return st.SearchPath != nil || st.ResetSearchPath || st.Role != "" || st.ResetRole
 }
 
+// isIndirect reports whether st runs or reads another statement (an SQL
+// EXECUTE or a FETCH), whose uses or rows it records (executed).
+func isIndirect(st *rewrite.Statement) bool { return st.Executes != "" || st.Fetches != "" }
+
 // newTracked returns the tracked statement for st.
 func newTracked(st *rewrite.Statement, norm, fp string) *trackedStmt {
-	ts := &trackedStmt{st: st, normalized: norm, fingerprint: fp, ctx: st != nil && movesContext(st)}
+	ts := &trackedStmt{st: st, normalized: norm, fingerprint: fp, ctx: st != nil && movesContext(st), indirect: st != nil && isIndirect(st)}
 	if st != nil && st.OutputsKnown {
 		for _, o := range st.Outputs {
 			if o.Transform != rewrite.TransformNone {
@@ -203,8 +218,8 @@ type tracker struct {
 	// each line it touches is usually a miss): this one, ...
 	s *session
 	// hand is the io_uring loop's handoff while the loop relays the
-	// session (set with inLoop, when the session has a sink): its
-	// statements' events go through it (emit).
+	// session (set with inLoop, when the session has a sink that does
+	// not block): its statements' events go through it (emit).
 	hand *handoff
 	// inLoop mirrors session.ringActive for lock, in a cache line the
 	// tracker touches anyway: it is written only while neither of the
@@ -236,6 +251,7 @@ type tracker struct {
 	sink    StatementSink
 	ran     RanSink // sink's short way, if it has one
 	masked  bool
+	blocks  bool // the sink may wait (BlockingSink): no handoff
 	grants  *rules.Grants
 	base    StatementEvent
 	scratch []byte
@@ -317,6 +333,9 @@ func newTracker(s *session, sink StatementSink, roles []string, grants *rules.Gr
 	t.ev = t.base
 	epoch := time.Now()
 	t.epochWall, t.epochMono = epoch.UnixNano(), int64(epoch.Sub(s.start))
+	if b, ok := sink.(BlockingSink); ok {
+		t.blocks = b.Blocks()
+	}
 	if ss, ok := sink.(SessionSinker); ok {
 		base := t.base
 		t.sink = ss.SessionSink(&base)
@@ -390,7 +409,7 @@ func (t *tracker) analyse(sql string, plan *rewrite.Plan, refusal error) []*trac
 						st.Uses = append(append([]rewrite.ColumnUse(nil), ts.st.Uses...), f.st.Uses...)
 					}
 					ts.st = &st
-					ts.ctx = movesContext(&st)
+					ts.ctx, ts.indirect = movesContext(&st), isIndirect(&st)
 				}
 			}
 		}
@@ -523,8 +542,8 @@ func (t *tracker) query(sql string, plan *rewrite.Plan, refusal error) {
 // the uses, and returns the rows, of the statement it runs; a FETCH
 // returns the rows of its cursor's query.
 func (t *tracker) executed(ts *trackedStmt) *trackedStmt {
-	if ts.st == nil {
-		return ts
+	if !ts.indirect {
+		return ts // read in ts's first cache line, not st's
 	}
 	var src *trackedStmt
 	switch {
