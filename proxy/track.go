@@ -248,10 +248,39 @@ type tracker struct {
 	boundShort [shortName]byte
 	boundLong  []byte
 
-	sink    StatementSink
-	ran     RanSink // sink's short way, if it has one
-	masked  bool
-	blocks  bool // the sink may wait (BlockingSink): no handoff
+	sink   StatementSink
+	ran    RanSink // sink's short way, if it has one
+	masked bool
+	blocks bool // the sink may wait (BlockingSink): no handoff
+
+	// What a relayed simple query's facts-cache lookup reads when the text
+	// has the shape of the last one, in two cache lines. ctxVersion
+	// counts changes of path and user (written under mu, read without
+	// it); the facts-cache key prefix is rebuilt when it, the policy or
+	// the snapshot changes. The prefix fields, with the path and user it
+	// was built from, are the client side's. lastKey and lastStmts
+	// remember the session's last facts-cache entry: applications repeat
+	// a few statement shapes, and a hit here skips the shared cache's
+	// lock and hashing. lastRaw is the text that entry was looked up
+	// for, lastLits its literals and lastScs its
+	// standard_conforming_strings: a text that differs from it only in
+	// those literals has the same entry (rewrite.SameShape), found
+	// without normalizing the text.
+	ctxVersion  atomic.Uint64
+	prefixValid bool
+	lastScs     bool
+	lastRawOK   bool          // lastRaw holds the text (not kept beyond maxShapeMemo)
+	prefixPol   *rules.Policy // the policy and snapshot the prefix is for
+	prefixSnap  *catalog.Snapshot
+	prefixCtxV  uint64
+	lastStmts   []*trackedStmt
+	lastRaw     []byte
+	lastLits    []rewrite.Literal
+	lastKey     []byte
+	prefix      []byte
+	prefixPath  []string
+	prefixUser  string
+
 	grants  *rules.Grants
 	base    StatementEvent
 	scratch []byte
@@ -275,32 +304,8 @@ type tracker struct {
 	// (trackedStmt.transforms): without any, the server side needs no
 	// lock to know that the statement it answers has none.
 	transforms atomic.Int64
-	// ctxVersion counts changes of path and user (written under mu, read
-	// without it); the facts-cache key prefix is rebuilt when it, the
-	// policy or the snapshot changes. The prefix fields, with the path
-	// and user it was built from, are the client side's.
-	ctxVersion  atomic.Uint64
-	prefix      []byte
-	prefixPol   *rules.Policy // the policy and snapshot the prefix is for
-	prefixSnap  *catalog.Snapshot
-	prefixCtxV  uint64
-	prefixValid bool
-	prefixPath  []string
-	prefixUser  string
-	// lastKey and lastStmts remember the session's last facts-cache
-	// entry: applications repeat a few statement shapes, and a hit here
-	// skips the shared cache's lock and hashing. lastRaw is the text that
-	// entry was looked up for, lastLits its literals and lastScs its
-	// standard_conforming_strings: a text that differs from it only in
-	// those literals has the same entry (rewrite.SameShape), found
-	// without normalizing the text. lits is the scratch of the scan.
-	lastKey   []byte
-	lastStmts []*trackedStmt
-	lastRaw   []byte
-	lastLits  []rewrite.Literal
-	lastScs   bool
-	lastRawOK bool // lastRaw holds the text (not kept beyond maxShapeMemo)
-	lits      rewrite.LiteralScan
+	// lits is the scratch of the facts-cache lookup's scan.
+	lits rewrite.LiteralScan
 }
 
 // maxBoundName is the longest statement name tracker.bound remembers,

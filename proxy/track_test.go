@@ -407,6 +407,7 @@ func TestTrackerLayout(t *testing.T) {
 		{"tracker's first line", unsafe.Offsetof(tr.queue) + unsafe.Sizeof(tr.queue), 64},
 		{"tracker's first two lines", unsafe.Offsetof(tr.boundShort) + unsafe.Sizeof(tr.boundShort), 128},
 		{"trackedStmt's first line", unsafe.Offsetof(ts.syntax) + 1, 64},
+		{"the lookup's lines", unsafe.Offsetof(tr.lastLits) + unsafe.Sizeof(tr.lastLits) - unsafe.Offsetof(tr.ctxVersion), 128},
 	} {
 		if c.end > c.max {
 			t.Errorf("%s: %d bytes, more than %d", c.what, c.end, c.max)
