@@ -573,7 +573,7 @@ func (s *session) enterRing(p [2]*pump) *ringSess {
 	// when the session leaves the loop).
 	_ = syscall.SetNonblock(cfd, false)
 	_ = syscall.SetNonblock(sfd, false)
-	rs := &ringSess{s: s, p: p, fd: [2]int{cfd, sfd}, left: make(chan struct{}), swapped: make(chan struct{})}
+	rs := &ringSess{s: s, p: p, fd: [2]int{cfd, sfd}, hand: s.srv.ring.hand, left: make(chan struct{}), swapped: make(chan struct{})}
 	rs.w[0], rs.w[1] = &ringWriter{}, &ringWriter{}
 	s.toSrv.toRing(rs.w[0])
 	s.toCl.toRing(rs.w[1])
@@ -586,7 +586,7 @@ func (s *session) enterRing(p [2]*pump) *ringSess {
 	if s.track != nil {
 		s.track.inLoop = true
 		if s.track.sink != nil && !s.track.blocks {
-			s.track.hand = s.srv.ring.hand
+			s.track.hand = rs.hand
 		}
 	}
 	s.ringActive.Store(true)
@@ -600,7 +600,7 @@ func (s *session) enterRing(p [2]*pump) *ringSess {
 func (s *session) ringReturn(rs *ringSess) [2]*pump {
 	if rs.handSeq > 0 {
 		// The statements the loop relayed reach the sinks first.
-		s.srv.ring.hand.wait(rs.handSeq)
+		rs.hand.wait(rs.handSeq)
 	}
 	var conns [2]net.Conn
 	for i := range 2 {

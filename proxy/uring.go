@@ -290,8 +290,10 @@ type ringSess struct {
 	// dead: the loop failed while it held the session (fail); released:
 	// the loop closed left.
 	dead, released bool
-	// handSeq is how many batches of statement events the loop had
-	// sent when it let go of the session (ringReturn waits for them).
+	// hand is the handoff of the loop the session went to, and handSeq
+	// how many batches of statement events it had sent when the loop let
+	// go of the session (ringReturn waits for them).
+	hand    *handoff
 	handSeq uint64
 	// left is closed by the loop when it let go of the session;
 	// swapped by the session's goroutine once it has connections again.
