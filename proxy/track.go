@@ -213,9 +213,10 @@ func (t *tracker) headOutputs() []rewrite.Output {
 // the server side matches the answers (CommandComplete, ErrorResponse,
 // EmptyQueryResponse, PortalSuspended, ReadyForQuery) in order.
 type tracker struct {
-	// The fields every statement of a relayed session uses come first, in
-	// three cache lines (the relay thread serves many sessions in turn, so
-	// each line it touches is usually a miss): this one, ...
+	// The fields every statement of a relayed session uses come first,
+	// in the first three cache lines (the relay thread serves many
+	// sessions in turn, so each line it touches is usually a miss):
+	// these, ...
 	s *session
 	// hand is the io_uring loop's handoff while the loop relays the
 	// session (set with inLoop, when the session has a sink that does
@@ -232,7 +233,7 @@ type tracker struct {
 	qh    int
 	queue []pending
 
-	// ... and this one: unnamed is the unnamed portal's statement (most
+	// ... these, ...: unnamed is the unnamed portal's statement (most
 	// clients bind only that one), and bound the statement last found by
 	// name for a Bind (boundOK says it is set): a client binding the same
 	// prepared statement again skips both map lookups. Its name is
@@ -248,6 +249,7 @@ type tracker struct {
 	boundShort [shortName]byte
 	boundLong  []byte
 
+	// ... and these.
 	sink   StatementSink
 	ran    RanSink // sink's short way, if it has one
 	masked bool
