@@ -18,8 +18,11 @@
 # the proxy's CPU time; the proxy's and PostgreSQL's CPU time relative to
 # pgbench's own in the same run (the machine's speed, which swings on a
 # shared host, cancels out: a ratio above 1 is work tracking added); the
-# machine's idle share; and the relay thread's CPU time and occupancy (the
-# share of the run it was on a CPU or waiting for one).
+# machine's idle share; the relay thread's CPU time and occupancy (the
+# share of the run it was on a CPU or waiting for one); and what tracking
+# costs the machine: the tracked proxy's extra CPU per transaction as a
+# share of the machine's busy time per transaction, per pair (a steadier
+# figure than throughput on a noisy host).
 # Disturbance guard: a round (the pair of runs) during which processes
 # outside the benchmark used more than BENCH_MAX_OTHER_CPU % of the
 # machine (default 10) is repeated, up to BENCH_RETRIES times (default 3);
@@ -280,11 +283,11 @@ if [[ -n ${BENCH_RATE:-} ]]; then
 	done
 	exit 0
 fi
-echo "| workload | mode | clients | pgveil TPS (best) | pgveil + ledger + audit TPS (best) | tracked / plain (median of $ROUNDS paired rounds) | 95% CI of the median | ratios | proxy CPU µs/txn plain → tracked (medians) | per pgbench CPU, tracked ÷ plain: proxy | PostgreSQL (medians of the pairs, 95% CI) | idle % plain → tracked (medians) | relay thread CPU µs/txn plain → tracked | its occupancy plain → tracked (medians) | other processes' CPU % (max) |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| workload | mode | clients | pgveil TPS (best) | pgveil + ledger + audit TPS (best) | tracked / plain (median of $ROUNDS paired rounds) | 95% CI of the median | ratios | proxy CPU µs/txn plain → tracked (medians) | per pgbench CPU, tracked ÷ plain: proxy | PostgreSQL (medians of the pairs, 95% CI) | idle % plain → tracked (medians) | relay thread CPU µs/txn plain → tracked | its occupancy plain → tracked (medians) | tracking's extra proxy CPU, % of the machine's busy time per txn (median of the pairs, 95% CI) | other processes' CPU % (max) |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for cell in "${CELLS[@]}"; do
 	read -r workload user script mode c <<<"$cell"
-	bp=0 bt=0 ratios=() cpus_p=() cpus_t=() rel_proxy=() rel_pg=() idle_p=() idle_t=() relay_p=() relay_t=() occ_p=() occ_t=() omax=0
+	bp=0 bt=0 ratios=() cpus_p=() cpus_t=() rel_proxy=() rel_pg=() idle_p=() idle_t=() relay_p=() relay_t=() occ_p=() occ_t=() shares=() omax=0
 	for r in $(seq "$ROUNDS"); do
 		for attempt in $(seq 0 "$RETRIES"); do
 			s0=$(cpu_snapshot)
@@ -306,6 +309,13 @@ for cell in "${CELLS[@]}"; do
 		# shared host, cancels out.
 		rel_proxy+=("$(awk -v a="$ct" -v ga="$gt" -v b="$cp" -v gb="$gp" 'BEGIN{printf "%.4f", (ga>0 && gb>0 && b>0)?(a/ga)/(b/gb):0}')")
 		rel_pg+=("$(awk -v a="$kt" -v ga="$gt" -v b="$kp" -v gb="$gp" 'BEGIN{printf "%.4f", (ga>0 && gb>0 && b>0)?(a/ga)/(b/gb):0}')")
+		# What tracking costs the machine, decidable where throughput is
+		# not: the tracked proxy's CPU per transaction beyond the plain
+		# one's, both at the plain run's speed (scaled by pgbench's CPU),
+		# over the whole machine's busy time per transaction in the plain
+		# run. On a machine that is CPU-bound, throughput falls by about
+		# this share, plus what the idle column adds.
+		shares+=("$(awk -v a="$ct" -v ga="$gt" -v b="$cp" -v gb="$gp" -v tps="${p:-0}" -v idle="$ip" -v ncpu="$NCPU" 'BEGIN{busy = (tps>0)?ncpu*(100-idle)/100/tps*1e6:0; printf "%.2f", (ga>0 && busy>0)?100*(a/ga*gb - b)/busy:0}')")
 		bp=$(best "$bp" "${p:-0}"); bt=$(best "$bt" "${t:-0}")
 		ratios+=("$(awk -v a="${t:-0}" -v b="${p:-0}" 'BEGIN{printf "%.3f", (b>0)?a/b:0}')")
 	done
@@ -317,7 +327,8 @@ for cell in "${CELLS[@]}"; do
 	mip=$(printf '%s\n' "${idle_p[@]}" | median); mit=$(printf '%s\n' "${idle_t[@]}" | median)
 	mrp=$(printf '%s\n' "${relay_p[@]}" | median); mrt=$(printf '%s\n' "${relay_t[@]}" | median)
 	mop=$(printf '%s\n' "${occ_p[@]}" | median); mot=$(printf '%s\n' "${occ_t[@]}" | median)
-	printf '| %s | %s | %s | %.0f | %.0f | %.3f | %s | %s | %.1f → %.1f | %.3f (%s) | %.3f (%s) | %.1f → %.1f | %.2f → %.2f | %.2f → %.2f | %s |\n' "$workload" "$mode" "$c" "$bp" "$bt" "$med" "$ci" "${ratios[*]}" "$mcp" "$mct" "$rpx" "$rpxci" "$rpg" "$rpgci" "$mip" "$mit" "$mrp" "$mrt" "$mop" "$mot" "$omax"
+	msh=$(printf '%s\n' "${shares[@]}" | median); shci=$(printf '%s\n' "${shares[@]}" | median_ci)
+	printf '| %s | %s | %s | %.0f | %.0f | %.3f | %s | %s | %.1f → %.1f | %.3f (%s) | %.3f (%s) | %.1f → %.1f | %.2f → %.2f | %.2f → %.2f | %.2f (%s) | %s |\n' "$workload" "$mode" "$c" "$bp" "$bt" "$med" "$ci" "${ratios[*]}" "$mcp" "$mct" "$rpx" "$rpxci" "$rpg" "$rpgci" "$mip" "$mit" "$mrp" "$mrt" "$mop" "$mot" "$msh" "$shci" "$omax"
 done
 kill "$TRACK_PID" "$PLAIN_PID"; wait "$TRACK_PID" "$PLAIN_PID" 2>/dev/null || true
 TRACK_PID= PLAIN_PID=
