@@ -92,14 +92,18 @@ func TestHandoff(t *testing.T) {
 	if h.sent != 1 || len(h.buf) != 0 {
 		t.Fatalf("after %d events: %d batches sent, %d held, want 1 and 0", handoffBatch, h.sent, len(h.buf))
 	}
+	asked := func(what string) {
+		t.Helper()
+		select {
+		case <-requests:
+		case <-time.After(20 * handoffDelay):
+			t.Fatalf("%s did not ask for a waiting batch", what)
+		}
+	}
 	// A batch that waits is asked for.
 	run(0, "plain", 1, false)
 	run(1, "known", 2, false)
-	select {
-	case <-requests:
-	case <-time.After(20 * handoffDelay):
-		t.Fatal("the handoff did not ask for a waiting batch")
-	}
+	asked("the handoff")
 	// After a second without events the goroutine parks; an event wakes
 	// it, and the batch is asked for.
 	h.wait(h.flush())
@@ -115,11 +119,7 @@ func TestHandoff(t *testing.T) {
 	default:
 	}
 	run(1, "plain", 3, false)
-	select {
-	case <-requests:
-	case <-time.After(20 * handoffDelay):
-		t.Fatal("a parked handoff did not ask for a waiting batch")
-	}
+	asked("a parked handoff")
 	// The loop lets go of the sessions (ringLoop.maybeLet, ringReturn):
 	// their later events go directly, after the handed ones.
 	h.wait(h.flush())

@@ -457,7 +457,9 @@ func (l *ringLoop) fail(v any, stack []byte) {
 				"panic", fmt.Sprint(v), "stack", string(stack))
 		}
 		rs.dead, rs.released = true, true
-		rs.handSeq = l.hand.sent
+		if rs.handsOff() {
+			rs.handSeq = l.hand.sent
+		}
 		l.graveyard = append(l.graveyard, rs)
 		e := &clientError{code: codeInternalError, msg: "pgveil: internal error in the io_uring relay; the session was ended", kind: "internal_error"}
 		rs.err = [2]error{e, e}
@@ -678,8 +680,18 @@ func (l *ringLoop) maybeLet(rs *ringSess) {
 	rs.released = true
 	// The session's statement events go before what its goroutines
 	// record next (ringReturn waits for them).
-	rs.handSeq = l.hand.flush()
+	if rs.handsOff() {
+		rs.handSeq = l.hand.flush()
+	}
 	close(rs.left)
+}
+
+// handsOff reports whether the session's statement events go through
+// the loop's handoff (its tracker set hand in enterRing): only then does
+// ringReturn wait for them.
+func (rs *ringSess) handsOff() bool {
+	t := rs.s.track
+	return t != nil && t.hand != nil
 }
 
 // process relays what pump i has read, on the loop's thread. A panic (a
