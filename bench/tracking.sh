@@ -202,6 +202,10 @@ median() { sort -g | awk '{a[NR]=$1} END{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/
 # of the numbers on stdin (order statistics k and n+1-k, k = the largest
 # integer <= (n+1)/2 - 0.98 sqrt(n)); "–" for fewer than 6 numbers.
 median_ci() { sort -g | awk '{a[NR]=$1} END{k=int((NR+1)/2 - 0.98*sqrt(NR)); if (k<1) print "–"; else printf "%.3f–%.3f", a[k], a[NR+1-k]}'; }
+# geomean: the geometric mean of positive ratios and its normal 95%
+# interval (on their logarithms): with the median, it shows whether a few
+# disturbed pairs pull the typical ratio one way.
+geomean() { awk '$1>0{l=log($1); s+=l; ss+=l*l; n++} END{if (n<2) {print "–"; exit} m=s/n; sd=sqrt((ss-n*m*m)/(n-1)); printf "%.3f (%.3f–%.3f)", exp(m), exp(m-1.96*sd/sqrt(n)), exp(m+1.96*sd/sqrt(n))}'; }
 # BENCH_PERF=1: instead of the throughput rounds, profile both instances
 # (perf record, cpu-clock, kernel included) during one run each per cell
 # and print where the tracked instance's extra CPU goes: nanoseconds per
@@ -283,11 +287,11 @@ if [[ -n ${BENCH_RATE:-} ]]; then
 	done
 	exit 0
 fi
-echo "| workload | mode | clients | pgveil TPS (best) | pgveil + ledger + audit TPS (best) | tracked / plain (median of $ROUNDS paired rounds) | 95% CI of the median | ratios | proxy CPU µs/txn plain → tracked (medians) | per pgbench CPU, tracked ÷ plain: proxy | PostgreSQL (medians of the pairs, 95% CI) | idle % plain → tracked (medians) | relay thread CPU µs/txn plain → tracked | its occupancy plain → tracked (medians) | tracking's extra proxy CPU, % of the machine's busy time per txn (median of the pairs, 95% CI) | other processes' CPU % (max) |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| workload | mode | clients | pgveil TPS (best) | pgveil + ledger + audit TPS (best) | tracked / plain (median of $ROUNDS paired rounds) | 95% CI of the median | geometric mean (95% CI) | ratios | proxy CPU µs/txn plain → tracked (medians) | per pgbench CPU, tracked ÷ plain: proxy | PostgreSQL (medians of the pairs, 95% CI) | pgbench CPU per txn, tracked ÷ plain (same) | idle % plain → tracked (medians) | relay thread CPU µs/txn plain → tracked | its occupancy plain → tracked (medians) | tracking's extra proxy CPU, % of the machine's busy time per txn (median of the pairs, 95% CI) | other processes' CPU % (max) |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for cell in "${CELLS[@]}"; do
 	read -r workload user script mode c <<<"$cell"
-	bp=0 bt=0 ratios=() cpus_p=() cpus_t=() rel_proxy=() rel_pg=() idle_p=() idle_t=() relay_p=() relay_t=() occ_p=() occ_t=() shares=() omax=0
+	bp=0 bt=0 ratios=() cpus_p=() cpus_t=() rel_proxy=() rel_pg=() rel_bench=() idle_p=() idle_t=() relay_p=() relay_t=() occ_p=() occ_t=() shares=() omax=0
 	for r in $(seq "$ROUNDS"); do
 		for attempt in $(seq 0 "$RETRIES"); do
 			s0=$(cpu_snapshot)
@@ -309,6 +313,11 @@ for cell in "${CELLS[@]}"; do
 		# shared host, cancels out.
 		rel_proxy+=("$(awk -v a="$ct" -v ga="$gt" -v b="$cp" -v gb="$gp" 'BEGIN{printf "%.4f", (ga>0 && gb>0 && b>0)?(a/ga)/(b/gb):0}')")
 		rel_pg+=("$(awk -v a="$kt" -v ga="$gt" -v b="$kp" -v gb="$gp" 'BEGIN{printf "%.4f", (ga>0 && gb>0 && b>0)?(a/ga)/(b/gb):0}')")
+		# pgbench's own CPU per transaction, tracked run over plain run:
+		# the yardstick above. Above 1 (in the median of many pairs), the
+		# tracked runs slowed the rest of the machine too (shared caches,
+		# memory bandwidth), which the ratios above cancel out.
+		rel_bench+=("$(awk -v a="$gt" -v b="$gp" 'BEGIN{printf "%.4f", (a>0 && b>0)?a/b:0}')")
 		# What tracking costs the machine, decidable where throughput is
 		# not: the tracked proxy's CPU per transaction beyond the plain
 		# one's, both at the plain run's speed (scaled by pgbench's CPU),
@@ -324,11 +333,13 @@ for cell in "${CELLS[@]}"; do
 	mcp=$(printf '%s\n' "${cpus_p[@]}" | median); mct=$(printf '%s\n' "${cpus_t[@]}" | median)
 	rpx=$(printf '%s\n' "${rel_proxy[@]}" | median); rpxci=$(printf '%s\n' "${rel_proxy[@]}" | median_ci)
 	rpg=$(printf '%s\n' "${rel_pg[@]}" | median); rpgci=$(printf '%s\n' "${rel_pg[@]}" | median_ci)
+	rbe=$(printf '%s\n' "${rel_bench[@]}" | median); rbeci=$(printf '%s\n' "${rel_bench[@]}" | median_ci)
+	gm=$(printf '%s\n' "${ratios[@]}" | geomean)
 	mip=$(printf '%s\n' "${idle_p[@]}" | median); mit=$(printf '%s\n' "${idle_t[@]}" | median)
 	mrp=$(printf '%s\n' "${relay_p[@]}" | median); mrt=$(printf '%s\n' "${relay_t[@]}" | median)
 	mop=$(printf '%s\n' "${occ_p[@]}" | median); mot=$(printf '%s\n' "${occ_t[@]}" | median)
 	msh=$(printf '%s\n' "${shares[@]}" | median); shci=$(printf '%s\n' "${shares[@]}" | median_ci)
-	printf '| %s | %s | %s | %.0f | %.0f | %.3f | %s | %s | %.1f → %.1f | %.3f (%s) | %.3f (%s) | %.1f → %.1f | %.2f → %.2f | %.2f → %.2f | %.2f (%s) | %s |\n' "$workload" "$mode" "$c" "$bp" "$bt" "$med" "$ci" "${ratios[*]}" "$mcp" "$mct" "$rpx" "$rpxci" "$rpg" "$rpgci" "$mip" "$mit" "$mrp" "$mrt" "$mop" "$mot" "$msh" "$shci" "$omax"
+	printf '| %s | %s | %s | %.0f | %.0f | %.3f | %s | %s | %s | %.1f → %.1f | %.3f (%s) | %.3f (%s) | %.3f (%s) | %.1f → %.1f | %.2f → %.2f | %.2f → %.2f | %.2f (%s) | %s |\n' "$workload" "$mode" "$c" "$bp" "$bt" "$med" "$ci" "$gm" "${ratios[*]}" "$mcp" "$mct" "$rpx" "$rpxci" "$rpg" "$rpgci" "$rbe" "$rbeci" "$mip" "$mit" "$mrp" "$mrt" "$mop" "$mot" "$msh" "$shci" "$omax"
 done
 kill "$TRACK_PID" "$PLAIN_PID"; wait "$TRACK_PID" "$PLAIN_PID" 2>/dev/null || true
 TRACK_PID= PLAIN_PID=
