@@ -14,10 +14,13 @@
 #        perf, tracked minus plain; BENCH_RATE=N prints, instead of throughput,
 #        the proxies' CPU time per transaction at a fixed N transactions per
 #        second, and what tracking adds, paired by round)
-# Besides the throughput, each cell shows where it went, per transaction:
+# Besides the throughput (the median of the paired ratios, and their
+# geometric mean), each cell shows where it went, per transaction:
 # the proxy's CPU time; the proxy's and PostgreSQL's CPU time relative to
 # pgbench's own in the same run (the machine's speed, which swings on a
-# shared host, cancels out: a ratio above 1 is work tracking added); the
+# shared host, cancels out: a ratio above 1 is work tracking added);
+# pgbench's own CPU time, tracked run over plain run (above 1, tracking
+# slowed the rest of the machine too, or changed how pgbench waits); the
 # machine's idle share; the relay thread's CPU time and occupancy (the
 # share of the run it was on a CPU or waiting for one); and what tracking
 # costs the machine: the tracked proxy's extra CPU per transaction as a
