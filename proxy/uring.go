@@ -458,7 +458,7 @@ func (l *ringLoop) fail(v any, stack []byte) {
 		}
 		rs.dead, rs.released = true, true
 		if rs.handsOff() {
-			rs.handSeq = l.hand.sent
+			rs.handSeq = rs.hand.sent
 		}
 		l.graveyard = append(l.graveyard, rs)
 		e := &clientError{code: codeInternalError, msg: "pgveil: internal error in the io_uring relay; the session was ended", kind: "internal_error"}
@@ -681,7 +681,7 @@ func (l *ringLoop) maybeLet(rs *ringSess) {
 	// The session's statement events go before what its goroutines
 	// record next (ringReturn waits for them).
 	if rs.handsOff() {
-		rs.handSeq = l.hand.flush()
+		rs.handSeq = rs.hand.flush() // rs.hand is l.hand: ringReturn waits on the handoff the number is from
 	}
 	close(rs.left)
 }
