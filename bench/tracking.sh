@@ -245,7 +245,7 @@ if [[ ${BENCH_PERF:-0} == 1 ]]; then
 		echo "$workload $mode, $c clients: proxy CPU ns per transaction by function (plain $tp, tracked $tt transactions)"
 		join -t$'\t' -a1 -a2 -e 0 -o 0,1.2,2.2 "$WORK/plain.sym" "$WORK/track.sym" |
 			awk -F'\t' '{a+=$2; b+=$3; printf "%8.0f %8.0f %+8.0f  %s\n", $2, $3, $3-$2, $1} END{printf "%8.0f %8.0f %+8.0f  (all)\n", a, b, b-a > "/dev/stderr"}' 2>"$WORK/total" |
-			sort -k3 -g -r | head -n "${BENCH_PERF_TOP:-25}" | sed '1i\   plain  tracked    extra  function' | cat - "$WORK/total"
+			sort -k3 -g -r | awk -v n="${BENCH_PERF_TOP:-25}" 'NR <= n' | sed '1i\   plain  tracked    extra  function' | cat - "$WORK/total"
 	done
 	exit 0
 fi
