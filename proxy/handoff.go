@@ -23,18 +23,8 @@ import (
 // the handoff only while the loop relays the session; when the loop lets
 // go of it, ringReturn waits (wait) until the goroutine has handed over
 // everything the loop sent up to then, so the session's later events,
-// which go through the goroutines' handoff, come after, and its sinks
-// are never called from two goroutines at once.
-//
-// The sessions relayed by their own goroutines (masked ones, and any
-// when the loop is off) share one more handoff, for the same reason: a
-// session's sink state (its ledger slots, its audit queue shard, its
-// statements' memos) is cold each time the session comes back to a core,
-// so handing each event over where it happens costs several cache misses,
-// and handing a batch over costs them about once per session in it. That
-// handoff is shared: its producers lock pmu, and its goroutine sends the
-// batch a quiet spell left itself (takeOwn). A session waits for it
-// (sync) before it goes to the loop and before its End.
+// which its goroutines hand over directly, come after, and its sinks are
+// never called from two goroutines at once.
 type handoff struct {
 	// The loop's.
 	buf  []handed
@@ -57,12 +47,6 @@ type handoff struct {
 	done uint64 // batches the goroutine has handed over
 
 	ev StatementEvent // the goroutine's
-
-	// shared says the producers are the sessions' goroutines (pumps), not
-	// one loop: they take pmu around buf and sent (addShared, sync), and
-	// the goroutine sends a waiting batch itself (takeOwn).
-	shared bool
-	pmu    sync.Mutex
 }
 
 // handed is one statement event in a batch.
@@ -91,20 +75,10 @@ const (
 	handoffDelay = 20 * time.Millisecond
 )
 
-// newHandoff starts the goroutine of a loop's handoff; request asks the
-// loop to send its batch (see ringLoop.post).
-func newHandoff(request func()) *handoff { return startHandoff(request, false) }
-
-// pumpHandoff is the handoff of the sessions relayed by their goroutines,
-// started when the first such session with a sink that does not block
-// begins.
-var pumpHandoff = sync.OnceValue(func() *handoff { return startHandoff(nil, true) })
-
-func startHandoff(request func(), shared bool) *handoff {
-	h := &handoff{ch: make(chan []handed, handoffBatches), free: make(chan []handed, handoffBatches+2), wake: make(chan struct{}, 1), request: request, shared: shared}
-	if shared {
-		h.request = h.takeOwn
-	}
+// newHandoff starts the goroutine of a handoff; request asks the loop to
+// send its batch (see ringLoop.post).
+func newHandoff(request func()) *handoff {
+	h := &handoff{ch: make(chan []handed, handoffBatches), free: make(chan []handed, handoffBatches+2), wake: make(chan struct{}, 1), request: request}
 	h.cond.L = &h.mu
 	h.buf = make([]handed, 0, handoffBatch)
 	go h.run()
@@ -133,39 +107,8 @@ func (h *handoff) add(t *tracker, ts *trackedStmt, wall int64, d time.Duration, 
 	}
 }
 
-// addShared is add for the shared handoff, from any goroutine.
-func (h *handoff) addShared(t *tracker, ts *trackedStmt, wall int64, d time.Duration, rows int64, outcome, code, rule string) {
-	h.pmu.Lock()
-	h.add(t, ts, wall, d, rows, outcome, code, rule)
-	h.pmu.Unlock()
-}
-
-// takeOwn is the shared handoff's request: its goroutine sends the batch
-// that has waited itself. It does not wait for pmu (a producer holding it
-// may be waiting for the goroutine to take a batch), nor send to a full
-// channel (only the goroutine empties it): the next tick tries again.
-func (h *handoff) takeOwn() {
-	if !h.pmu.TryLock() {
-		return
-	}
-	if len(h.ch) < cap(h.ch) {
-		h.flush() // the producers send only under pmu: there is room
-	}
-	h.pmu.Unlock()
-}
-
-// sync returns once the shared handoff's goroutine has handed over every
-// event added before the call.
-func (h *handoff) sync() {
-	h.pmu.Lock()
-	n := h.flush()
-	h.pmu.Unlock()
-	h.wait(n)
-}
-
 // flush sends the loop's batch, if it holds events. It runs on the
-// loop's thread (for the shared handoff, under pmu), and returns the
-// number of batches sent so far.
+// loop's thread, and returns the number of batches sent so far.
 func (h *handoff) flush() uint64 {
 	if len(h.buf) == 0 {
 		return h.sent

@@ -552,9 +552,6 @@ func (s *session) wantRing() bool {
 // pumps stopped. It returns nil when the session may not go (it is
 // ending, or its sockets cannot be taken).
 func (s *session) enterRing(p [2]*pump) *ringSess {
-	if s.track != nil {
-		s.track.handed() // the loop's events for the session come after
-	}
 	s.ringMu.Lock()
 	defer s.ringMu.Unlock()
 	if s.ringNoEntry {

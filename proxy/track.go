@@ -17,13 +17,11 @@ import (
 )
 
 // StatementSink receives one event per statement a session ran, for the
-// usage ledger and the audit log. Statement is called on the goroutine of
-// a handoff (the io_uring loop's while the loop relays the session, the
-// goroutines' otherwise) or, for a sink that may block (BlockingSink),
-// on the session's server-side goroutine or the loop's thread; never on
-// two at once for one session, and in the order the statements ran. It
-// must not block unless the sink says it may, and must copy whatever it
-// keeps: the event is reused.
+// usage ledger and the audit log. Statement is called on the session's
+// server-side goroutine or, while the io_uring loop relays the session,
+// on the goroutine of the loop's handoff (never on two at once for one
+// session), in the order the statements ran; it must not block, and must
+// copy whatever it keeps: the event is reused.
 type StatementSink interface {
 	Statement(ev *StatementEvent)
 }
@@ -34,8 +32,8 @@ type StatementSink interface {
 // is decided, with an event that holds the session's fields (Session,
 // User, Database, Application, ClientIP, Roles), and sends that session's
 // statements to the sink it returns instead. The returned sink is called
-// as StatementSink says (never from two goroutines at once), and is
-// dropped with the session.
+// from the session's server-side goroutine only, and is dropped with the
+// session.
 type SessionSinker interface {
 	StatementSink
 	SessionSink(base *StatementEvent) StatementSink
@@ -49,11 +47,11 @@ type SessionEnder interface {
 }
 
 // BlockingSink is implemented by a sink that may wait for room (the
-// audit log's block policy) and says so. The io_uring loop and the
-// sessions' goroutines hand such a sink its sessions' events themselves
-// instead of through a handoff: a session then waits at the statement
-// the sink cannot take, rather than the proxy relaying more statements
-// than the sink has taken.
+// audit log's block policy) and says so. The io_uring loop hands such a
+// sink its sessions' events itself, as their goroutines do, instead of
+// through its handoff: a session then waits at the statement the sink
+// cannot take, rather than the loop relaying more statements than the
+// sink has taken.
 type BlockingSink interface {
 	Blocks() bool
 }
@@ -224,10 +222,6 @@ type tracker struct {
 	// session (set with inLoop, when the session has a sink that does
 	// not block): its statements' events go through it (emit).
 	hand *handoff
-	// pool is the handoff of the sessions relayed by their goroutines
-	// (pumpHandoff), when the session has a sink that does not block; hand,
-	// while set, comes first.
-	pool *handoff
 	// inLoop mirrors session.ringActive for lock, in a cache line the
 	// tracker touches anyway: it is written only while neither of the
 	// session's pumps runs (session.enterRing, ringReturn), and read by
@@ -354,9 +348,6 @@ func newTracker(s *session, sink StatementSink, roles []string, grants *rules.Gr
 		t.sink = ss.SessionSink(&base)
 	}
 	t.ran, _ = t.sink.(RanSink)
-	if t.sink != nil && !t.blocks && s.srv != nil {
-		t.pool = pumpHandoff()
-	}
 	return t
 }
 
@@ -377,21 +368,10 @@ func (t *tracker) now() (int64, int64) {
 	return t.epochWall + d, m
 }
 
-// end tells a per-session sink that the session is over, after its
-// statements.
+// end tells a per-session sink that the session is over.
 func (t *tracker) end() {
-	t.handed()
 	if e, ok := t.sink.(SessionEnder); ok {
 		e.End()
-	}
-}
-
-// handed returns once the session's statements so far have reached the
-// sink, when they go through the goroutines' handoff. The session's pumps
-// do not run (it is about to end or to go to the loop).
-func (t *tracker) handed() {
-	if t.pool != nil && t.hand == nil {
-		t.pool.sync()
 	}
 }
 
@@ -883,8 +863,7 @@ func (t *tracker) ready() {
 }
 
 // emit sends one event to the sink: while the io_uring loop relays the
-// session, through the loop's handoff, else through the goroutines'
-// (pool) unless the sink may block.
+// session, through the loop's handoff.
 func (t *tracker) emit(p pending, rows int64, outcome, code, rule string) {
 	if t.hand == nil && t.sink == nil {
 		return // hand is set only with a sink
@@ -892,10 +871,6 @@ func (t *tracker) emit(p pending, rows int64, outcome, code, rule string) {
 	d := time.Duration(t.s.stamp(1) - p.mono)
 	if t.hand != nil {
 		t.hand.add(t, p.ts, p.wall, d, rows, outcome, code, rule)
-		return
-	}
-	if t.pool != nil {
-		t.pool.addShared(t, p.ts, p.wall, d, rows, outcome, code, rule)
 		return
 	}
 	if t.ranShort(p.ts, p.wall, d, rows, outcome) {
