@@ -447,14 +447,6 @@ func (h *serverSide) class(typ byte) msgClass {
 
 func (h *serverSide) header(typ byte, length int) error { return nil }
 
-// after hands the tracker's statement events that wait for the answers
-// to be written out to the sinks (tracker.emit).
-func (h *serverSide) after() {
-	if t := h.s.track; t != nil && len(t.later) > 0 {
-		t.handLater()
-	}
-}
-
 func (h *serverSide) message(typ byte, msg []byte) error {
 	s := h.s
 	if h.internal {

@@ -68,13 +68,6 @@ type handler interface {
 	message(typ byte, msg []byte) error
 }
 
-// afterWriter is a handler with work that waits until what the pump read
-// is relayed (the tracker's statement events, see tracker.emit): after is
-// called once the pump has written out everything a read brought.
-type afterWriter interface {
-	after()
-}
-
 // syncWriter serialises writes to one connection and remembers whether the
 // last write ended inside a message, so that another goroutine may inject a
 // whole message (an ErrorResponse, a Terminate) only between messages.
@@ -234,8 +227,6 @@ type pump struct {
 	// stamp, if set, is the session's clock of this side (session.stamp):
 	// process resets it for each buffer.
 	stamp *int64
-	// after is h's afterWriter.after, or nil.
-	after func()
 }
 
 // newPump returns a pump from src to dst; count, if not nil, accumulates
@@ -244,11 +235,7 @@ func newPump(src net.Conn, dst *syncWriter, h handler, maxSize int, count *atomi
 	if count == nil {
 		count = new(atomic.Int64)
 	}
-	p := &pump{src: src, raw: rawSyscallConn(src), dst: dst, h: h, maxSize: maxSize, buf: make([]byte, pumpBufferSize), count: count}
-	if a, ok := h.(afterWriter); ok {
-		p.after = a.after
-	}
-	return p
+	return &pump{src: src, raw: rawSyscallConn(src), dst: dst, h: h, maxSize: maxSize, buf: make([]byte, pumpBufferSize), count: count}
 }
 
 // run relays until src or dst fails, a message is malformed, or the handler
@@ -502,9 +489,6 @@ func (p *pump) messages() error {
 	}
 	if err := p.flush(start, p.r); err != nil {
 		return err
-	}
-	if p.after != nil {
-		p.after()
 	}
 	if stop && need == 0 {
 		return errStopped

@@ -287,12 +287,6 @@ type tracker struct {
 	base    StatementEvent
 	scratch []byte
 	ev      StatementEvent
-	// later holds the events of the statements the server side's pump
-	// answered in what it is relaying, for the sink once the answers are
-	// written out (emit, handLater), when pumped says that pump calls
-	// handLater (a session's, not a unit test's): the server side's.
-	later  []laterEvent
-	pumped bool
 
 	// The maps belong to the client-side goroutine.
 	stmts   map[string]*trackedStmt // protocol-level prepared statements
@@ -344,7 +338,6 @@ func newTracker(s *session, sink StatementSink, roles []string, grants *rules.Gr
 			Loop: !masked && s.srv != nil && s.srv.IOUring() && !s.clientTLS && !s.serverTLS},
 		stmts: map[string]*trackedStmt{}, portals: map[string]*trackedStmt{}, sqlPrep: map[string]*trackedStmt{}, cursors: map[string]*trackedStmt{}}
 	t.ev = t.base
-	t.pumped = true // the session's server side is a pump with serverSide.after
 	epoch := time.Now()
 	t.epochWall, t.epochMono = epoch.UnixNano(), int64(epoch.Sub(s.start))
 	if b, ok := sink.(BlockingSink); ok {
@@ -375,10 +368,8 @@ func (t *tracker) now() (int64, int64) {
 	return t.epochWall + d, m
 }
 
-// end tells a per-session sink that the session is over, after the
-// session's statements.
+// end tells a per-session sink that the session is over.
 func (t *tracker) end() {
-	t.handLater()
 	if e, ok := t.sink.(SessionEnder); ok {
 		e.End()
 	}
@@ -871,56 +862,22 @@ func (t *tracker) ready() {
 	t.unlock(locked)
 }
 
-// laterEvent is a statement event that waits in tracker.later.
-type laterEvent struct {
-	ts                  *trackedStmt
-	wall                int64
-	d                   time.Duration
-	rows                int64
-	outcome, code, rule string
-}
-
 // emit sends one event to the sink: while the io_uring loop relays the
-// session, through the loop's handoff; else, unless the sink may block,
-// once the server side's pump has written out the answers it is relaying
-// (handLater), so that the client does not wait for the sink; else at
-// once, so that a sink that cannot take the statement holds its answer.
+// session, through the loop's handoff.
 func (t *tracker) emit(p pending, rows int64, outcome, code, rule string) {
 	if t.hand == nil && t.sink == nil {
 		return // hand is set only with a sink
 	}
 	d := time.Duration(t.s.stamp(1) - p.mono)
-	switch {
-	case t.hand != nil:
+	if t.hand != nil {
 		t.hand.add(t, p.ts, p.wall, d, rows, outcome, code, rule)
-	case t.pumped && !t.blocks:
-		t.later = append(t.later, laterEvent{p.ts, p.wall, d, rows, outcome, code, rule})
-	default:
-		t.give(p.ts, p.wall, d, rows, outcome, code, rule)
-	}
-}
-
-// give hands one event to the sink. The session's fields of t.ev are set
-// once (newTracker).
-func (t *tracker) give(ts *trackedStmt, wall int64, d time.Duration, rows int64, outcome, code, rule string) {
-	if t.ranShort(ts, wall, d, rows, outcome) {
 		return
 	}
-	t.statement(&t.ev, ts, wall, d, rows, outcome, code, rule)
-}
-
-// handLater hands the events in later to the sink, in order.
-func (t *tracker) handLater() {
-	for i := range t.later {
-		e := &t.later[i]
-		t.give(e.ts, e.wall, e.d, e.rows, e.outcome, e.code, e.rule)
+	if t.ranShort(p.ts, p.wall, d, rows, outcome) {
+		return
 	}
-	clear(t.later) // drop the references to statements
-	if cap(t.later) > 64 {
-		t.later = nil // a pipelining client's burst: not kept
-	} else {
-		t.later = t.later[:0]
-	}
+	// The session's fields of t.ev are set once (newTracker).
+	t.statement(&t.ev, p.ts, p.wall, d, rows, outcome, code, rule)
 }
 
 // ranShort hands a statement that succeeded to the sink's short way

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"fmt"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -412,100 +411,6 @@ func TestTrackerLayout(t *testing.T) {
 	} {
 		if c.end > c.max {
 			t.Errorf("%s: %d bytes, more than %d", c.what, c.end, c.max)
-		}
-	}
-}
-
-// answerHandler is the server side of a tracked session, reduced to what
-// the tracker sees: CommandComplete and ReadyForQuery, and the pump's
-// call once it has written out what it read.
-type answerHandler struct{ tr *tracker }
-
-func (h answerHandler) class(typ byte) msgClass {
-	if typ == 'C' || typ == 'Z' {
-		return classPeek
-	}
-	return classStream
-}
-func (h answerHandler) header(typ byte, length int) error { return nil }
-func (h answerHandler) message(typ byte, msg []byte) error {
-	switch typ {
-	case 'C':
-		h.tr.answered(typ, msg)
-	case 'Z':
-		h.tr.ready()
-	}
-	return nil
-}
-func (h answerHandler) after() { h.tr.handLater() }
-
-// witnessConn records, at each write, how many events the sink had.
-type witnessConn struct {
-	net.Conn
-	sink *recordingSink
-	seen []int
-}
-
-func (c *witnessConn) Write(b []byte) (int, error) {
-	c.seen = append(c.seen, len(c.sink.evs))
-	return len(b), nil
-}
-
-// TestEventsAfterTheAnswer: a statement's event reaches the sink after
-// the pump has written its answer to the client (the client does not wait
-// for the ledger and the audit log), in order, also for statements
-// answered together; what waits when the session ends reaches the sink
-// before End; and a sink that may block (BlockingSink) gets the event
-// before the answer goes out, so that it can hold the answer.
-func TestEventsAfterTheAnswer(t *testing.T) {
-	answer := pgbenchSelect(t)
-	for _, blocks := range []bool{false, true} {
-		sink := &recordingSink{}
-		tr := newTestTracker(sink)
-		tr.pumped, tr.blocks = true, blocks
-		tr.stmts["s"] = &trackedStmt{normalized: "SELECT s", fingerprint: "f"}
-		send := func(n int) {
-			for range n {
-				tr.bind(extMsg('B', cstr(""), cstr("s"), []byte{0, 0, 0, 0, 0, 0}))
-				tr.execute(extMsg('E', cstr(""), []byte{0, 0, 0, 0}))
-				tr.syncPoint(false)
-			}
-		}
-		out := &witnessConn{sink: sink}
-		p := newPump(nil, &syncWriter{conn: out, out: out}, answerHandler{tr}, DefaultMaxMessageSize, nil)
-		relay := func(n int) {
-			t.Helper()
-			p.r, p.w = 0, 0
-			for range n {
-				p.w += copy(p.buf[p.w:], answer)
-			}
-			if err := p.process(); err != nil {
-				t.Fatal(err)
-			}
-		}
-		send(1)
-		relay(1)
-		send(3)
-		relay(3)
-		want := []int{0, 1}
-		if blocks {
-			want = []int{1, 4}
-		}
-		if fmt.Sprint(out.seen) != fmt.Sprint(want) || len(sink.evs) != 4 {
-			t.Fatalf("blocks=%v: the sink held %v events at the pump's writes and %d after, want %v and 4", blocks, out.seen, len(sink.evs), want)
-		}
-		for i, ev := range sink.evs {
-			if ev.Rows != 1 || ev.Normalized != "SELECT s" || ev.Outcome != "ok" {
-				t.Fatalf("event %d: %+v", i, ev)
-			}
-		}
-		// An event that waits when the session ends (its pump failed
-		// before it wrote the answer out) reaches the sink first.
-		send(1)
-		tr.answered('C', extMsg('C', cstr("SELECT 7")))
-		tr.end()
-		if len(sink.evs) != 5 || sink.evs[4].Rows != 7 {
-			t.Fatalf("blocks=%v: after the session's end, %d events, want 5, the last with 7 rows", blocks, len(sink.evs))
 		}
 	}
 }
