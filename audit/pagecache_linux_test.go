@@ -123,6 +123,9 @@ func machineBusy(b *testing.B) int64 {
 	sc := bufio.NewScanner(f)
 	sc.Scan()
 	fields := strings.Fields(sc.Text())
+	if len(fields) < 8 || fields[0] != "cpu" {
+		b.Fatalf("/proc/stat: unexpected first line %q", sc.Text())
+	}
 	var busy int64
 	for _, i := range []int{1, 2, 3, 6, 7} {
 		n, err := strconv.ParseInt(fields[i], 10, 64)
